@@ -1,0 +1,28 @@
+"""Where maskgen looks for datasets and caches.
+
+`MASKGEN_DATA_HOME` points at a folder holding datasets by name (``lfw/``, ``fairface-val/``,
+``masktheface-masks/``); the default is ``~/.cache/maskgen``. A source that downloads its data
+(LFW) writes into this folder, so a pre-populated copy is found by exactly the same code path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VAR = "MASKGEN_DATA_HOME"
+
+
+def data_home(override: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``override``, else ``$MASKGEN_DATA_HOME``, else ``~/.cache/maskgen``."""
+    if override is not None:
+        return Path(override).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "maskgen"
+
+
+def dataset_dir(name: str, override: str | os.PathLike | None = None) -> Path:
+    """The folder of dataset ``name`` inside the data home (it may not exist yet)."""
+    return data_home(override) / name

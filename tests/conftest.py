@@ -1,0 +1,64 @@
+"""Shared fixtures: real data from the shared data folder when present, skipped cleanly when not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _find_data_home() -> Path | None:
+    env = os.environ.get("MASKGEN_DATA_HOME")
+    candidates = [Path(env)] if env else []
+    candidates.append(ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+DATA_HOME = _find_data_home()
+if DATA_HOME is not None:
+    os.environ.setdefault("MASKGEN_DATA_HOME", str(DATA_HOME))
+
+
+@pytest.fixture(scope="session")
+def data_home() -> Path:
+    if DATA_HOME is None:
+        pytest.skip("shared data folder not present (set MASKGEN_DATA_HOME)")
+    return DATA_HOME
+
+
+@pytest.fixture(scope="session")
+def lfw_dir(data_home: Path) -> Path:
+    d = data_home / "lfw"
+    if not (d / "pairs.txt").is_file():
+        pytest.skip("LFW not present in the data home")
+    return d
+
+
+@pytest.fixture(scope="session")
+def fairface_dir(data_home: Path) -> Path:
+    d = data_home / "fairface-val"
+    if not (d / "fairface_label_val.csv").is_file():
+        pytest.skip("FairFace validation crops not present in the data home")
+    return d
+
+
+@pytest.fixture(scope="session")
+def masktheface_dir(data_home: Path) -> Path:
+    d = data_home / "masktheface-masks"
+    if not (d / "masks.cfg").is_file():
+        pytest.skip("MaskTheFace template pack not present in the data home")
+    return d
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """A real public-domain face (RGB uint8), available wherever scikit-image is installed."""
+    skdata = pytest.importorskip("skimage.data")
+    return np.ascontiguousarray(skdata.astronaut())
