@@ -1,0 +1,89 @@
+"""``maskgen eval`` and ``maskgen make-bin``: thin click wrappers over the library calls."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+
+def _cases(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        cases = tuple(int(x) for x in value.replace(" ", "").split(",") if x)
+    except ValueError as exc:
+        raise click.BadParameter("use a comma list of 1, 2, 3") from exc
+    if not cases or any(c not in (1, 2, 3) for c in cases):
+        raise click.BadParameter("use a comma list of 1, 2, 3")
+    return cases
+
+
+@click.command("eval")
+@click.option("--model", default="dlib", show_default=True,
+              help="dlib | onnx:<path> | ckpt:<path> (a maskgen train checkpoint).")
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="LFW-format pairs.txt or a 'a b issame [fold]' list (default: LFW View 2 in the data home).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder the pair keys are relative to (default: the pairs file's folder).")
+@click.option("--bin", "bin_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="An insightface verification .bin instead of a pairs file.")
+@click.option("--out", "-o", default="eval-results", show_default=True, help="Output folder.")
+@click.option("--cases", default="1,2,3", show_default=True, callback=_cases,
+              help="1 unmasked-unmasked, 2 masked-unmasked, 3 masked-masked.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the masks.")
+@click.option("--mask-type", default="random", show_default=True,
+              help="'random' (maskgen's default mix) or one mask type for every face.")
+@click.option("--flip/--no-flip", default=False, show_default=True, help="Add the mirrored face's embedding.")
+@click.option("--workers", default=1, show_default=True, help="Ray workers (1: in-process).")
+@click.option("--batch-size", default=32, show_default=True, help="Images per embedding batch.")
+@click.option("--cache-dir", default=None, help="Embedding cache folder (default: <out>/cache).")
+@click.option("--max-folds", type=int, default=None, help="Evaluate only the first N folds.")
+@click.option("--max-pairs", type=int, default=None, help="Evaluate only the first N pairs.")
+@click.option("--identification/--no-identification", default=True, show_default=True,
+              help="Rank-1/5 and kNN over the pair set's identities.")
+@click.option("--knn-k", default=1, show_default=True, help="k of the kNN classification (1: nearest neighbour).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV/parquet of group labels with a key, path or identity column.")
+@click.option("--skin-tone/--no-skin-tone", default=False, show_default=True,
+              help="Group by skin tone (ITA bins) measured on each face.")
+@click.option("--landmarks", default=None, help="dlib | aligned (default: dlib for photos, aligned for .bin).")
+@click.option("--device", default="cpu", show_default=True, help="Device of ckpt: models.")
+@click.option("--verbose", "-v", is_flag=True)
+def eval_cmd(verbose: bool, **kwargs) -> None:
+    """Verification (LFW 10-fold, TAR@FAR), masked Cases 1/2/3, identification, per-group figures."""
+    from maskgen.eval.api import evaluate
+    from maskgen.eval.report import markdown_table
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    try:
+        res = evaluate(progress=click.echo if verbose else None, **kwargs)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(markdown_table(res), nl=False)
+    click.echo(f"results written to {kwargs['out']}/results.json, results.md, roc.png")
+
+
+@click.command("make-bin")
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder the pair keys are relative to (default: the pairs file's folder).")
+@click.option("--out", "-o", required=True, help="The .bin file to write.")
+@click.option("--align/--no-align", default=True, show_default=True,
+              help="Store aligned crops (default) or the original file bytes.")
+@click.option("--size", default=112, show_default=True, help="Side of the aligned crops.")
+@click.option("--case", type=click.IntRange(1, 3), default=1, show_default=True,
+              help="1 unmasked, 2 second image masked, 3 both masked.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--mask-type", default="random", show_default=True)
+@click.option("--quality", default=95, show_default=True, help="JPEG quality of the crops.")
+@click.option("--max-pairs", type=int, default=None)
+@click.option("--max-folds", type=int, default=None)
+def make_bin(**kwargs) -> None:
+    """Write an insightface verification .bin (pickled JPEG pairs + labels) from a pairs file."""
+    from maskgen.eval.makebin import make_bin as run
+
+    try:
+        stats = run(**kwargs)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{kwargs['out']}: {stats['pairs_written']}/{stats['pairs_in']} pairs written"
+               + (f", {stats['pairs_skipped']} skipped" if stats.get("pairs_skipped") else ""))
