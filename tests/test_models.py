@@ -1,0 +1,150 @@
+"""Backbone registry, margin heads, methods registry, freeze and EMA (CPU, capped sizes)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maskgen.training.ema import ModelEma
+from maskgen.training.heads import CombinedMarginLoss, NormalizedClassifier
+from maskgen.training.methods import create_method, list_methods
+from maskgen.training.models import create_model, list_models
+from maskgen.training.models.registry import model_factory
+from maskgen.training.trainer import apply_freeze
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a busy 2-core machine two OpenMP threads spin and run slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+STANDARD = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet"]
+
+
+def test_standard_models_are_registered():
+    assert set(STANDARD) <= set(list_models())
+    assert list_models("iresnet*")[:2] == ["iresnet100", "iresnet18"]
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("resnet-nope")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_forward_shape(name: str):
+    """Capped size: 32x32 input where the factory takes ``input_size`` (timm-style test)."""
+    params = inspect.signature(model_factory(name)).parameters
+    size = 32 if "input_size" in params else 112
+    kwargs = {"input_size": size} if "input_size" in params else {}
+    if "embedding_size" in params:
+        kwargs["embedding_size"] = 128
+    torch.manual_seed(0)
+    # train-mode batch norm: at init the running statistics are not those of the activations
+    model = create_model(name, **kwargs).train()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, kwargs.get("embedding_size", 512))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["iresnet18", "mobilefacenet"])
+def test_full_size_forward_backward(name: str):
+    model = create_model(name).train()
+    out = model(torch.randn(2, 3, 112, 112))
+    assert out.shape == (2, 512)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_iresnet_layout_matches_insightface():
+    model = create_model("iresnet50")
+    state = model.state_dict()
+    # arcface_torch names and shapes, so its backbone.pth loads with init_from
+    assert state["conv1.weight"].shape == (64, 3, 3, 3)
+    assert state["fc.weight"].shape == (512, 512 * 7 * 7)
+    assert state["layer3.13.conv2.weight"].shape == (256, 256, 3, 3)
+    assert "features.running_mean" in state and not model.features.weight.requires_grad
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(43.59e6, rel=0.01)
+
+
+def test_arcface_cosface_combined_margins():
+    cos = torch.tensor([[0.8, 0.1, -0.2], [0.3, 0.6, 0.0]])
+    labels = torch.tensor([0, 1])
+    theta0, theta1 = math.acos(0.8), math.acos(0.6)
+    arc = CombinedMarginLoss(s=10, m2=0.5).margin_logits(cos, labels)
+    assert arc[0, 0].item() == pytest.approx(10 * math.cos(theta0 + 0.5), rel=1e-5)
+    assert arc[1, 1].item() == pytest.approx(10 * math.cos(theta1 + 0.5), rel=1e-5)
+    assert arc[0, 1].item() == pytest.approx(1.0)  # non-target logits only scaled
+    cosf = CombinedMarginLoss(s=10, m2=0.0, m3=0.4).margin_logits(cos, labels)
+    assert cosf[0, 0].item() == pytest.approx(10 * (0.8 - 0.4), rel=1e-5)
+    comb = CombinedMarginLoss(s=10, m1=1.0, m2=0.3, m3=0.2).margin_logits(cos, labels)
+    assert comb[0, 0].item() == pytest.approx(10 * (math.cos(theta0 + 0.3) - 0.2), rel=1e-4)
+    loss = CombinedMarginLoss(s=10, m2=0.5)(cos, labels)
+    assert loss.item() == pytest.approx(F.cross_entropy(arc, labels).item())
+    # beyond pi - m the ArcFace logit falls back to the monotonic cos - m*sin(m) form
+    far = CombinedMarginLoss(s=1, m2=0.5).margin_logits(torch.tensor([[-0.95, 0.0]]), torch.tensor([0]))
+    assert far[0, 0].item() == pytest.approx(-0.95 - math.sin(math.pi - 0.5) * 0.5, rel=1e-5)
+
+
+def test_partial_fc_keeps_positives_and_remaps_labels():
+    torch.manual_seed(0)
+    head = NormalizedClassifier(16, 1000, sample_rate=0.1).train()
+    labels = torch.tensor([7, 999, 7, 123])
+    index, new = head.sample(labels)
+    assert index.numel() == 100 and torch.all(index[1:] > index[:-1])
+    assert torch.equal(index[new], labels)
+    cos, new_labels = head(torch.randn(4, 16), labels)
+    assert cos.shape == (4, 100) and int(new_labels.max()) < 100
+    assert new_labels[0] == new_labels[2]  # the same class maps to the same sampled column
+    head.eval()
+    cos, same = head(torch.randn(4, 16), labels)
+    assert cos.shape == (4, 1000) and torch.equal(same, labels)
+
+
+@pytest.mark.parametrize(("name", "sample_rate"), [("arcface", 1.0), ("cosface", 0.5), ("combined", 0.5)])
+def test_margin_methods_train(name: str, sample_rate: float):
+    torch.manual_seed(0)
+    method = create_method(name, create_model("mobilefacenet", input_size=32), 10,
+                           sample_rate=sample_rate)
+    assert name in list_methods() and method.needs_pairs is False
+    batch = {"image": torch.randn(6, 3, 32, 32), "label": torch.tensor([0, 1, 2, 0, 1, 2])}
+    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    losses = []
+    for _ in range(8):
+        out = method(batch)
+        assert set(out) >= {"loss", "acc"}
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0]
+    method.eval()
+    with torch.no_grad():
+        assert method.embed(batch["image"]).shape == (6, 512)
+
+
+def test_freeze_trains_only_matching_prefixes_and_ema_averages():
+    method = create_method("arcface", create_model("iresnet18", input_size=32), 5)
+    trained = apply_freeze(method, ["backbone.fc", "head"])
+    assert trained == ["backbone.fc.weight", "backbone.fc.bias", "head.weight"]
+    with pytest.raises(ValueError, match="match no parameter"):
+        apply_freeze(create_method("arcface", create_model("iresnet18", input_size=32), 5), ["nope"])
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    ema = ModelEma(method, decay=0.5)
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+    out = method({"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 3])})
+    out["loss"].backward()
+    opt.step()
+    ema.update(method)
+    after = method.state_dict()
+    assert torch.equal(before["backbone.conv1.weight"], after["backbone.conv1.weight"])
+    assert not torch.equal(before["backbone.fc.weight"], after["backbone.fc.weight"])
+    d = min(0.5, 2 / 11)  # warm-up decay of the first update
+    expect = d * before["backbone.fc.weight"] + (1 - d) * after["backbone.fc.weight"]
+    assert torch.allclose(ema.state_dict()["backbone.fc.weight"], expect, atol=1e-6)

@@ -1,0 +1,455 @@
+"""Trainer, loader, checkpoints and export on shards built from real LFW faces (CPU, small)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from maskgen.training.augment import AugmentConfig, augment
+from maskgen.training.checkpoint import list_checkpoints, load_embedder, resolve_checkpoint
+from maskgen.training.loader import (
+    LoaderConfig,
+    expand_shards,
+    make_loader,
+    normalize_images,
+    read_dataset_info,
+)
+from maskgen.training.schedules import lr_factor
+from maskgen.training.trainer import train
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a busy 2-core machine two OpenMP threads spin and run slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+N_IDS, PER_ID, PER_SHARD = 12, 12, 48
+# Small but real: IResNet-18 at 32x32 input (images are resized by the loader) keeps a CPU step
+# around a second or two on a busy 2-core machine (one thread: OpenMP spinning on an oversubscribed
+# machine makes two threads slower, not faster).
+TINY = {"model": "iresnet18", "model_options": {"input_size": 32}, "image_size": 32, "batch_size": 16,
+        "num_workers": 0, "shuffle_buffer": 64, "threads": 1, "log_every": 1, "warmup_steps": 0,
+        "schedule": "constant", "save_every": 0, "augment": {"flip": 0.5}}
+
+
+def _lfw_identities(lfw_dir: Path, n: int, per: int) -> list[tuple[str, list[Path]]]:
+    people = sorted((d for d in lfw_dir.iterdir() if d.is_dir()), key=lambda d: d.name)
+    rich = [(d.name, sorted(d.glob("*.jpg"))[:per]) for d in people]
+    rich = [(name, files) for name, files in rich if len(files) >= per]
+    return rich[:n]
+
+
+def _crop112(path: Path) -> np.ndarray:
+    """Centre face region of a 250x250 deep-funneled LFW image, resized to 112x112 (BGR)."""
+    img = cv2.imread(str(path))
+    return cv2.resize(img[50:200, 50:200], (112, 112), interpolation=cv2.INTER_AREA)
+
+
+def _fixture_mask(img: np.ndarray) -> np.ndarray:
+    """A flat lower-face occluder standing in for a rendered mask in this loader fixture."""
+    out = img.copy()
+    cv2.fillPoly(out, [np.array([[25, 62], [87, 62], [80, 100], [32, 100]])], (200, 170, 90))
+    return out
+
+
+def write_shards(out: Path, samples: list[tuple[str, int, np.ndarray, np.ndarray, str]], per_shard: int,
+                 corrupt: dict[str, dict[str, bytes | None]] | None = None) -> list[Path]:
+    """DESIGN-format shards: <key>.jpg/.cls/.json plus twins <key>.orig.jpg/<key>.masked.jpg."""
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    corrupt = corrupt or {}
+    paths, lengths = [], {}
+    for s in range(0, len(samples), per_shard):
+        path = out / "shards" / f"train-{s // per_shard:06d}.tar"
+        chunk = samples[s : s + per_shard]
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+            for key, label, img, msk, ident in chunk:
+                masked = label % 4 == 0
+                members: dict[str, bytes | None] = {
+                    "jpg": cv2.imencode(".jpg", msk if masked else img)[1].tobytes(),
+                    "orig.jpg": cv2.imencode(".jpg", img)[1].tobytes(),
+                    "masked.jpg": cv2.imencode(".jpg", msk)[1].tobytes(),
+                    "cls": str(label).encode(),
+                    "json": json.dumps({"identity": ident, "masked": masked}).encode(),
+                }
+                members.update(corrupt.get(key, {}))
+                for ext in sorted(members):
+                    data = members[ext]
+                    if data is None:
+                        continue
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        paths.append(path)
+        lengths[path.name] = len(chunk)
+    meta = {"num_samples": len(samples), "num_classes": len({s[1] for s in samples}),
+            "twins": True, "shards": [{"name": k, "num_samples": v} for k, v in lengths.items()]}
+    (out / "dataset.json").write_text(json.dumps(meta))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def lfw_samples(lfw_dir: Path) -> list[tuple[str, int, np.ndarray, np.ndarray, str]]:
+    samples = []
+    for label, (name, files) in enumerate(_lfw_identities(lfw_dir, N_IDS, PER_ID)):
+        for j, f in enumerate(files):
+            img = _crop112(f)
+            samples.append((f"{label:05d}-{j:05d}", label, img, _fixture_mask(img), name))
+    order = np.random.default_rng(0).permutation(len(samples))
+    return [samples[i] for i in order]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, lfw_samples) -> Path:
+    out = tmp_path_factory.mktemp("lfw_build")
+    write_shards(out, lfw_samples, PER_SHARD)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built_shards(tmp_path_factory, lfw_dir: Path) -> Path:
+    """Shards from the real ``maskgen build`` pipeline when it is available."""
+    pipelines = pytest.importorskip("maskgen.pipelines")
+    build = getattr(pipelines, "build", None)
+    if build is None:
+        pytest.skip("maskgen.pipelines.build is not available")
+    out = tmp_path_factory.mktemp("maskgen_build")
+    build(source="lfw", out=str(out), ratio=0.1, twins=True, min_images=PER_ID, max_images=PER_ID,
+          max_identities=N_IDS, seed=0, progress=False, report=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def train_shards(request, shards: Path) -> Path:
+    """Real ``maskgen build`` shards when the build pipeline is importable, else the LFW fixture."""
+    try:
+        return request.getfixturevalue("built_shards")
+    except pytest.skip.Exception:
+        return shards
+
+
+def _loader_cfg(shard_dir: Path, **kw) -> LoaderConfig:
+    shard_list = expand_shards(str(shard_dir / "shards" / "*.tar"))
+    info = read_dataset_info(shard_list)
+    base = dict(shards=shard_list, batch_size=16, steps_per_epoch=info.num_samples // 16,
+                num_classes=info.num_classes, shuffle_buffer=32, seed=3)
+    base.update(kw)
+    return LoaderConfig(**base)
+
+
+def _batches(cfg: LoaderConfig, epoch: int = 0, step: int = 0) -> list[dict]:
+    loader, stream = make_loader(cfg)
+    stream.set_position(epoch, step)
+    return list(loader)
+
+
+# -- shard lists and dataset.json ------------------------------------------------------------------
+def test_expand_shards_glob_brace_and_list(shards: Path):
+    d = shards / "shards"
+    by_glob = expand_shards(str(d / "*.tar"))
+    assert [Path(p).name for p in by_glob] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert expand_shards(str(d / "train-{000000..000002}.tar")) == by_glob
+    assert expand_shards(by_glob) == by_glob
+    assert expand_shards("::".join(by_glob[:2])) == by_glob[:2]
+    info = read_dataset_info(by_glob[:2])  # a subset counts only its shards
+    assert (info.num_samples, info.num_classes) == (2 * PER_SHARD, N_IDS)
+    with pytest.raises(FileNotFoundError):
+        expand_shards(str(d / "nothing-*.tar"))
+
+
+# -- loader ----------------------------------------------------------------------------------------
+def test_loader_yields_equal_deterministic_batches(shards: Path):
+    cfg = _loader_cfg(shards)
+    first, again = _batches(cfg), _batches(cfg)
+    assert len(first) == cfg.steps_per_epoch == N_IDS * PER_ID // 16
+    b = first[0]
+    assert b["image"].dtype == torch.uint8 and tuple(b["image"].shape) == (16, 112, 112, 3)
+    assert b["label"].dtype == torch.long and len(b["key"]) == 16
+    assert all(torch.equal(x["image"], y["image"]) and x["key"] == y["key"] for x, y in zip(first, again))
+    keys = [k for x in first for k in x["key"]]
+    assert len(set(keys)) == len(keys)  # one epoch without resampling: no sample twice
+    other_epoch = _batches(cfg, epoch=1)
+    assert [k for x in other_epoch for k in x["key"]] != keys
+    # the twins flag of <key>.jpg comes from <key>.json
+    masked = torch.cat([x["masked"] for x in first])
+    labels = torch.cat([x["label"] for x in first])
+    assert torch.equal(masked, (labels % 4 == 0).long())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_resume_position_gives_the_same_batches(shards: Path, workers: int):
+    cfg = _loader_cfg(shards, num_workers=workers)
+    full = _batches(cfg, epoch=2)
+    for start in (1, 4):
+        tail = _batches(cfg, epoch=2, step=start)
+        assert [x["key"] for x in tail] == [x["key"] for x in full[start:]]
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(tail, full[start:]))
+
+
+def test_loader_ranks_split_and_stay_equal(shards: Path):
+    steps = PER_SHARD // 16  # 3 shards over 2 ranks: rank 1 holds one shard, exactly 3 batches
+    keys = []
+    for rank in (0, 1):
+        got = _batches(_loader_cfg(shards, rank=rank, world_size=2, steps_per_epoch=steps))
+        assert len(got) == steps
+        keys.append({k for x in got for k in x["key"]})
+    assert not keys[0] & keys[1]
+
+
+def test_train_mask_ratio_and_pairs(shards: Path):
+    all_masked = _batches(_loader_cfg(shards, train_mask_ratio=1.0))
+    assert all(int(x["masked"].min()) == 1 for x in all_masked)
+    half = torch.cat([x["masked"] for x in _batches(_loader_cfg(shards, train_mask_ratio=0.5))])
+    assert 0.3 < half.float().mean().item() < 0.7
+    pairs = _batches(_loader_cfg(shards, pairs=True, augment=AugmentConfig(flip=0.5, crop=0.5)))[0]
+    orig, msk = pairs["image_orig"].numpy(), pairs["image_masked"].numpy()
+    assert orig.shape == msk.shape == (16, 112, 112, 3)
+    # same geometry for both images of a pair: the unmasked upper face is identical
+    assert np.abs(orig[:, :45].astype(int) - msk[:, :45].astype(int)).mean() < 2.0
+    assert np.abs(orig[:, 70:100].astype(int) - msk[:, 70:100].astype(int)).mean() > 10.0
+    chosen = np.where(pairs["masked"].numpy()[:, None, None, None] == 1, msk, orig)
+    assert np.array_equal(pairs["image"].numpy(), chosen)
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path: Path, lfw_samples):
+    samples = lfw_samples[:64]
+    bad_jpeg, no_label = samples[5][0], samples[20][0]
+    truncated = samples[40][0]
+    jpg = cv2.imencode(".jpg", samples[40][2])[1].tobytes()
+    write_shards(tmp_path, samples, 64, corrupt={
+        bad_jpeg: {"jpg": b"\xff\xd8 this is not a jpeg"},
+        no_label: {"cls": None},
+        truncated: {"jpg": jpg[:40]},
+    })
+    # one shard read in order (no shuffle): the 48 good samples of 3 batches lie past all 3 bad ones
+    cfg = _loader_cfg(tmp_path, steps_per_epoch=3, shuffle_buffer=0)
+    got = _batches(cfg)
+    assert len(got) == 3 and all(len(x["key"]) == 16 for x in got)
+    skipped: dict[str, int] = {}
+    for x in got:
+        for k, v in x["_skipped"].items():
+            skipped[k] = skipped.get(k, 0) + v
+    keys = {k for x in got for k in x["key"]}
+    assert bad_jpeg not in keys and no_label not in keys and truncated not in keys
+    assert skipped == {"decode_failed": 2, "missing_label": 1}
+
+
+def test_augment_is_seeded_and_keeps_shape(lfw_samples):
+    img = np.ascontiguousarray(lfw_samples[0][2][:, :, ::-1])
+    cfg = AugmentConfig(flip=0.5, crop=1.0, blur=1.0, motion_blur=1.0, rgb_shift=1.0, jpeg=1.0, affine=1.0)
+    a = augment(img, np.random.default_rng(7), cfg)
+    b = augment(img, np.random.default_rng(7), cfg)
+    c = augment(img, np.random.default_rng(8), cfg)
+    assert a.shape == img.shape and a.dtype == np.uint8 and a.flags["C_CONTIGUOUS"]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    x = normalize_images(a[None])
+    assert tuple(x.shape) == (1, 3, 112, 112) and -1.0 <= x.min() and x.max() <= 1.0
+
+
+# -- schedules -------------------------------------------------------------------------------------
+def test_schedules():
+    assert lr_factor(0, 100, "cosine", warmup_steps=10) == pytest.approx(0.1)
+    assert lr_factor(10, 100, "cosine", warmup_steps=10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, "cosine", warmup_steps=10) == pytest.approx(0.5)
+    assert lr_factor(99, 100, "cosine") < 0.01
+    assert lr_factor(50, 100, "poly", poly_power=2) == pytest.approx(0.25)
+    assert lr_factor(30, 100, "step", milestones=[20, 40]) == pytest.approx(0.1)
+    assert lr_factor(45, 100, "step", milestones=[20, 40]) == pytest.approx(0.01)
+    # SGDR: restarts at 10, then 10+20=30 with cycle_mult 2
+    sgdr = [lr_factor(s, 100, "sgdr", cycle_steps=10, cycle_mult=2.0) for s in range(40)]
+    assert sgdr[0] == sgdr[10] == sgdr[30] == pytest.approx(1.0)
+    assert sgdr[9] < 0.05 and sgdr[29] < 0.01 and sgdr[20] == pytest.approx(0.5)
+
+
+# -- training --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, train_shards: Path):
+    """24 steps of IResNet-18 (ArcFace, AdamW) on 12 LFW identities x 12 images built by
+    ``maskgen build`` (10% masked), saved as a run (~40-60 s on a busy 2-core machine)."""
+    out = tmp_path_factory.mktemp("runs")
+    result = train(dict(TINY), shards=str(train_shards / "shards" / "*.tar"), output=str(out), name="fall",
+                   max_steps=24, optimizer="adamw", lr=1e-3, weight_decay=0.05, ema=0.9, save_every=10,
+                   keep_checkpoints=2)
+    return result
+
+
+def test_loss_falls(trained):
+    losses = [row["loss"] for row in trained.history]
+    assert len(losses) == 24
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.8 * first, (first, last)
+    accs = [row["acc"] for row in trained.history]
+    assert np.mean(accs[-5:]) > np.mean(accs[:5])
+    log_rows = [json.loads(x) for x in (trained.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_rows] == list(range(1, 25))
+    assert {"loss", "lr", "samples_per_s", "acc", "data_wait"} <= set(log_rows[0])
+    saved = (trained.run_dir / "config.yaml").read_text()
+    assert "num_classes: 12" in saved and "model: iresnet18" in saved
+    # every 10 steps, every epoch end (9 steps) and the last step; the 2 newest kept
+    assert [p.name for p in list_checkpoints(trained.run_dir)] == ["step_000000020.pt", "step_000000024.pt"]
+
+
+def test_resume_continues_the_same_run(tmp_path: Path, shards: Path):
+    # MobileFaceNet keeps this cheap; partial-FC class sampling draws from the global RNG, crops
+    # from the per-sample seeds, batches come from 2 loader processes: all must continue exactly
+    # after the resume (at step 3, which is not a multiple of the worker count).
+    common = dict(TINY, shards=str(shards / "shards" / "*.tar"), output=str(tmp_path),
+                  model="mobilefacenet", max_steps=6, schedule="cosine", augment={"flip": 0.5, "crop": 0.3},
+                  method_options={"sample_rate": 0.5}, ema=0.99, num_workers=2)
+    full = train(common, name="full")
+    part = train(common, name="split", stop_after=3)
+    assert part.step == 3 and resolve_checkpoint("latest", part.run_dir).name == "step_000000003.pt"
+    rest = train(common, name="split", resume="latest")
+    assert rest.step == 6
+    a = [r["loss"] for r in full.history]
+    b = [r["loss"] for r in part.history] + [r["loss"] for r in rest.history]
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-4), (a, b)
+    assert len((rest.run_dir / "log.jsonl").read_text().splitlines()) == 6
+    with pytest.raises(FileExistsError):
+        train(common, name="split")
+
+
+def test_load_embedder_and_onnx_export(trained, tmp_path: Path, lfw_samples):
+    pytest.importorskip("onnxruntime")
+    from maskgen.training.export import export_onnx, onnx_cosine
+
+    embedder, config = load_embedder(trained.run_dir)  # run folder -> newest checkpoint, EMA weights
+    assert config["model"] == "iresnet18" and not embedder.training
+    imgs = np.stack([cv2.resize(s[2], (32, 32))[:, :, ::-1] for s in lfw_samples[:4]])
+    x = normalize_images(imgs)
+    with torch.no_grad():
+        emb = embedder(x)
+    assert tuple(emb.shape) == (4, 512) and torch.isfinite(emb).all()
+    raw, _ = load_embedder(trained.checkpoint, use_ema=False)
+    with torch.no_grad():
+        assert not torch.allclose(raw(x), emb)
+    path = export_onnx(trained.checkpoint, tmp_path / "model.onnx", input_size=32)
+    cos = onnx_cosine(path, embedder, x)
+    assert cos.min() > 0.999
+    cos8 = onnx_cosine(path, embedder, torch.cat([x, x]))  # dynamic batch
+    assert cos8.shape == (8,) and cos8.min() > 0.999
+
+
+def test_corrupt_sample_counted_by_the_trainer(tmp_path: Path, lfw_samples):
+    samples = lfw_samples[:48]
+    write_shards(tmp_path / "data", samples, 48, corrupt={samples[3][0]: {"jpg": b"garbage"}})
+    res = train(dict(TINY), shards=str(tmp_path / "data" / "shards" / "*.tar"), output=str(tmp_path / "runs"),
+                max_steps=2, batch_size=8, shuffle_buffer=0)  # read in order: sample 4 is the bad one
+    assert res.step == 2 and res.skipped == {"decode_failed": 1}
+    assert res.history[-1]["skipped"] == {"decode_failed": 1}
+
+
+def test_real_build_twins_train_mask_ratio(built_shards: Path, tmp_path: Path):
+    info = read_dataset_info(expand_shards(str(built_shards / "shards" / "*.tar")))
+    assert (info.num_samples, info.num_classes, info.twins) == (N_IDS * PER_ID, N_IDS, True)
+    cfg = _loader_cfg(built_shards, train_mask_ratio=1.0, steps_per_epoch=2)
+    assert all(int(b["masked"].min()) == 1 for b in _batches(cfg))
+    res = train(dict(TINY), shards=str(built_shards / "shards" / "*.tar"), output=str(tmp_path), max_steps=3,
+                train_mask_ratio=0.5)
+    assert res.step == 3 and all(np.isfinite(r["loss"]) for r in res.history) and not res.skipped
+
+
+def test_cli_train_yaml_flags_and_export(tmp_path: Path, shards: Path):
+    pytest.importorskip("onnxruntime")
+    from click.testing import CliRunner
+
+    from maskgen.training.cli import export as export_cmd
+    from maskgen.training.cli import train as train_cmd
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("model: mobilefacenet\nbatch_size: 64\nmax_steps: 50\nnum_workers: 0\nthreads: 2\n"
+                   "image_size: 32\nmodel_options: {input_size: 32}\nmethod: cosface\nlog_every: 1\n")
+    args = ["--config", str(cfg), "--shards", str(shards / "shards" / "*.tar"), "--batch-size", "8",
+            "--max-steps", "2", "--output", str(tmp_path / "runs"), "--name", "cli",
+            "--set", "method_options.s=32", "--set", "augment.crop=0.5", "--no-compile"]
+    res = CliRunner().invoke(train_cmd, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "cli"
+    saved = (run / "config.yaml").read_text()
+    # YAML values kept unless a flag overrides them; nested --set merged into the YAML mapping
+    assert "batch_size: 8" in saved and "max_steps: 2" in saved and "method: cosface" in saved
+    assert "s: 32" in saved and "crop: 0.5" in saved and "input_size: 32" in saved
+    res = CliRunner().invoke(train_cmd, args + ["--max-steps", "3", "--resume", "latest"], catch_exceptions=False)
+    assert res.exit_code == 0 and "done: step 3" in res.output, res.output
+    res = CliRunner().invoke(export_cmd, [str(run), str(tmp_path / "m.onnx")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert float(res.output.split("cosine: min ")[1].split()[0]) > 0.999
+    bad = CliRunner().invoke(train_cmd, ["--shards", "x.tar", "--optimizer", "lion"])
+    assert bad.exit_code != 0 and "optimizer must be one of" in bad.output
+
+
+def test_ddp_two_cpu_processes_with_torchrun(tmp_path: Path, shards: Path):
+    """The multi-GPU code path on the CPU: torchrun, gloo, DDP, rank-split shards."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "maskgen", "train", "--shards", str(shards / "shards" / "*.tar"), "--model", "mobilefacenet",
+           "--set", "model_options.input_size=32", "--image-size", "32", "--batch-size", "4",
+           "--max-steps", "3", "--num-workers", "0", "--device", "cpu", "--log-every", "1",
+           "--output", str(tmp_path), "--name", "ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "global batch 8" in proc.stderr and "x2" in proc.stderr
+    rows = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes the log
+    assert resolve_checkpoint("latest", tmp_path / "ddp").name == "step_000000003.pt"
+
+
+def test_init_from_and_freeze_train_only_the_last_layers(trained, tmp_path: Path, train_shards: Path):
+    """FaceNet-style transfer: start from a run's backbone, train only fc/features and the head."""
+    from maskgen.training.checkpoint import backbone_state, load_checkpoint
+
+    res = train(dict(TINY), shards=str(train_shards / "shards" / "*.tar"), output=str(tmp_path),
+                init_from=str(trained.checkpoint), freeze=["backbone.fc", "backbone.features", "head"],
+                freeze_bn=True, max_steps=2, method="cosface")
+    source = backbone_state(trained.checkpoint)  # EMA weights of the source run
+    after = load_checkpoint(res.checkpoint)["model"]
+    assert torch.equal(after["backbone.conv1.weight"], source["conv1.weight"])
+    assert torch.equal(after["backbone.layer2.0.bn1.running_mean"], source["layer2.0.bn1.running_mean"])
+    assert not torch.equal(after["backbone.fc.weight"], source["fc.weight"])
+    with pytest.raises(ValueError, match="match no parameter"):
+        train(dict(TINY), shards=str(train_shards / "shards" / "*.tar"), output=str(tmp_path), name="bad",
+              freeze=["backbone.nothing"], max_steps=1)
+
+
+def test_loader_reads_shards_over_http(shards: Path):
+    """URLs go through webdataset's openers; a local HTTP server stands in for remote storage."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    if shutil.which("curl") is None:
+        pytest.skip("webdataset opens http URLs with curl, which is not installed")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shards))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/shards/train-{{000000..000002}}.tar"
+        urls = expand_shards(url)
+        assert len(urls) == 3 and all(u.startswith("http://") for u in urls)
+        local = _loader_cfg(shards, steps_per_epoch=4)
+        remote = LoaderConfig(**{**local.__dict__, "shards": urls})
+        names = [Path(u).name for u in local.shards]
+        assert [Path(u).name for u in urls] == names
+        got, want = _batches(remote), _batches(local)
+        assert [b["key"] for b in got] == [b["key"] for b in want]
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(got, want))
+    finally:
+        server.shutdown()
