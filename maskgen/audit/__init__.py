@@ -1,0 +1,31 @@
+"""Audit: who is in a dataset and how the masks fall on them.
+
+``face_attributes`` (per image, model-free) is cheap to import: the build calls it per image.
+The report side (matplotlib, HTML) loads only when asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from maskgen.audit.attributes import ITA_BINS, SKIN_TONES, face_attributes, skin_tone_label
+
+if TYPE_CHECKING:
+    from maskgen.audit.api import audit, write_build_report
+
+__all__ = [
+    "ITA_BINS",
+    "SKIN_TONES",
+    "audit",
+    "face_attributes",
+    "skin_tone_label",
+    "write_build_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("audit", "write_build_report"):
+        from maskgen.audit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'maskgen.audit' has no attribute {name!r}")

@@ -1,0 +1,195 @@
+"""Model-free face attributes: skin tone (ITA), sharpness, brightness, face size.
+
+They need no trained model beyond the landmarks, so any dataset can be audited the same way,
+and the build computes them per image while it has the decoded pixels (hence the < 1 ms budget:
+colour conversion runs only on the few thousand skin pixels, through a 256-entry sRGB table).
+
+Skin tone follows the Individual Typology Angle (Chardon et al., Int. J. Cosmet. Sci. 1991),
+``ITA = atan((L* - 50) / b*) * 180 / pi`` in CIELab (D65), binned with the Del Bino et al. scale
+(Pigment Cell Res. 2006; Del Bino & Bernerd, Br. J. Dermatol. 2013): very light > 55,
+light 41..55, intermediate 28..41, tan 10..28, brown -30..10, dark <= -30. ITA measured on
+photographs depends on lighting and white balance; it is a coarse, relative indicator of how
+a dataset spreads over skin tones, not a measurement of any person.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+# Del Bino scale: (label, lower bound exclusive, upper bound inclusive), lightest first.
+ITA_BINS: list[tuple[str, float, float]] = [
+    ("very light", 55.0, math.inf),
+    ("light", 41.0, 55.0),
+    ("intermediate", 28.0, 41.0),
+    ("tan", 10.0, 28.0),
+    ("brown", -30.0, 10.0),
+    ("dark", -math.inf, -30.0),
+]
+SKIN_TONES: list[str] = [b[0] for b in ITA_BINS]
+
+# sRGB (IEC 61966-2-1) decoding of 8-bit values to linear light, one entry per code value.
+_c = np.arange(256, dtype=np.float64) / 255.0
+SRGB_TO_LINEAR = np.where(_c <= 0.04045, _c / 12.92, ((_c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+del _c
+# Linear sRGB -> XYZ (D65), rows pre-divided by the D65 white point so Xn = Yn = Zn = 1.
+_M = np.array(
+    [[0.4124564, 0.3575761, 0.1804375],
+     [0.2126729, 0.7151522, 0.0721750],
+     [0.0193339, 0.1191920, 0.9503041]],
+    dtype=np.float64,
+)
+_WHITE = np.array([0.95047, 1.0, 1.08883])
+RGB_TO_XYZN = (_M / _WHITE[:, None]).astype(np.float32)
+
+# iBUG 68-point indices (0-based). Cheeks: the area between lower eyelid, nose side, upper lip
+# corner and jaw line; each polygon is shrunk toward its centroid so eyes, nostrils, lips and
+# the jaw border (background, beard shadow) stay out.
+_CHEEK_RIGHT = [36, 41, 40, 39, 31, 48, 4, 3, 2, 1]  # subject's right = image left
+_CHEEK_LEFT = [45, 46, 47, 42, 35, 54, 12, 13, 14, 15]
+_BROWS = list(range(18, 26))  # brow points without the outer tips
+_SHRINK = 0.7
+# Forehead band above the brows, in units of the brow-to-chin distance.
+_FOREHEAD_LOW, _FOREHEAD_HIGH = 0.06, 0.22
+# More pixels than this do not move a median; a regular subsample keeps the cost flat.
+_MAX_SKIN_PIXELS = 2048
+
+
+def skin_tone_label(ita: float) -> str | None:
+    """The Del Bino bin of an ITA value (degrees); None for NaN."""
+    if ita is None or not math.isfinite(ita):
+        return None
+    for label, lo, hi in ITA_BINS:
+        if lo < ita <= hi:
+            return label
+    return SKIN_TONES[-1]
+
+
+def rgb_to_lab(pixels: np.ndarray) -> np.ndarray:
+    """CIELab (D65) of RGB uint8 pixels (..., 3) with exact sRGB linearization; float32."""
+    lin = SRGB_TO_LINEAR[pixels]
+    xyz = lin @ RGB_TO_XYZN.T
+    eps, kappa = 216.0 / 24389.0, 24389.0 / 27.0
+    f = np.where(xyz > eps, np.cbrt(xyz), (kappa * xyz + 16.0) / 116.0)
+    lab = np.empty_like(f)
+    lab[..., 0] = 116.0 * f[..., 1] - 16.0
+    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
+    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
+    return lab
+
+
+def ita_of_pixels(pixels: np.ndarray) -> float:
+    """Median per-pixel ITA (degrees) of RGB uint8 pixels (N, 3).
+
+    The median keeps specular highlights, shadows and stray hair from moving the value.
+    ``b*`` is floored at a small positive value: skin has b* > 0, and a grey pixel then counts
+    as an extreme angle (+-90) that the median ignores instead of flipping sign.
+    """
+    if pixels.size == 0:
+        return float("nan")
+    lab = rgb_to_lab(pixels.reshape(-1, 3))
+    b = np.maximum(lab[:, 2], 1e-3)
+    ita = np.degrees(np.arctan((lab[:, 0] - 50.0) / b))
+    return float(np.median(ita))
+
+
+def _shrink(poly: np.ndarray, factor: float) -> np.ndarray:
+    c = poly.mean(axis=0)
+    return c + (poly - c) * factor
+
+
+def skin_polygons(landmarks: np.ndarray) -> list[np.ndarray]:
+    """Cheek and forehead polygons (float (k, 2) arrays, image pixels) from 68 landmarks."""
+    lm = np.asarray(landmarks, dtype=np.float32).reshape(68, 2)
+    polys = [_shrink(lm[_CHEEK_RIGHT], _SHRINK), _shrink(lm[_CHEEK_LEFT], _SHRINK)]
+    brows = lm[_BROWS]
+    up = brows.mean(axis=0) - lm[8]  # chin -> brows: "up" in the face's own frame
+    low = brows + up * _FOREHEAD_LOW
+    high = brows + up * _FOREHEAD_HIGH
+    polys.append(np.concatenate([low, high[::-1]], axis=0))
+    return polys
+
+
+def _face_box(landmarks: np.ndarray, h: int, w: int) -> tuple[int, int, int, int]:
+    x0, y0 = np.floor(landmarks.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(landmarks.max(axis=0)).astype(int) + 1
+    return max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected an RGB image HxWx3, got shape {img.shape}")
+    if img.shape[2] == 4:
+        img = img[..., :3]
+    if img.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {img.dtype}")
+    return img
+
+
+def face_attributes(image: np.ndarray, landmarks: np.ndarray | None = None) -> dict:
+    """Skin tone, sharpness, brightness and face size of one face.
+
+    ``image`` is RGB uint8 HxWx3; ``landmarks`` the 68 (x, y) points in its pixels. Without
+    landmarks, the central half of the image stands for the face (aligned crops, or detector
+    failures) and ``region`` says ``"center"`` so the report can tell the two apart.
+
+    Returns ``ita`` (degrees, NaN when no skin pixel), ``skin_tone`` (Del Bino label or None),
+    ``sharpness`` (variance of the Laplacian of the face's grey levels; grows with detail and
+    with resolution), ``brightness`` (mean Rec. 601 luma of the face region, 0..255),
+    ``face_size`` (inter-ocular distance in pixels, NaN without landmarks), ``skin_pixels``
+    and ``region`` (``"landmarks"`` or ``"center"``).
+    """
+    img = _as_rgb(image)
+    h, w = img.shape[:2]
+    if landmarks is not None:
+        lm = np.asarray(landmarks, dtype=np.float32).reshape(68, 2)
+        x0, y0, x1, y1 = _face_box(lm, h, w)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            landmarks = None  # landmarks entirely outside the image: fall back
+    if landmarks is not None:
+        region = "landmarks"
+        # Rasterize the skin polygons into a mask covering the face box grown by the forehead.
+        polys = skin_polygons(lm)
+        allpts = np.concatenate(polys + [lm], axis=0)
+        bx0, by0, bx1, by1 = _face_box(allpts, h, w)
+        mask = np.zeros((by1 - by0, bx1 - bx0), dtype=np.uint8)
+        shift = np.array([bx0, by0], dtype=np.float32)
+        cv2.fillPoly(mask, [np.round((p - shift) * 16).astype(np.int32) for p in polys], 1,
+                     lineType=cv2.LINE_8, shift=4)
+        skin = img[by0:by1, bx0:bx1][mask.astype(bool)]
+        face = img[y0:y1, x0:x1]
+        left_eye = lm[36:42].mean(axis=0)
+        right_eye = lm[42:48].mean(axis=0)
+        face_size = float(np.hypot(*(right_eye - left_eye)))
+    else:
+        region = "center"
+        cy0, cy1 = h // 4, h - h // 4
+        cx0, cx1 = w // 4, w - w // 4
+        face = img[cy0:cy1, cx0:cx1]
+        skin = face.reshape(-1, 3)
+        face_size = float("nan")
+    n_skin = int(skin.shape[0])
+    if n_skin > _MAX_SKIN_PIXELS:  # a regular subsample keeps the time budget on big faces
+        skin = skin[:: -(-n_skin // _MAX_SKIN_PIXELS)]
+    ita = ita_of_pixels(skin)
+    gray = cv2.cvtColor(np.ascontiguousarray(face), cv2.COLOR_RGB2GRAY)
+    if gray.size and min(gray.shape) >= 3:
+        _, std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
+        sharpness = float(std[0, 0] ** 2)
+    else:
+        sharpness = float("nan")
+    brightness = float(gray.mean()) if gray.size else float("nan")
+    return {
+        "ita": ita,
+        "skin_tone": skin_tone_label(ita),
+        "sharpness": sharpness,
+        "brightness": brightness,
+        "face_size": face_size,
+        "skin_pixels": n_skin,
+        "region": region,
+    }

@@ -1,0 +1,93 @@
+"""``maskgen audit`` and ``maskgen card``: the flags are the keyword arguments of
+:func:`maskgen.audit.api.audit`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from maskgen.audit.stats import FIT_THRESHOLD
+
+
+def _print_summary(stats: dict, out: Path | None) -> None:
+    comp, masks = stats["composition"], stats["masks"]
+    line = (f"{comp['images']:,} images kept of {comp['rows']:,} ({comp['identities']:,} "
+            f"identities); {comp['dropped']:,} dropped, {comp['failed']:,} failed")
+    if masks.get("available") and "ratio" in masks:
+        line += f"; masked {masks['masked']:,} ({masks['ratio']:.2%})"
+    click.echo(line)
+    for col, e in stats["attributes"].items():
+        b = e["balance"]
+        click.echo(f"  {col}: {b['num_groups']} groups, min/max share "
+                   f"{b['min_max_share_ratio']}, entropy {b['normalized_entropy']}")
+    for w in stats["warnings"]:
+        click.echo(f"  warning: {w}")
+    if out is not None:
+        click.echo(f"report: {out / 'report.html'}  card: {out / 'DATA_CARD.md'}")
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV or parquet of labels (e.g. age, gender, race) to join.")
+@click.option("--join-on", type=click.Choice(["key", "path", "identity"]), default="key",
+              show_default=True,
+              help="Match label rows by sample key, by image path (suffix match) or by identity.")
+@click.option("--target", default="uniform", show_default=True,
+              help="Target shares: 'uniform', or JSON (inline or a file) "
+                   "{column: {group: share}}.")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder [default: the build folder itself, else ./<name>-audit].")
+@click.option("--group-by", default=None,
+              help="Comma-separated columns to slice by [default: label columns + skin_tone].")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Parallel Ray workers for scanning an image folder.")
+@click.option("--backend", type=click.Choice(["auto", "dlib", "aligned", "fan"]), default="auto",
+              show_default=True,
+              help="Landmark backend (auto: 'aligned' for square crops <= 128 px, else dlib).")
+@click.option("--compute-attributes/--no-compute-attributes", default=True, show_default=True,
+              help="Compute skin tone and quality from the images when a manifest lacks them.")
+@click.option("--fit-threshold", type=float, default=FIT_THRESHOLD, show_default=True,
+              help="Mask fit score below which a masked image counts as a poor fit.")
+def audit(path: Path, labels: Path | None, join_on: str, target: str, out: Path | None,
+          group_by: str | None, workers: int, backend: str, compute_attributes: bool,
+          fit_threshold: float) -> None:
+    """Balance report and dataset card of a build folder, a manifest or an image folder."""
+    from maskgen.audit.api import audit as run_audit
+
+    if out is None:
+        out = path if (path / "manifest.parquet").is_file() else Path(f"{path.stem}-audit")
+    try:
+        stats = run_audit(path, labels=labels, join_on=join_on, target=target, out=out,
+                          group_by=group_by.split(",") if group_by else None, workers=workers,
+                          backend=backend, compute_attributes=compute_attributes,
+                          fit_threshold=fit_threshold)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_summary(stats, out)
+
+
+@click.command()
+@click.argument("build", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder [default: the build folder].")
+@click.option("--target", default="uniform", show_default=True,
+              help="Target shares: 'uniform', or JSON (inline or a file).")
+@click.option("--reproduce", default=None,
+              help="The command that regenerates this build, quoted in the card.")
+@click.option("--name", default=None, help="Dataset name in the report [default: folder name].")
+def card(build: Path, out: Path | None, target: str, reproduce: str | None,
+         name: str | None) -> None:
+    """Write DATA_CARD.md, the balance report and stats.json of a build."""
+    from maskgen.audit.api import audit as run_audit
+
+    if not (build / "manifest.parquet").is_file():
+        raise click.ClickException(f"{build} is not a build folder (no manifest.parquet)")
+    out = out or build
+    try:
+        stats = run_audit(build, target=target, out=out, compute_attributes=False,
+                          reproduce=reproduce, name=name)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_summary(stats, out)
