@@ -1,0 +1,191 @@
+"""Commands of the masks stage: ``maskgen mask``, ``maskgen landmarks``, ``maskgen contact-sheet``.
+
+Each input gets one JSON line with its status; unreadable or faceless inputs are reported with
+a reason and the rest continue.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import click
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+def iter_inputs(src: Path, recursive: bool = True) -> Iterator[Path]:
+    """The image files of a file or folder, sorted (every file with an image extension)."""
+    if src.is_file():
+        yield src
+        return
+    pattern = "**/*" if recursive else "*"
+    for p in sorted(src.glob(pattern)):
+        if p.suffix.lower() in IMAGE_EXTS and not p.is_dir():
+            yield p
+
+
+def image_seed(seed: int, rel: str) -> int:
+    """A per-image seed from the run seed and the image's relative path (order-independent)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(rel.encode("utf-8"))) % (2**32)
+
+
+def _rel(p: Path, root: Path) -> str:
+    return p.name if root.is_file() else p.relative_to(root).as_posix()
+
+
+@click.command("mask")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--type", "mask_type", default="surgical", show_default=True, help="surgical, n95, kn95, cloth, bandana, pack:<name> or random.")
+@click.option("--color", default=None, help="Palette name, #rrggbb or random (default: the design's).")
+@click.option("--texture", default=None, help="checks, stripes, dots, floral, random or an image file (tiled).")
+@click.option("--wear", default="correct", show_default=True, type=click.Choice(["correct", "below_nose", "chin", "random"]))
+@click.option("--valve/--no-valve", default=False, help="Exhalation valve (n95, kn95).")
+@click.option("--pack", default=None, type=click.Path(exists=True, file_okay=False), help="MaskTheFace-format template pack folder (for pack:<name>).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--backend", default="dlib", show_default=True, type=click.Choice(["dlib", "aligned", "fan"]))
+@click.option("--select", default="all", show_default=True, type=click.Choice(["all", "largest", "center"]))
+@click.option("--format", "fmt", default="jpg", show_default=True, type=click.Choice(["jpg", "png"]))
+@click.option("--quality", default=95, show_default=True, type=int, help="JPEG quality.")
+@click.option("--alpha/--no-alpha", "save_alpha", default=False, help="Also write the mask alpha as <name>.alpha.png.")
+def mask(
+    src: Path,
+    out: Path,
+    mask_type: str,
+    color: str | None,
+    texture: str | None,
+    wear: str,
+    valve: bool,
+    pack: str | None,
+    seed: int,
+    backend: str,
+    select: str,
+    fmt: str,
+    quality: int,
+    save_alpha: bool,
+) -> None:
+    """Put masks on the faces of SRC (an image or a folder); write images and results.jsonl to OUT."""
+    import cv2
+    import numpy as np
+
+    from maskgen.masks import MASK_TYPES, WEAR_MODES, MaskSpec, load_image, mask_face
+
+    try:
+        base = None
+        if mask_type != "random":
+            base = MaskSpec(
+                type=mask_type,
+                color=color,
+                texture=texture,
+                wear=wear if wear != "random" else "correct",
+                valve=valve,
+                pack=pack,
+            )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    counts: Counter[str] = Counter()
+    n = 0
+    with open(out / "results.jsonl", "w", encoding="utf-8") as log:
+        for p in iter_inputs(src):
+            rel = _rel(p, src)
+            s = image_seed(seed, rel)
+            rec: dict = {"path": rel, "seed": s}
+            img, reason = load_image(p)
+            if img is None:
+                rec.update(status="failed", reason=reason)
+            else:
+                if base is None:
+                    # a seeded random design; explicit --color/--texture/--wear still apply
+                    spec = MaskSpec.random(s, types=MASK_TYPES)
+                    over = {k: v for k, v in (("color", color), ("texture", texture)) if v is not None}
+                    if wear != "random":
+                        over["wear"] = wear
+                    if over:
+                        spec = MaskSpec(**{**spec.to_json(), **over})
+                else:
+                    spec = base
+                    if wear == "random":
+                        rng = np.random.default_rng(s)
+                        spec = MaskSpec(**{**spec.to_json(), "wear": str(rng.choice(WEAR_MODES))})
+                res = mask_face(img, spec, seed=s, backend=backend, select=select)
+                rec.update(res.to_json())
+                if res.ok:
+                    dst = out / Path(rel).with_suffix(f".{fmt}")
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    bgr = cv2.cvtColor(res.image, cv2.COLOR_RGB2BGR)
+                    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpg" else []
+                    cv2.imwrite(str(dst), bgr, params)
+                    rec["output"] = dst.relative_to(out).as_posix()
+                    if save_alpha:
+                        a = np.clip(res.alpha * 255 + 0.5, 0, 255).astype(np.uint8)
+                        cv2.imwrite(str(dst.with_suffix(".alpha.png")), a)
+                    rec["reason"] = None
+                else:
+                    rec.update(status="failed", reason=res.status)
+            counts[rec["status"] if rec["status"] == "ok" else str(rec["reason"])] += 1
+            n += 1
+            log.write(json.dumps(rec) + "\n")
+    summary = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+    click.echo(f"{n} images -> {out} ({summary})", err=True)
+
+
+@click.command("landmarks")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", "out", default="-", show_default=True, help="JSON-lines file ('-' = stdout).")
+@click.option("--backend", default="dlib", show_default=True, type=click.Choice(["dlib", "aligned", "fan"]))
+@click.option("--select", default="all", show_default=True, type=click.Choice(["all", "largest", "center"]))
+def landmarks(src: Path, out: str, backend: str, select: str) -> None:
+    """Print (or write) 68 landmarks, box, score and head pose of every face in SRC, one JSON line per image."""
+    from maskgen.masks import detect_faces, load_image
+
+    fh = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
+    try:
+        for p in iter_inputs(src):
+            rel = _rel(p, src)
+            img, reason = load_image(p)
+            if img is None:
+                rec = {"path": rel, "status": "failed", "reason": reason, "faces": []}
+            else:
+                faces = detect_faces(img, backend=backend, select=select)
+                rec = {
+                    "path": rel,
+                    "status": "ok" if faces else "failed",
+                    "reason": None if faces else "no_face",
+                    "width": int(img.shape[1]),
+                    "height": int(img.shape[0]),
+                    "faces": [f.to_json() for f in faces],
+                }
+            fh.write(json.dumps(rec) + "\n")
+    finally:
+        if fh is not sys.stdout:
+            fh.close()
+
+
+@click.command("contact-sheet")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option("--faces", "n_faces", default=3, show_default=True, type=int, help="How many LFW faces.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--cell", default=176, show_default=True, type=int, help="Cell size in pixels.")
+@click.option("--data-home", default=None, type=click.Path(file_okay=False), help="Data folder (default: $MASKGEN_DATA_HOME).")
+@click.option("--pack", default=None, type=click.Path(file_okay=False), help="Also show this MaskTheFace-format pack's surgical template.")
+def contact_sheet(out: Path, n_faces: int, seed: int, cell: int, data_home: str | None, pack: str | None) -> None:
+    """Write a PNG of every mask type x wear mode on a few LFW faces (astronaut when LFW is absent)."""
+    from maskgen.masks.sheet import make_contact_sheet
+
+    try:
+        img, info = make_contact_sheet(n_faces=n_faces, seed=seed, cell=cell, data_home=data_home, pack=pack)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    import cv2
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+        raise click.ClickException(f"could not write {out}")
+    click.echo(f"{out}: {img.shape[1]}x{img.shape[0]} px, faces: {', '.join(info)}", err=True)
+

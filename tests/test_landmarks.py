@@ -1,0 +1,237 @@
+"""Landmark backends, face selection, plausibility, head pose and 5-point alignment on real faces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import maskgen
+
+from maskgen.masks import (
+    ARCFACE_5,
+    Face,
+    align_face,
+    alignment_matrix,
+    detect_faces,
+    estimate_pose,
+    faces_from_landmarks,
+    fan_weights_cached,
+    five_points,
+    flip_landmarks,
+    get_detector,
+    load_image,
+    mean_shape_2d,
+)
+from maskgen.masks.align import transform_points
+from maskgen.masks.landmarks import plausible
+
+N_LFW = 30
+
+
+@pytest.fixture(scope="module")
+def lfw_faces(lfw_dir: Path) -> list[tuple[np.ndarray, Face]]:
+    """~30 LFW photos spread over the alphabet, with their centre face."""
+    files = sorted(lfw_dir.glob("*/*.jpg"))
+    out = []
+    for f in files[:: max(1, len(files) // N_LFW)][:N_LFW]:
+        img, _ = load_image(f)
+        faces = detect_faces(img, select="center")
+        if faces:
+            out.append((img, faces[0]))
+    return out
+
+
+def test_astronaut_one_plausible_face(astronaut: np.ndarray) -> None:
+    faces = detect_faces(astronaut)
+    assert len(faces) == 1
+    f = faces[0]
+    assert f.landmarks.shape == (68, 2) and f.landmarks.dtype == np.float32
+    x0, y0, x1, y1 = f.box
+    inner = f.landmarks[17:]  # brows, eyes, nose, mouth lie inside the detection box
+    assert (inner[:, 0] > x0 - 5).all() and (inner[:, 0] < x1 + 5).all()
+    assert (inner[:, 1] > y0 - 5).all() and (inner[:, 1] < y1 + 5).all()
+    yaw, pitch, roll = f.pose
+    assert abs(yaw) < 20 and abs(roll) < 15
+    assert f.score > 0
+
+
+def test_lfw_detection_rate(lfw_faces) -> None:
+    assert len(lfw_faces) >= N_LFW - 1
+
+
+def test_detector_is_cached() -> None:
+    assert get_detector("dlib") is get_detector("dlib")
+    with pytest.raises(ValueError):
+        get_detector("nope")
+
+
+def test_aligned_backend_first_in_a_fresh_process() -> None:
+    """The aligned backend builds the dlib one inside the detector lock: it must not deadlock
+    when it is the first backend a process (a Ray worker) asks for."""
+    code = "from maskgen.masks import get_detector; print(get_detector('aligned').dlib is get_detector('dlib'))"
+    root = str(Path(maskgen.__file__).resolve().parents[1])  # importable however pytest was started
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+
+
+def test_no_face_in_texture() -> None:
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (0, 0), 2)
+    assert detect_faces(noise) == []
+    assert detect_faces(np.full((200, 200, 3), 127, np.uint8)) == []
+
+
+def test_select_all_largest_center(astronaut: np.ndarray, lfw_faces) -> None:
+    face_small = astronaut[:260, 100:360]  # astronaut head, ~90 px face
+    lfw_img = lfw_faces[0][0]
+    h = max(face_small.shape[0], lfw_img.shape[0])
+    pad = lambda a: np.pad(a, ((0, h - a.shape[0]), (0, 0), (0, 0)), mode="edge")  # noqa: E731
+    both = np.ascontiguousarray(np.hstack([pad(face_small), pad(lfw_img)]))
+    all_faces = detect_faces(both, select="all")
+    assert len(all_faces) == 2
+    largest = detect_faces(both, select="largest")
+    areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in all_faces]
+    assert len(largest) == 1 and np.isclose((largest[0].box[2] - largest[0].box[0]) * (largest[0].box[3] - largest[0].box[1]), max(areas))
+    centre = detect_faces(both, select="center")
+    w = both.shape[1]
+    dist = [abs((f.box[0] + f.box[2]) / 2 - w / 2) for f in all_faces]
+    assert len(centre) == 1 and np.isclose(abs((centre[0].box[0] + centre[0].box[2]) / 2 - w / 2), min(dist))
+
+
+def test_supplied_landmarks_skip_detection(astronaut: np.ndarray) -> None:
+    lm = detect_faces(astronaut)[0].landmarks
+    faces = faces_from_landmarks(lm, astronaut.shape)
+    assert len(faces) == 1 and faces[0].backend == "supplied"
+    assert np.array_equal(faces[0].landmarks, lm)
+    with pytest.raises(ValueError):
+        faces_from_landmarks(np.zeros((5, 2)), astronaut.shape)
+
+
+def test_scrambled_landmarks_are_implausible(astronaut: np.ndarray) -> None:
+    lm = detect_faces(astronaut)[0].landmarks
+    rng = np.random.default_rng(1)
+    bad = lm[rng.permutation(68)]
+    assert not plausible(faces_from_landmarks(bad, astronaut.shape)[0], astronaut.shape[:2])
+    upside = lm.copy()
+    upside[:, 1] = 2 * lm[:, 1].mean() - lm[:, 1]  # mouth above the eyes
+    assert not plausible(faces_from_landmarks(upside, astronaut.shape)[0], astronaut.shape[:2])
+    assert plausible(faces_from_landmarks(lm, astronaut.shape)[0], astronaut.shape[:2])
+
+
+def test_pose_sign_flips_with_image(lfw_faces) -> None:
+    turned = [(img, f) for img, f in lfw_faces if abs(f.pose[0]) > 12]
+    assert turned, "the LFW subset should hold a turned face"
+    for img, f in turned[:3]:
+        flipped = np.ascontiguousarray(img[:, ::-1])
+        g = detect_faces(flipped, select="center")
+        assert len(g) == 1
+        assert np.sign(g[0].pose[0]) == -np.sign(f.pose[0])
+        assert abs(abs(g[0].pose[0]) - abs(f.pose[0])) < 8
+        # the same through the landmark mirror map alone
+        (yaw2, _, roll2), _ = estimate_pose(flip_landmarks(f.landmarks, img.shape[1]), img.shape[:2])
+        assert np.sign(yaw2) == -np.sign(f.pose[0]) and abs(yaw2 + f.pose[0]) < 3
+        assert abs(roll2 + f.pose[2]) < 3
+
+
+def test_pose_of_mean_shape_is_frontal() -> None:
+    (yaw, pitch, roll), err = estimate_pose(mean_shape_2d(112), (112, 112))
+    assert abs(yaw) < 1 and abs(roll) < 1 and abs(pitch) < 6 and err < 0.02
+
+
+def test_align_face_matches_arcface_template(lfw_faces) -> None:
+    for img, f in lfw_faces[:10]:
+        crop = align_face(img, f.landmarks, size=112)
+        assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+        m = alignment_matrix(f.landmarks, 112)
+        p5 = transform_points(five_points(f.landmarks), m)
+        assert np.abs(p5 - ARCFACE_5).mean() < 4.0
+    # other sizes scale the template
+    img, f = lfw_faces[0]
+    assert align_face(img, f.landmarks, size=224).shape == (224, 224, 3)
+
+
+def test_aligned_mode_on_aligned_lfw(lfw_faces) -> None:
+    """Fit landmarks in 112x112 ArcFace crops without detection, close to the full-image fit."""
+    errs = []
+    for img, f in lfw_faces:
+        crop = align_face(img, f.landmarks, 112)
+        faces = detect_faces(crop, backend="aligned")
+        assert len(faces) == 1
+        truth = transform_points(f.landmarks, alignment_matrix(f.landmarks, 112))
+        errs.append(np.linalg.norm(faces[0].landmarks - truth, axis=1).mean())
+    assert np.median(errs) < 3.0  # pixels of the 112 crop (inter-ocular distance ~35)
+    assert np.mean(np.array(errs) < 6.0) >= 0.9
+
+
+def test_dlib_misses_aligned_crops_that_aligned_mode_handles(lfw_faces) -> None:
+    crops = [align_face(img, f.landmarks, 112) for img, f in lfw_faces[:10]]
+    found_aligned = sum(len(detect_faces(c, backend="aligned")) == 1 for c in crops)
+    assert found_aligned == len(crops)
+
+
+@pytest.mark.skipif(not fan_weights_cached(), reason="face-alignment weights not cached (never downloaded in tests)")
+def test_fan_backend(astronaut: np.ndarray) -> None:
+    pytest.importorskip("face_alignment")
+    faces = detect_faces(astronaut, backend="fan")
+    ref = detect_faces(astronaut)[0]
+    assert len(faces) == 1
+    assert np.linalg.norm(faces[0].landmarks - ref.landmarks, axis=1).mean() < 8
+
+
+def test_landmarks_cli(tmp_path: Path, astronaut: np.ndarray) -> None:
+    from maskgen.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "astro.jpg"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    out = tmp_path / "lm.jsonl"
+    res = CliRunner().invoke(main, ["landmarks", str(src), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    recs = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert recs["astro.jpg"]["status"] == "ok" and len(recs["astro.jpg"]["faces"]) == 1
+    face = recs["astro.jpg"]["faces"][0]
+    assert len(face["landmarks"]) == 68 and set(face["pose"]) == {"yaw", "pitch", "roll"}
+    assert recs["broken.jpg"]["status"] == "failed" and recs["broken.jpg"]["reason"].startswith("corrupt")
+
+
+@pytest.mark.parametrize("axis,angle", [(1, 25.0), (1, -25.0), (0, 15.0), (2, 12.0)])
+def test_pose_recovers_a_known_rotation(axis: int, angle: float) -> None:
+    """Project the 3D mean shape at a known rotation; the estimate and its sign convention hold."""
+    from maskgen.masks import MEAN_SHAPE_3D
+
+    rv = np.zeros(3)
+    rv[axis] = np.radians(angle)
+    rot, _ = cv2.Rodrigues(rv)
+    p = MEAN_SHAPE_3D @ rot.T
+    p[:, 2] += 700.0
+    lm = np.stack([p[:, 0] / p[:, 2] * 700 + 200, p[:, 1] / p[:, 2] * 700 + 200], 1)
+    (yaw, pitch, roll), err = estimate_pose(lm, (400, 400))
+    got = {0: -pitch, 1: yaw, 2: roll}[axis]  # a positive X rotation lowers the chin: pitch < 0
+    assert abs(got - angle) < 2.0 and err < 0.01
+    if axis == 1:  # positive yaw: the nose tip points to the image left
+        assert np.sign(lm[30, 0] - lm[36:48, 0].mean()) == -np.sign(angle)
+
+
+def test_weak_false_detections_are_rejected(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """The astronaut's suit fires the HOG detector weakly (JPEG-compressed, or upscaled to
+    2048 px); those detections fail the second look and only the real face remains."""
+    cv2.imwrite(str(tmp_path / "a.jpg"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    jpg, _ = load_image(tmp_path / "a.jpg")
+    big = np.ascontiguousarray(cv2.resize(astronaut, (2048, 2048)))
+    det = get_detector("dlib")
+    for img in (jpg, big):
+        raw = det._full_boxes(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+        assert len(raw) == 2  # the face and one weak hit on the suit
+        faces = detect_faces(img)
+        assert len(faces) == 1 and faces[0].score > 1.0
