@@ -1,0 +1,36 @@
+"""Dataset sources, the manifest schema, identity filters and reproducible shard writing.
+
+```python
+from maskgen.datasets import parse_source, read_pairs, RecordIOReader, write_recordio
+src = parse_source("lfw")                 # or a folder, "recordio:train.rec", "wds:shards/*.tar"
+table = src.scan()                        # one row per image, nothing decoded
+```
+"""
+
+from __future__ import annotations
+
+from maskgen.datasets.lfw import lfw_dir, lfw_names, pair_image_path, read_pairs, read_people
+from maskgen.datasets.manifest import CORE_SCHEMA, conform, read_manifest, write_manifest
+from maskgen.datasets.recordio import RecordIOReader, image_bytes_at, write_recordio
+from maskgen.datasets.sources import Source, parse_source, read_image_bytes
+from maskgen.datasets.tarwriter import tar_bytes, write_tar
+
+__all__ = [
+    "CORE_SCHEMA",
+    "RecordIOReader",
+    "Source",
+    "conform",
+    "image_bytes_at",
+    "lfw_dir",
+    "lfw_names",
+    "pair_image_path",
+    "parse_source",
+    "read_image_bytes",
+    "read_manifest",
+    "read_pairs",
+    "read_people",
+    "tar_bytes",
+    "write_manifest",
+    "write_recordio",
+    "write_tar",
+]

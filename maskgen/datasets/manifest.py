@@ -50,6 +50,10 @@ CORE_FIELDS: list[pa.Field] = [
     pa.field("brightness", pa.float32()),
     pa.field("face_size", pa.float32()),  # inter-ocular distance or box size, pixels
     pa.field("seed", pa.int64()),  # per-sample seed of the mask choice
+    # Columns added by the build pipeline (after the shared core above).
+    pa.field("nbytes", pa.int64()),  # size of the encoded source image (record / tar member)
+    pa.field("source_label", pa.int64()),  # label as stored in the source (RecordIO), else null
+    pa.field("phash", pa.int64()),  # 64-bit perceptual hash of the source image (dedup)
 ]
 CORE_SCHEMA = pa.schema(CORE_FIELDS)
 CORE_NAMES = [f.name for f in CORE_FIELDS]

@@ -1,0 +1,363 @@
+"""`maskgen build` end to end on real LFW faces, on one Ray instance (2 CPUs) per session."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from maskgen.pipelines import build
+
+N_IDS = 40  # LFW's first 40 identities: 83 images
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+                 configure_logging=False, log_to_driver=False)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def lfw_build(ray_session, lfw_dir: Path, tmp_path_factory) -> Path:
+    """A first build (ratio 0.1, report on): its landmarks.parquet serves the other builds."""
+    out = tmp_path_factory.mktemp("lfw40") / "b"
+    build("lfw", out, ratio=0.1, max_identities=N_IDS, samples_per_shard=30, seed=0, progress=False)
+    return out
+
+
+def _manifest(out: Path) -> list[dict]:
+    return pq.read_table(out / "manifest.parquet").to_pylist()
+
+
+def _wds_samples(out: Path) -> list[dict]:
+    import webdataset as wds
+
+    info = json.loads((out / "dataset.json").read_text())
+    ds = wds.WebDataset(str(out / info["pattern"]), shardshuffle=False, empty_check=False)
+    return list(ds)
+
+
+def test_first_build_outputs(lfw_build: Path) -> None:
+    out = lfw_build
+    info = json.loads((out / "dataset.json").read_text())
+    names = sorted(p.name for p in (out / "shards").iterdir())
+    assert names == [s["name"] for s in info["shards"]] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert info["pattern"] == "shards/train-{000000..000002}.tar"
+    assert info["num_classes"] == N_IDS
+    assert info["num_samples"] == sum(s["num_samples"] for s in info["shards"])
+    assert info["num_masked"] == round(0.1 * info["num_samples"])
+    rows = _manifest(out)
+    assert len(rows) == 13233  # every input keeps a row
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == info["num_samples"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert all(r["reason"] == "no face detected" for r in failed)
+    assert {r["reason"] for r in rows if r["status"] == "dropped"} == {f"beyond max_identities ({N_IDS})"}
+    assert all(len(r["landmarks"]) == 136 and r["shard"] and r["label"] >= 0 for r in ok)
+    assert all(r["ita"] is not None and r["skin_tone"] for r in ok)  # audit attributes per sample
+    assert (out / "build.yaml").is_file() and (out / "landmarks.parquet").is_file()
+    assert (out / "DATA_CARD.md").is_file()  # written by the audit at the merge step
+    log = (out / "build.log").read_text()
+    assert "[execute] shards 3/3" in log and "img/s" in log and "masked" in log and "ETA" in log
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5, 1.0])
+def test_ratio_exact(lfw_build: Path, tmp_path: Path, ratio: float) -> None:
+    res = build("lfw", tmp_path / "o", ratio=ratio, max_identities=N_IDS, samples_per_shard=30,
+                landmarks_from=str(lfw_build), report=False, progress=False)
+    n = res.num_samples
+    assert n + res.num_failed == 83 and n >= 78  # a face in nearly every image
+    assert abs(res.num_masked - ratio * n) <= 0.5  # exact within one sample
+    samples = _wds_samples(res.out)
+    assert len(samples) == n
+    metas = [json.loads(s["json"]) for s in samples]
+    assert sum(m["masked"] for m in metas) == res.num_masked
+    per_id = defaultdict(list)
+    for m in metas:
+        per_id[m["identity"]].append(m["masked"])
+        assert (m["mask"] is not None) == m["masked"]
+    for ident, ms in per_id.items():  # spread evenly: floor or ceil of the identity's share
+        assert math.floor(ratio * len(ms) + 1e-9) <= sum(ms) <= math.ceil(ratio * len(ms) - 1e-9), ident
+    rows = [r for r in _manifest(res.out) if r["status"] == "ok"]
+    assert sum(r["masked"] for r in rows) == res.num_masked
+    assert all((r["mask_type"] is not None) == r["masked"] for r in rows)
+
+
+def test_twins_read_back_webdataset_and_ray(lfw_build: Path, tmp_path: Path, ray_session) -> None:
+    res = build("lfw", tmp_path / "t", ratio=0.5, twins=True, max_identities=N_IDS, samples_per_shard=50,
+                landmarks_from=str(lfw_build), report=False, progress=False, mask_mix="mtarcface")
+    samples = _wds_samples(res.out)
+    assert len(samples) == res.num_samples
+    for s in samples:
+        assert {"jpg", "cls", "json", "orig.jpg", "masked.jpg"} <= set(s)
+        meta = json.loads(s["json"])
+        assert s["jpg"] == (s["masked.jpg"] if meta["masked"] else s["orig.jpg"])
+        assert int(s["cls"]) == meta["label"]
+        assert meta["mask"]["type"] and meta["mask"]["wear"] == "correct"
+        img = cv2.imdecode(np.frombuffer(s["masked.jpg"], np.uint8), cv2.IMREAD_COLOR)
+        orig = cv2.imdecode(np.frombuffer(s["orig.jpg"], np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == orig.shape == (112, 112, 3)
+    # the lower face differs between twins (the mask), the eyes region barely does
+    diffs = [np.abs(cv2.imdecode(np.frombuffer(s["masked.jpg"], np.uint8), 0).astype(int)
+                    - cv2.imdecode(np.frombuffer(s["orig.jpg"], np.uint8), 0).astype(int)) for s in samples]
+    assert np.mean([d[75:100, 30:82].mean() for d in diffs]) > 3 * np.mean([d[35:55, 30:82].mean() for d in diffs])
+    ds = ray_session.data.read_webdataset(str(res.out / "shards"))
+    rows = ds.take_all()
+    assert len(rows) == res.num_samples
+    assert {"jpg", "cls", "json", "orig.jpg", "masked.jpg"} <= set(rows[0])
+
+
+def test_workers_1_and_2_byte_identical(lfw_build: Path, tmp_path: Path) -> None:
+    kw = dict(ratio=0.5, twins=True, max_identities=N_IDS, samples_per_shard=20, landmarks_from=str(lfw_build),
+              report=False, progress=False, seed=7)
+    a = build("lfw", tmp_path / "w1", workers=1, **kw)
+    b = build("lfw", tmp_path / "w2", workers=2, **kw)
+    assert len(a.shards) == len(b.shards) == 5
+    for x, y in zip(a.shards, b.shards):
+        assert x.name == y.name and x.read_bytes() == y.read_bytes()
+    # shards sized by bytes: the same split on every run, each shard near the target
+    e = build("lfw", tmp_path / "bytes", shard_bytes=60_000, **{**kw, "samples_per_shard": 1000})
+    sizes = [p.stat().st_size for p in e.shards]
+    assert len(sizes) >= 3 and max(sizes[:-1]) < 90_000 and min(sizes[:-1]) > 35_000
+    # a rebuild in place reuses every shard
+    c = build("lfw", tmp_path / "w1", workers=2, **kw)
+    assert c.shards_reused == 5 and c.shards_built == 0
+    # another seed changes the plan, so every shard is rebuilt (no stale reuse)
+    d = build("lfw", tmp_path / "w1", workers=2, **{**kw, "seed": 8})
+    assert d.shards_built == 5 and d.num_masked == a.num_masked
+
+
+def test_resume_simulated_crash(lfw_build: Path, tmp_path: Path) -> None:
+    kw = dict(ratio=0.1, max_identities=N_IDS, samples_per_shard=20, landmarks_from=str(lfw_build),
+              report=False, progress=False)
+    ref = build("lfw", tmp_path / "ref", **kw)
+    out = tmp_path / "crash"
+    shutil.copytree(ref.out, out)
+    # shard 1 was interrupted after the tar rename but before its stats; shard 3 mid-write
+    (out / "stats" / "train-000001.json").unlink()
+    (out / "shards" / "train-000003.tar").rename(out / "shards" / "train-000003.tar.tmp")
+    (out / "stats" / "train-000003.json").unlink()
+    res = build("lfw", out, **kw)
+    assert res.shards_built == 2 and res.shards_reused == 3
+    assert not list((out / "shards").glob("*.tmp"))
+    for x, y in zip(ref.shards, res.shards):
+        assert x.read_bytes() == (out / "shards" / y.name).read_bytes()
+
+
+def test_resume_after_kill(lfw_build: Path, tmp_path: Path) -> None:
+    """Kill a real `maskgen build` process mid-way, rerun it, compare with an uninterrupted build."""
+    args = ["lfw", "--ratio", "0.1", "--max-identities", "120", "--samples-per-shard", "8", "--workers", "1",
+            "--no-report", "--seed", "3"]
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "maskgen", "build", *args, "-o", str(out)]
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            done = list((out / "stats").glob("*.json")) if (out / "stats").is_dir() else []
+            if len(done) >= 2:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the build finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    n_done = len(list((out / "stats").glob("*.json")))
+    info_before = (out / "dataset.json").exists()
+    assert not info_before  # killed before the merge
+    res = build("lfw", out, ratio=0.1, max_identities=120, samples_per_shard=8, workers=1, report=False,
+                progress=False, seed=3)
+    assert res.shards_reused >= n_done >= 2 and res.shards_built >= 1
+    ref = build("lfw", tmp_path / "ref", ratio=0.1, max_identities=120, samples_per_shard=8, workers=2,
+                report=False, progress=False, seed=3, landmarks_from=str(out))
+    assert [p.name for p in ref.shards] == [p.name for p in res.shards]
+    for x, y in zip(ref.shards, res.shards):
+        assert x.read_bytes() == y.read_bytes()
+
+
+def _odd_inputs(lfw_dir: Path, root: Path) -> dict[str, str]:
+    """Real faces in odd formats plus broken and faceless files; name -> expected status."""
+    from PIL import Image
+
+    person = root / "Odd_Person"
+    shutil.copytree(lfw_dir / "Adrien_Brody", root / "Adrien_Brody")
+    person.mkdir()
+    src = lfw_dir / "Al_Gore" / "Al_Gore_0001.jpg"
+    face = Image.open(src).convert("RGB")
+    data = src.read_bytes()
+    expect = {}
+    shutil.copy(src, person / "plain.jpg"); expect["plain.jpg"] = "ok"
+    face.convert("L").save(person / "gray.png"); expect["gray.png"] = "ok"
+    face.convert("CMYK").save(person / "cmyk.jpg"); expect["cmyk.jpg"] = "ok"
+    arr16 = (np.asarray(face).astype(np.uint16) * 257)
+    cv2.imwrite(str(person / "deep16.png"), cv2.cvtColor(arr16, cv2.COLOR_RGB2BGR)); expect["deep16.png"] = "ok"
+    (person / "truncated.jpg").write_bytes(data[: len(data) // 3]); expect["truncated.jpg"] = "failed"
+    (person / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(3000)); expect["corrupt.jpg"] = "failed"
+    (person / "empty.png").write_bytes(b""); expect["empty.png"] = "failed"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (250, 250, 3), dtype=np.uint8)).save(person / "noise.jpg")
+    expect["noise.jpg"] = "failed"
+    Image.new("RGB", (250, 250), (120, 160, 200)).save(person / "flat.png"); expect["flat.png"] = "failed"
+    (person / "broken.jpg").symlink_to(root / "nowhere.jpg"); expect["broken.jpg"] = "failed"
+    two = Image.new("RGB", (500, 250))
+    two.paste(face, (0, 0))
+    two.paste(Image.open(lfw_dir / "Adrien_Brody" / "Adrien_Brody_0001.jpg"), (250, 0))
+    two.save(person / "two_faces.jpg"); expect["two_faces.jpg"] = "ok"
+    face.resize((4400, 4400), Image.BICUBIC).save(person / "huge.jpg", quality=80); expect["huge.jpg"] = "ok"
+    return expect
+
+
+def test_bad_inputs_counted_not_fatal(ray_session, lfw_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "odd"
+    expect = _odd_inputs(lfw_dir, root)
+    res = build(str(root), tmp_path / "o", ratio=0.5, report=False, progress=False, samples_per_shard=10)
+    rows = {Path(r["path"]).name: r for r in _manifest(res.out)}
+    for name, status in expect.items():
+        assert rows[name]["status"] == status, (name, rows[name]["reason"])
+        if status == "failed":
+            assert rows[name]["reason"]
+    assert rows["noise.jpg"]["reason"] == "no face detected"
+    assert rows["truncated.jpg"]["reason"].startswith("decode")
+    assert rows["broken.jpg"]["reason"].startswith("unreadable")
+    assert rows["huge.jpg"]["width"] <= 4096  # decoded downscaled, not refused
+    n_brody = len(list((root / "Adrien_Brody").iterdir()))
+    assert res.num_samples == sum(v == "ok" for v in expect.values()) + n_brody - res.num_failed + sum(
+        v == "failed" for v in expect.values())
+    info = json.loads((res.out / "dataset.json").read_text())
+    assert info["reasons"]["failed: no face detected"] >= 2
+    assert any(k.startswith("failed: decode") for k in info["reasons"])
+    assert len(_wds_samples(res.out)) == res.num_samples
+
+
+def test_recordio_source_build(ray_session, lfw_dir: Path, tmp_path: Path) -> None:
+    from maskgen.datasets.recordio import write_recordio
+
+    names = ["Adrien_Brody", "Al_Gore", "Abdullah_Gul"]
+    items = [(i, f.read_bytes()) for i, n in enumerate(names) for f in sorted((lfw_dir / n).iterdir())[:6]]
+    write_recordio(items, tmp_path / "rec" / "train.rec")
+    res = build(f"recordio:{tmp_path / 'rec' / 'train.rec'}", tmp_path / "o", ratio=0.5, report=False,
+                progress=False, min_images=2, twins=True)
+    assert res.num_classes == 3 and res.num_samples + res.num_failed == len(items)
+    metas = [json.loads(s["json"]) for s in _wds_samples(res.out)]
+    assert {m["identity"] for m in metas} == {"0", "1", "2"}
+    assert all(m["source_path"].startswith("train.rec@") for m in metas)
+    # re-mask that build's shards at another ratio: a WebDataset source (the originals are used)
+    again = build(f"wds:{res.out}/shards/*.tar", tmp_path / "o2", ratio=0.0, report=False, progress=False,
+                  output="original")
+    assert again.num_samples == res.num_samples and again.num_masked == 0
+    assert {json.loads(s["json"])["source_path"].split(":")[1].split(".", 1)[1] for s in _wds_samples(again.out)} == {"orig.jpg"}
+    # without twins, masked training images have no original: dropped with the reason
+    plain = build(f"recordio:{tmp_path / 'rec' / 'train.rec'}", tmp_path / "o3", ratio=0.5, report=False,
+                  progress=False, min_images=2, landmarks_from=str(res.out))
+    remask = build(f"wds:{plain.out}/shards/*.tar", tmp_path / "o4", ratio=0.0, report=False, progress=False)
+    assert remask.num_samples == plain.num_samples - plain.num_masked
+    assert remask.reasons == {"dropped: source image is already masked and has no original": plain.num_masked}
+
+
+def test_filters_in_manifest(lfw_build: Path, tmp_path: Path) -> None:
+    res = build("lfw", tmp_path / "f", ratio=0.5, max_identities=10, min_images=2, exclude="Abdullah_Gul",
+                exclude_eval="lfw-devtest", dedup=True, landmarks_from=str(lfw_build), report=False, progress=False)
+    rows = _manifest(res.out)
+    reasons = {r["reason"].split(" (")[0] for r in rows if r["status"] == "dropped"}
+    assert {"in exclude list", "evaluation identity", "identity has fewer than min_images",
+            "beyond max_identities"} <= reasons
+    ok_ids = {r["identity"] for r in rows if r["status"] == "ok"}
+    assert len(ok_ids) == res.num_classes <= 10 and "Abdullah_Gul" not in ok_ids
+    counts = defaultdict(int)
+    for r in rows:
+        if r["status"] == "ok":
+            counts[r["identity"]] += 1
+    assert min(counts.values()) >= 2
+
+
+def test_cli_and_yaml(lfw_build: Path, tmp_path: Path, ray_session) -> None:
+    from click.testing import CliRunner
+
+    from maskgen.cli import main
+
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(f"source: lfw\nratio: 0.5\nmax_identities: 10\nlandmarks_from: {lfw_build}\nreport: false\n")
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(main, ["build", "--config", str(cfg), "--out", str(out), "--ratio", "0.25", "--quiet"])
+    assert r.exit_code == 0, r.output
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["ratio_requested"] == 0.25 and info["num_classes"] == 10
+    import yaml
+
+    resolved = yaml.safe_load((out / "build.yaml").read_text())
+    assert resolved["ratio"] == 0.25 and resolved["max_identities"] == 10 and resolved["source"] == "lfw"
+    bad = CliRunner().invoke(main, ["build", "lfw", "-o", str(tmp_path / "x"), "--mask-types", "scuba"])
+    assert bad.exit_code != 0 and "scuba" in bad.output
+
+
+def test_demographic_labels_spread_ratio(ray_session, fairface_dir: Path, tmp_path: Path) -> None:
+    """FairFace crops (one identity per image) with a labels CSV: each race group gets its
+    share of masked images within one, and the labels reach the manifest and sample json."""
+    import csv
+
+    root = tmp_path / "ff"
+    (root / "val").mkdir(parents=True)
+    with open(fairface_dir / "fairface_label_val.csv") as f:
+        rows = list(csv.DictReader(f))[:90]
+    for r in rows:
+        shutil.copy(fairface_dir / r["file"], root / r["file"])
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "gender", "race"])
+        w.writerows([r["file"], r["gender"], r["race"]] for r in rows)
+    ratio = 0.3
+    res = build(str(root), tmp_path / "o", ratio=ratio, identity_depth=0, labels=str(labels), stratify="race",
+                report=False, progress=False)
+    assert res.num_classes >= res.num_samples  # one identity per image (identity_depth=0)
+    man = [r for r in _manifest(res.out) if r["status"] == "ok"]
+    assert all(r["race"] and r["gender"] for r in man)
+    n = len(man)
+    m_total = sum(r["masked"] for r in man)
+    assert m_total == round(ratio * n) or abs(m_total - ratio * n) <= 0.5
+    groups = defaultdict(list)
+    for r in man:
+        groups[r["race"]].append(r["masked"])
+    assert len(groups) >= 4
+    for g, ms in groups.items():
+        q = m_total * len(ms) / n
+        assert math.floor(q) <= sum(ms) <= math.ceil(q), (g, len(ms), sum(ms))
+    meta = json.loads(_wds_samples(res.out)[0]["json"])
+    assert set(meta["demographics"]) == {"gender", "race"}
+
+
+def test_min_masked(ray_session, lfw_dir: Path, tmp_path: Path) -> None:
+    """Identities whose masked share would fall below K are dropped; the rest get at least K."""
+    res = build("lfw", tmp_path / "k", ratio=0.5, min_masked=4, include="Abdullah_Gul,Adrien_Brody,AJ_Cook",
+                report=False, progress=False)
+    rows = _manifest(res.out)
+    aj = [r for r in rows if r["identity"] == "AJ_Cook"]
+    assert aj[0]["status"] == "dropped" and aj[0]["reason"].startswith("identity keeps fewer than min_masked")
+    masked = defaultdict(int)
+    for r in rows:
+        if r["status"] == "ok":
+            masked[r["identity"]] += r["masked"]
+    assert set(masked) == {"Abdullah_Gul", "Adrien_Brody"} and min(masked.values()) >= 4

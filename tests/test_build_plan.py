@@ -1,0 +1,90 @@
+"""The plan: exact mask ratio overall, spread per identity and per demographic group."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from maskgen.pipelines import plan as P
+
+
+def _dataset(n_ids: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Identities with a long-tailed image count, like LFW (many singletons, a few large)."""
+    rng = np.random.default_rng(seed)
+    sizes = np.minimum(rng.zipf(1.8, n_ids), 60)
+    keys, idents = [], []
+    for i, s in enumerate(sizes):
+        for j in range(int(s)):
+            keys.append(f"{i:06d}-{j:04d}")
+            idents.append(f"person_{i:04d}")
+    return keys, idents
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.25, 0.5, 0.9, 1.0])
+def test_ratio_exact_overall_and_per_identity(ratio: float) -> None:
+    keys, idents = _dataset(400)
+    masked = P.allocate_masked(keys, idents, ratio, seed=3)
+    n = len(keys)
+    assert abs(int(masked.sum()) - ratio * n) <= 0.5 + 1e-9  # within one sample (round half up)
+    assert int(masked.sum()) == P.masked_count(n, ratio)
+    per_id: dict[str, list[bool]] = defaultdict(list)
+    for m, i in zip(masked, idents):
+        per_id[i].append(bool(m))
+    for ident, ms in per_id.items():
+        q = ratio * len(ms)
+        assert np.floor(q + 1e-9) <= sum(ms) <= np.ceil(q - 1e-9), (ident, len(ms), sum(ms))
+
+
+def test_singletons_share_exactly() -> None:
+    keys = [f"{i:06d}-0000" for i in range(1000)]
+    masked = P.allocate_masked(keys, keys, 0.1, seed=0)
+    assert masked.sum() == 100
+
+
+def test_deterministic_and_seed_dependent() -> None:
+    keys, idents = _dataset(200)
+    a = P.allocate_masked(keys, idents, 0.3, seed=1)
+    b = P.allocate_masked(keys, idents, 0.3, seed=1)
+    c = P.allocate_masked(keys, idents, 0.3, seed=2)
+    assert (a == b).all()
+    assert (a != c).any() and a.sum() == c.sum()
+
+
+def test_groups_get_their_share() -> None:
+    keys, idents = _dataset(300, seed=5)
+    rng = np.random.default_rng(0)
+    # a group label per identity (as FairFace-style labels are per person)
+    gid = {i: str(rng.choice(["a", "b", "c"], p=[0.6, 0.3, 0.1])) for i in set(idents)}
+    groups = [gid[i] for i in idents]
+    ratio = 0.37
+    masked = P.allocate_masked(keys, idents, ratio, seed=0, groups=groups)
+    assert masked.sum() == P.masked_count(len(keys), ratio)
+    size = Counter(groups)
+    got = Counter(g for g, m in zip(groups, masked) if m)
+    for g, n_g in size.items():
+        q = masked.sum() * n_g / len(keys)
+        assert np.floor(q) <= got[g] <= np.ceil(q)
+
+
+def test_largest_remainder_bounds() -> None:
+    rng = np.random.default_rng(0)
+    q = rng.random(50) * 7
+    total = int(round(q.sum()))
+    q = q * total / q.sum()
+    n = P.largest_remainder(q, total, rng)
+    assert n.sum() == total
+    assert (n >= np.floor(q + 1e-9)).all() and (n <= np.ceil(q - 1e-9)).all()
+
+
+def test_shards_and_keys() -> None:
+    keys = [f"{i:06d}-0000" for i in range(25)]
+    order = P.shard_order(keys, seed=0, shuffle=True)
+    assert sorted(order) == list(range(25)) and order != list(range(25))
+    assert P.shard_order(keys, seed=0, shuffle=False) == list(range(25))
+    shards = P.split_shards(order, 10)
+    assert [len(s) for s in shards] == [10, 10, 5]
+    assert P.shard_name("train", 3) == "train-000003.tar"
+    assert P.brace_pattern("train", 3) == "train-{000000..000002}.tar"
+    assert P.key_seed(0, "a") == P.key_seed(0, "a") != P.key_seed(1, "a")
