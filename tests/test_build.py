@@ -348,6 +348,20 @@ def test_demographic_labels_spread_ratio(ray_session, fairface_dir: Path, tmp_pa
     meta = json.loads(_wds_samples(res.out)[0]["json"])
     assert set(meta["demographics"]) == {"gender", "race"}
 
+    # Rebalancing: at most 5 images per race group, the rest dropped with the reason.
+    cap = 5
+    res2 = build(str(root), tmp_path / "c", ratio=ratio, identity_depth=0, labels=str(labels), stratify="race",
+                 cap_per_group=cap, landmarks_from=str(res.out), report=False, progress=False)
+    rows2 = _manifest(res2.out)
+    kept = defaultdict(int)
+    for r in rows2:
+        if r["status"] == "ok":
+            kept[r["race"]] += 1
+    assert {g: kept[g] for g in groups} == {g: min(cap, len(ms)) for g, ms in groups.items()}
+    capped = [r for r in rows2 if r["status"] == "dropped"]
+    assert len(capped) == n - sum(kept.values())
+    assert all(r["reason"].startswith("cap per group") for r in capped)
+
 
 def test_min_masked(ray_session, lfw_dir: Path, tmp_path: Path) -> None:
     """Identities whose masked share would fall below K are dropped; the rest get at least K."""

@@ -23,7 +23,15 @@ import pyarrow.parquet as pq
 
 from maskgen.datasets import filters as F
 from maskgen.datasets.labels import attach_labels
-from maskgen.datasets.manifest import CORE_NAMES, STATUS_FAILED, STATUS_OK, STATUS_PENDING, conform, write_manifest
+from maskgen.datasets.manifest import (
+    CORE_NAMES,
+    STATUS_DROPPED,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PENDING,
+    conform,
+    write_manifest,
+)
 from maskgen.datasets.sources import Source, parse_source, relative_path
 from maskgen.datasets.tarwriter import write_atomic
 from maskgen.pipelines import analyze as A
@@ -86,6 +94,7 @@ def build(
     identity_depth: int = 1,
     labels: str | None = None,
     stratify: list[str] | str | None = None,
+    cap_per_group: int | None = None,
     output: Literal["aligned", "original"] = "aligned",
     image_size: int = 112,
     jpeg_quality: int = 95,
@@ -190,6 +199,12 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float) -> BuildRes
         F.filter_duplicates(ws, np.array([a.get("phash") if a else None for a in analysis], dtype=object), cfg.dedup_threshold)
     F.filter_min_images(ws, cfg.min_images, stage=" after failures")
     F.filter_min_masked(ws, cfg.min_masked, cfg.ratio)
+    strat = cfg.stratify if cfg.stratify is not None else label_cols
+    missing = [c for c in strat if c not in ws.table.column_names]
+    if missing:
+        raise ValueError(f"stratify: no label column(s) {missing}; the labels give {label_cols}")
+    if cfg.cap_per_group is not None:
+        _cap_groups(ws, strat, cfg.cap_per_group, cfg.seed)
 
     # 5. plan
     t_plan = time.perf_counter()
@@ -198,10 +213,6 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float) -> BuildRes
     idents = ws.col("identity")
     classes = sorted({idents[i] for i in kept})
     label_of = {n: i for i, n in enumerate(classes)}
-    strat = cfg.stratify if cfg.stratify is not None else label_cols
-    missing = [c for c in strat if c not in ws.table.column_names]
-    if missing:
-        raise ValueError(f"stratify: no label column(s) {missing}; the labels give {label_cols}")
     groups = None
     if strat:
         cols = {c: ws.col(c) for c in strat}
@@ -234,6 +245,19 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float) -> BuildRes
 
     # 7. merge
     return _merge(cfg, out, src, ws, kept, rows, tasks, results, analysis, label_of, log, t_start)
+
+
+def _cap_groups(ws: F.WorkSet, columns: list[str], cap: int, seed: int) -> None:
+    """Rebalance: keep at most ``cap`` usable images per group of the label ``columns``
+    (a seeded choice, maskgen.audit.balance.cap_per_group); the rest are dropped with a reason."""
+    from maskgen.audit.balance import CAP_REASON, cap_per_group
+
+    if not columns:
+        raise ValueError("cap_per_group needs demographic labels (--labels) to group by")
+    cols = {c: ws.col(c) for c in columns}
+    groups = ["|".join(f"{c}={cols[c][i]}" for c in columns) for i in range(len(ws.status))]
+    keep = cap_per_group(groups, cap, seed, eligible=ws.pending)
+    ws.mark(ws.pending & ~keep, STATUS_DROPPED, f"{CAP_REASON} ({cap})")
 
 
 def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> list[dict | None]:

@@ -43,6 +43,7 @@ def _csv(ctx, param, value):
 @click.option("--identity-depth", type=click.IntRange(0), default=1, help="Folder levels naming the identity (0: one identity per image).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="CSV of demographic labels (identity or file column).")
 @click.option("--stratify", callback=_csv, multiple=True, help="Label columns to spread the ratio over (default: all label columns).")
+@click.option("--cap-per-group", type=click.IntRange(1), help="Rebalance: keep at most N images per group of the --stratify columns (seeded).")
 @click.option("--output", type=click.Choice(["aligned", "original"]), default="aligned")
 @click.option("--image-size", type=click.IntRange(16), default=112)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95)

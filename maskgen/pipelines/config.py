@@ -43,6 +43,7 @@ class BuildConfig:
     identity_depth: int = 1
     labels: str | None = None  # CSV of demographic labels (identity or file column)
     stratify: list[str] | None = None  # label columns to spread the ratio over (default: all)
+    cap_per_group: int | None = None  # keep at most N images per group of the stratify columns
     # output
     output: Literal["aligned", "original"] = "aligned"
     image_size: int = 112
@@ -84,6 +85,8 @@ class BuildConfig:
             raise ValueError("need 1 <= min_images <= max_images")
         if self.max_identities is not None and self.max_identities < 1:
             raise ValueError("max_identities must be positive")
+        if self.cap_per_group is not None and int(self.cap_per_group) < 1:
+            raise ValueError("cap_per_group must be positive")
         if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be positive")
         if self.texture_prob is not None and not 0 <= self.texture_prob <= 1:
