@@ -223,10 +223,15 @@ def mask_face(
             continue
         rh, rw = r.alpha.shape
         sl = np.s_[r.y0 : r.y0 + rh, r.x0 : r.x0 + rw]
-        roi = out[sl].astype(np.float32) * (1.0 / 255.0)
+        roi = out[sl].astype(np.float32)
+        roi *= 1.0 / 255.0
         a_roi = alpha[sl]
         composite_roi(roi, a_roi, r)
-        out[sl] = np.clip(roi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        # back to 8 bits in place (round half up, saturate); the assignment truncates
+        roi *= 255.0
+        roi += 0.5
+        np.clip(roi, 0.0, 255.0, out=roi)
+        out[sl] = roi
         done.append(face)
     if not done:
         return MaskResult(out, alpha, list(faces), 0.0, "off_image", rspec)
@@ -237,7 +242,8 @@ def mask_face(
 
 def composite_roi(roi: np.ndarray, a_roi: np.ndarray, r) -> None:
     """Premultiplied 'over' of one rendered mask into its ROI (both updated in place)."""
-    a = np.clip(r.alpha, 0.0, 1.0)
-    roi *= (1.0 - a)[..., None]
+    inv = np.clip(r.alpha, 0.0, 1.0)
+    np.subtract(1.0, inv, out=inv)  # 1 - alpha, computed once
+    roi *= inv[..., None]
     roi += r.rgb_premul
-    a_roi[...] = 1.0 - (1.0 - a_roi) * (1.0 - a)
+    a_roi[...] = 1.0 - (1.0 - a_roi) * inv

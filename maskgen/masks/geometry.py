@@ -49,12 +49,34 @@ def _lerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return a + (b - a) * t
 
 
-def _jaw(lm: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Points on the jaw polyline at fractional indices ``t``."""
-    t = np.minimum(np.maximum(np.asarray(t, np.float64), 0.0), 16.0)
+def _jaw_weights(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Segment indices and linear weights of fractional jaw indices ``t`` (points on the jaw
+    polyline are ``lm[i0] * f0 + lm[i1] * f1``)."""
+    t = np.minimum(np.maximum(t, 0.0), 16.0)
     i0 = np.minimum(np.floor(t).astype(int), 15)
     f = (t - i0)[..., None]
-    return lm[i0] * (1 - f) + lm[i0 + 1] * f
+    return i0, i0 + 1, 1 - f, f
+
+
+@functools.lru_cache(maxsize=8)
+def _wear_constants(wear: str) -> tuple:
+    """Everything of :func:`patch_curves` that depends on the wear mode only (built once)."""
+    g = WEAR[wear]
+    t = np.concatenate(
+        [
+            [g.top_side, 16.0 - g.top_side],
+            g.bottom_side + (16.0 - 2 * g.bottom_side) * _US,
+            g.top_side + (g.bottom_side - g.top_side) * _VS,
+            (16.0 - g.top_side) + (g.top_side - g.bottom_side) * _VS,
+        ]
+    )
+    bump = np.maximum(1.0 - np.abs(t - 8.0) / 5.0, 0.0)
+    offset = g.side_offset + g.chin_offset * bump  # in inter-ocular distances
+    s = np.where(_US <= 0.5, _US / 0.5, (1.0 - _US) / 0.5)[:, None]
+    out = (*_jaw_weights(t), offset, s, np.sin(np.pi * s), (_US <= 0.5)[:, None])
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def patch_curves(lm: np.ndarray, wear: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -68,19 +90,11 @@ def patch_curves(lm: np.ndarray, wear: str) -> tuple[np.ndarray, np.ndarray, np.
     centre = 0.5 * (lm[30] + lm[62])
     nu, nv = len(_US), len(_VS)
     # all jaw samples at once: top corners, bottom edge, left and right edges
-    t = np.concatenate(
-        [
-            [g.top_side, 16.0 - g.top_side],
-            g.bottom_side + (16.0 - 2 * g.bottom_side) * _US,
-            g.top_side + (g.bottom_side - g.top_side) * _VS,
-            (16.0 - g.top_side) + (g.top_side - g.bottom_side) * _VS,
-        ]
-    )
-    p = _jaw(lm, t)
+    i0, i1, f0, f1, offset, s, sin_s, left_half = _wear_constants(wear)
+    p = lm[i0] * f0 + lm[i1] * f1
     off = p - centre
     off /= np.maximum(np.hypot(off[:, 0], off[:, 1]), 1e-6)[:, None]
-    bump = np.maximum(1.0 - np.abs(t - 8.0) / 5.0, 0.0)
-    p = p + off * ((g.side_offset + g.chin_offset * bump) * iod)[:, None]
+    p = p + off * (offset * iod)[:, None]
     tl, tr = p[0], p[1]
     bottom = p[2 : 2 + nu]
     left = p[2 + nu : 2 + nu + nv]
@@ -104,9 +118,8 @@ def patch_curves(lm: np.ndarray, wear: str) -> tuple[np.ndarray, np.ndarray, np.
         if room < 0.03 * iod:
             top_c = top_c + down * (0.03 * iod - room)
     # the top edge: corners -> cheeks (sagging toward the chin) -> nose bridge
-    s = np.where(_US <= 0.5, _US / 0.5, (1.0 - _US) / 0.5)[:, None]
-    corner = np.where((_US <= 0.5)[:, None], tl, tr)
-    top = corner + (top_c - corner) * s + down * (g.cheek_sag * iod * np.sin(np.pi * s))
+    corner = np.where(left_half, tl, tr)
+    top = corner + (top_c - corner) * s + down * (g.cheek_sag * iod * sin_s)
     left = left.copy()
     right = right.copy()
     left[0], right[0], left[-1], right[-1] = top[0], top[-1], bottom[0], bottom[-1]
@@ -116,13 +129,22 @@ def patch_curves(lm: np.ndarray, wear: str) -> tuple[np.ndarray, np.ndarray, np.
 def coons_grid(lm: np.ndarray, wear: str) -> np.ndarray:
     """Image positions (len(_VS), len(_US), 2) of the patch knots (bilinearly blended Coons patch)."""
     top, bottom, left, right = patch_curves(lm, wear)
+    u, v, u1, v1, w00, w10, w01, w11 = _COONS
+    ruled_v = v1 * top[None] + v * bottom[None]
+    ruled_u = u1 * left[:, None] + u * right[:, None]
+    p00, p10, p01, p11 = top[0], top[-1], bottom[0], bottom[-1]
+    bil = w00 * p00 + w10 * p10 + w01 * p01 + w11 * p11
+    return ruled_v + ruled_u - bil
+
+
+def _coons_weights() -> tuple[np.ndarray, ...]:
+    """Constant blending weights of :func:`coons_grid` (same products, computed once)."""
     u = _US[None, :, None]
     v = _VS[:, None, None]
-    ruled_v = (1 - v) * top[None] + v * bottom[None]
-    ruled_u = (1 - u) * left[:, None] + u * right[:, None]
-    p00, p10, p01, p11 = top[0], top[-1], bottom[0], bottom[-1]
-    bil = (1 - u) * (1 - v) * p00 + u * (1 - v) * p10 + (1 - u) * v * p01 + u * v * p11
-    return ruled_v + ruled_u - bil
+    return u, v, 1 - u, 1 - v, (1 - u) * (1 - v), u * (1 - v), (1 - u) * v, u * v
+
+
+_COONS = _coons_weights()
 
 
 def _extend(grid: np.ndarray, us: np.ndarray, vs: np.ndarray, extent: tuple[float, float, float, float]):
@@ -243,6 +265,7 @@ def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, iters: int = 8
     cell = np.stack([x00, y00, by / den, -bx / den, -ay / den, ax / den, cy / den2, -cx / den2, -by / den2, bx / den2], -1)
     cell = cell.reshape(-1, 10)
     ci, cj, ring = _mesh_indices(r, c)
+    bounds = _cell_bounds(r, c)
     # start in the cell whose centre is nearest (one small distance matrix)
     ccx = (x00 + 0.25 * (ax + bx + cx)).ravel()
     ccy = (y00 + 0.25 * (ay + by + cy)).ravel()
@@ -251,7 +274,6 @@ def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, iters: int = 8
     fv = np.empty(len(px))
     done = np.zeros(len(px), bool)
     act = np.arange(len(px))  # points still walking
-    eps = 1e-3
     prev = -1
     for _ in range(iters):
         if len(act) == prev:
@@ -271,8 +293,8 @@ def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, iters: int = 8
         ov = np.where(use_a, t1, s2 + t2)
         # inside this cell (a hair's breadth over a shared edge counts: neighbours agree there),
         # or beyond the mesh border this cell lies on
-        ok = (((ou >= -eps) | (i == 0)) & ((ou <= 1 + eps) | (i == c - 2))
-              & ((ov >= -eps) | (j == 0)) & ((ov <= 1 + eps) | (j == r - 2)))
+        b = bounds[k]  # per-cell limits, open on the mesh border's sides
+        ok = (ou >= b[:, 0]) & (ou <= b[:, 1]) & (ov >= b[:, 2]) & (ov <= b[:, 3])
         fu[act] = i + ou
         fv[act] = j + ov
         done[act[ok]] = True
@@ -281,8 +303,9 @@ def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, iters: int = 8
         act = act[keep]
         if len(act) == 0:
             break
-        ni = np.minimum(np.maximum(i[keep] + np.sign(np.trunc(np.floor(ou[keep]))).astype(np.intp), 0), c - 2)
-        nj = np.minimum(np.maximum(j[keep] + np.sign(np.trunc(np.floor(ov[keep]))).astype(np.intp), 0), r - 2)
+        ou, ov = ou[keep], ov[keep]
+        ni = np.minimum(np.maximum(i[keep] + ((ou >= 1.0).view(np.int8) - (ou < 0.0).view(np.int8)), 0), c - 2)
+        nj = np.minimum(np.maximum(j[keep] + ((ov >= 1.0).view(np.int8) - (ov < 0.0).view(np.int8)), 0), r - 2)
         k = nj * (c - 1) + ni
     # a point "converged" beyond the border may still lie inside a concave or folded outline, and
     # a point outside the mesh may ping-pong between border cells: test both against the outline
@@ -332,6 +355,25 @@ def _mesh_indices(r: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ci, cj, ring
 
 
+@functools.lru_cache(maxsize=16)
+def _cell_bounds(r: int, c: int) -> np.ndarray:
+    """(cells, 4) limits (u low, u high, v low, v high) of a point's offsets that count as 'in
+    this cell' (a hair's breadth over an edge counts; open on the sides on the mesh border)."""
+    ci, cj, _ = _mesh_indices(r, c)
+    eps = 1e-3
+    out = np.stack(
+        [
+            np.where(ci == 0, -np.inf, -eps),
+            np.where(ci == c - 2, np.inf, 1 + eps),
+            np.where(cj == 0, -np.inf, -eps),
+            np.where(cj == r - 2, np.inf, 1 + eps),
+        ],
+        1,
+    )
+    out.flags.writeable = False
+    return out
+
+
 def _in_polygon(poly: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """Even-odd rule point-in-polygon, vectorised over points."""
     nxt = np.concatenate([poly[1:], poly[:1]])
@@ -374,15 +416,37 @@ def _search_triangles(mesh: np.ndarray, px: np.ndarray, py: np.ndarray):
 
 def forward(grid: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Image positions of template points (u, v) inside the patch (bilinear in the knot grid)."""
+    return _bilinear(grid, _forward_weights(u, v))
+
+
+def forward_fixed(grid: np.ndarray, u: tuple[float, ...], v: tuple[float, ...]) -> np.ndarray:
+    """:func:`forward` for template points given as tuples, their weights cached (loop anchors)."""
+    return _bilinear(grid, _forward_weights_cached(u, v))
+
+
+def _forward_weights(u, v) -> tuple[np.ndarray, ...]:
     fu = np.clip(np.asarray(u, np.float64), 0, 1) * (len(_US) - 1)
     fv = np.clip(np.asarray(v, np.float64), 0, 1) * (len(_VS) - 1)
     i0 = np.minimum(np.floor(fu).astype(int), len(_US) - 2)
     j0 = np.minimum(np.floor(fv).astype(int), len(_VS) - 2)
     a = (fu - i0)[..., None]
     b = (fv - j0)[..., None]
+    return i0, j0, a, b, 1 - a, 1 - b
+
+
+@functools.lru_cache(maxsize=32)
+def _forward_weights_cached(u: tuple[float, ...], v: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+    out = _forward_weights(u, v)
+    for x in out:
+        x.flags.writeable = False
+    return out
+
+
+def _bilinear(grid: np.ndarray, weights: tuple[np.ndarray, ...]) -> np.ndarray:
+    i0, j0, a, b, na, nb = weights
     return (
-        grid[j0, i0] * (1 - a) * (1 - b)
-        + grid[j0, i0 + 1] * a * (1 - b)
-        + grid[j0 + 1, i0] * (1 - a) * b
+        grid[j0, i0] * na * nb
+        + grid[j0, i0 + 1] * a * nb
+        + grid[j0 + 1, i0] * na * b
         + grid[j0 + 1, i0 + 1] * a * b
     )

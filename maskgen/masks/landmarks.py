@@ -13,7 +13,9 @@ that no mask is pasted on a false detection.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -198,6 +200,8 @@ class AlignedBackend:
             # shape is the best estimate (recorded as such)
             mean = mean_shape_2d(112) * np.array([sx, sy], np.float32)
             face = make_face(mean, box, 0.0, (h, w), "aligned-mean")
+            if not plausible(face, (h, w)):
+                return []
         return [face]
 
 
@@ -257,7 +261,8 @@ def detect_faces(img: np.ndarray, backend: str = "dlib", select: Select = "all")
     """Faces of an RGB uint8 image, implausible detections removed, then ``select`` applied."""
     det = get_detector(backend)
     faces = det.detect(img, select)
-    faces = [f for f in faces if plausible(f, img.shape[:2])]
+    if not isinstance(det, (DlibBackend, AlignedBackend)):  # those two return checked faces only
+        faces = [f for f in faces if plausible(f, img.shape[:2])]
     return select_faces(faces, img.shape[:2], select)
 
 
@@ -301,28 +306,36 @@ def make_face(lm: np.ndarray, box, score: float, image_shape: tuple[int, int], b
 def plausible(face: Face, image_shape: tuple[int, int]) -> bool:
     """Reject landmark sets that are not a face: bad rigid fit, wrong part order, tiny size."""
     lm = face.landmarks
-    if not np.all(np.isfinite(lm)):
+    if not np.isfinite(lm).all():
         return False
     if face.reprojection > MAX_REPROJECTION:
         return False
     if face.score < WEAK_SCORE and face.reprojection > WEAK_REPROJECTION:
         return False  # barely a detection and not a convincing rigid head either
-    eye_l, eye_r = lm[36:42].mean(0), lm[42:48].mean(0)
-    iod = float(np.linalg.norm(eye_r - eye_l))
+    # scalar math on the few points needed (NumPy calls on 2-vectors cost more than the sums)
+    pts = lm[_PLAUSIBLE_POINTS].astype(np.float64).tolist()
+    (exl, eyl), (exr, eyr) = _eye_centres(lm)
+    dx, dy = exr - exl, eyr - eyl
+    iod = math.hypot(dx, dy)
     if iod < 6.0:
         return False
     # face "up" direction from the eye line; nose and mouth must lie below the eyes, in order
-    ex = (eye_r - eye_l) / iod
-    down = np.array([-ex[1], ex[0]])
-    eyes_c = (eye_l + eye_r) / 2
-    nose = float((lm[30] - eyes_c) @ down)
-    mouth = float((lm[62] - eyes_c) @ down)
-    chin = float((lm[8] - eyes_c) @ down)
+    downx, downy = -dy / iod, dx / iod
+    cx, cy = (exl + exr) / 2, (eyl + eyr) / 2
+    nose, mouth, chin = ((p[0] - cx) * downx + (p[1] - cy) * downy for p in pts)
     # (a face looking up brings the nose tip up to the eye line, never far above it)
     if not (-0.15 * iod < nose < mouth < chin and mouth > 0.5 * iod):
         return False
     yaw, pitch, roll = face.pose
     return abs(yaw) <= 70 and abs(pitch) <= 60
+
+
+_PLAUSIBLE_POINTS = [30, 62, 8]  # nose tip, inner mouth top, chin
+
+
+def _eye_centres(lm: np.ndarray) -> list[list[float]]:
+    """Mean of the left (36-41) and right (42-47) eye landmarks, as Python floats."""
+    return (lm[36:48].astype(np.float64).reshape(2, 6, 2).sum(1) / 6.0).tolist()
 
 
 def to_gray(img: np.ndarray) -> np.ndarray:
@@ -339,6 +352,17 @@ def _inside_central(box, w: int, h: int) -> bool:
 
 def _near_aligned(lm: np.ndarray, w: int, h: int) -> bool:
     """Fitted eye centres of an aligned crop must sit near the ArcFace template's."""
-    ref = mean_shape_2d(112) * np.array([w / 112.0, h / 112.0], np.float32)
-    d = np.linalg.norm(lm[[36, 39, 42, 45, 30, 48, 54]] - ref[[36, 39, 42, 45, 30, 48, 54]], axis=1).mean()
-    return bool(d < 0.12 * w)
+    diff = lm[_NEAR_POINTS] - _aligned_ref(w, h)
+    d = float(np.sqrt((diff * diff).sum(1)).mean())
+    return d < 0.12 * w
+
+
+_NEAR_POINTS = [36, 39, 42, 45, 30, 48, 54]
+
+
+@functools.lru_cache(maxsize=16)
+def _aligned_ref(w: int, h: int) -> np.ndarray:
+    """Template positions of the _NEAR_POINTS in a w x h aligned crop (cached, read-only)."""
+    ref = (mean_shape_2d(112) * np.array([w / 112.0, h / 112.0], np.float32))[_NEAR_POINTS]
+    ref.flags.writeable = False
+    return ref

@@ -6,6 +6,9 @@ landmarks that no rigid head can produce reproject badly.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import cv2
 import numpy as np
 
@@ -122,31 +125,42 @@ def estimate_pose(landmarks: np.ndarray, image_size: tuple[int, int]) -> tuple[t
     """
     h, w = image_size
     lm = np.asarray(landmarks, np.float64).reshape(68, 2)
-    f = float(max(h, w)) * 3.0  # long lens: face crops are far relative to their size
-    cam = np.array([[f, 0.0, w / 2.0], [0.0, f, h / 2.0], [0.0, 0.0, 1.0]])
+    cam = _camera(int(h), int(w))
     obj = MEAN_SHAPE_3D
     # SQPnP: globally optimal and ~5x faster than the iterative LM solver here
     ok, rvec, tvec = cv2.solvePnP(obj, lm, cam, None, flags=cv2.SOLVEPNP_SQPNP)
     if not ok:
         return (0.0, 0.0, 0.0), float("inf")
     proj, _ = cv2.projectPoints(obj, rvec, tvec, cam, None)
-    size = max(float(np.ptp(lm[:, 0])), float(np.ptp(lm[:, 1])), 1.0)
-    err = float(np.sqrt(((proj.reshape(-1, 2) - lm) ** 2).sum(1).mean()) / size)
+    lo, hi = lm.min(0), lm.max(0)
+    size = max(float(hi[0] - lo[0]), float(hi[1] - lo[1]), 1.0)
+    diff = proj.reshape(-1, 2) - lm
+    err = math.sqrt(float(np.vdot(diff, diff)) / len(lm)) / size
     rmat, _ = cv2.Rodrigues(rvec)
     pitch, yaw, roll = _euler(rmat)
     return (yaw, pitch, roll), err
 
 
+@functools.lru_cache(maxsize=64)
+def _camera(h: int, w: int) -> np.ndarray:
+    """Pinhole camera of an h x w image (built once per image size; read-only)."""
+    f = float(max(h, w)) * 3.0  # long lens: face crops are far relative to their size
+    cam = np.array([[f, 0.0, w / 2.0], [0.0, f, h / 2.0], [0.0, 0.0, 1.0]])
+    cam.flags.writeable = False
+    return cam
+
+
 def _euler(r: np.ndarray) -> tuple[float, float, float]:
     """Rotation about X (pitch), Y (yaw), Z (roll) in degrees, R = Rz @ Ry @ Rx."""
-    sy = float(np.hypot(r[0, 0], r[1, 0]))
+    (r00, r01, r02), (r10, r11, r12), (r20, r21, r22) = r.tolist()  # scalar math: no ufunc calls
+    sy = math.hypot(r00, r10)
     if sy > 1e-6:
-        x = np.arctan2(r[2, 1], r[2, 2])
-        y = np.arctan2(-r[2, 0], sy)
-        z = np.arctan2(r[1, 0], r[0, 0])
+        x = math.atan2(r21, r22)
+        y = math.atan2(-r20, sy)
+        z = math.atan2(r10, r00)
     else:
-        x = np.arctan2(-r[1, 2], r[1, 1])
-        y = np.arctan2(-r[2, 0], sy)
+        x = math.atan2(-r12, r11)
+        y = math.atan2(-r20, sy)
         z = 0.0
     # pitch: camera Y points down, so raising the chin is a negative X rotation; flip the sign
-    return float(-np.degrees(x)), float(np.degrees(y)), float(np.degrees(z))
+    return -math.degrees(x), math.degrees(y), math.degrees(z)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from maskgen.masks.designs import Template
-from maskgen.masks.geometry import coons_grid, forward, mask_map
+from maskgen.masks.geometry import coons_grid, forward_fixed, mask_map
 
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -78,8 +78,8 @@ def loop_paths(lm: np.ndarray, grid: np.ndarray, loops: str) -> list[np.ndarray]
     if not sides:
         return []
     # all anchors on the mask's side corners in one call: (u, 0.10) and (u, 0.88) per side
-    us = np.repeat([0.0 if sgn < 0 else 1.0 for _, _, sgn in sides], 2)
-    anchors = forward(grid, us, np.tile([0.10, 0.88], len(sides)))
+    us = tuple(0.0 if sgn < 0 else 1.0 for _, _, sgn in sides for _ in (0, 1))
+    anchors = forward_fixed(grid, us, (0.10, 0.88) * len(sides))
     starts, mids, ends = [], [], []
     for n, (j_top, j_low, sgn) in enumerate(sides):
         a_top, a_bot = anchors[2 * n], anchors[2 * n + 1]
@@ -160,7 +160,9 @@ def render_face(
         cut = (2 * n) // 3
         cv2.polylines(cov, [q[: cut + 1] for q in pts], False, 255, thick, cv2.LINE_AA, shift)
         cv2.polylines(cov, [q[cut:] for q in pts], False, 110, thick, cv2.LINE_AA, shift)
-        la = cov.astype(np.float32) * (1.0 / 255.0) * (1.0 - alpha)  # loops pass behind the mask
+        la = cov.astype(np.float32)
+        la *= 1.0 / 255.0
+        la *= 1.0 - alpha  # loops pass behind the mask
         # loop colour into RGB and coverage into alpha: one contiguous 4-channel update of m
         m += np.asarray((*tpl.loop_rgb, 1.0), np.float32) * la[..., None]
 
@@ -175,7 +177,9 @@ def render_face(
     sw, sh = max(1, rw // f), max(1, rh // f)
     sx, sy = sw / rw, sh / rh
     ls = cv2.resize(gray8, (sw, sh), interpolation=cv2.INTER_AREA).astype(np.float32) * (1.0 / 255.0)
-    cs = cv2.resize(roi8, (sw, sh), interpolation=cv2.INTER_AREA).astype(np.float32) * (1.0 / 255.0)
+    cs8 = cv2.resize(roi8, (sw, sh), interpolation=cv2.INTER_AREA)
+    cs = cs8.astype(np.float32)
+    cs *= 1.0 / 255.0
     skin = np.zeros((sh, sw), np.float32)
     hull = (lm[_FACE_OUTLINE] - (mm.x0, mm.y0)) * (sx, sy)
     cv2.fillConvexPoly(skin, np.round(hull * 16).astype(np.int32), 1.0, cv2.LINE_AA, 4)
@@ -198,7 +202,8 @@ def render_face(
     light_s[..., :3] = (shade_s * exposure)[..., None] * cast[None, None, :]
     light = cv2.resize(light_s, (rw, rh), interpolation=cv2.INTER_LINEAR)
     m *= light
-    if float(np.abs(cs[..., 0] - cs[..., 1]).mean() + np.abs(cs[..., 1] - cs[..., 2]).mean()) < 0.004:
+    c0, c1, c2 = cv2.split(cs8)  # channel differences in 8 bits: two C calls, no temporaries
+    if (cv2.norm(c0, c1, cv2.NORM_L1) + cv2.norm(c1, c2, cv2.NORM_L1)) / (255.0 * c0.size) < 0.004:
         # a black-and-white photo: the mask is grey too
         rgb[...] = (rgb @ _LUMA)[..., None]
 
@@ -217,7 +222,9 @@ def render_face(
         noise = tile[oy : oy + rh, ox : ox + rw]
         if noise.shape != (rh, rw):
             noise = np.resize(noise, (rh, rw))
-        rgb += ((noise * min(sn, 0.08)) * alpha)[..., None]
+        grain = noise * min(sn, 0.08)
+        grain *= alpha
+        rgb += grain[..., None]
     return Rendered(mm.x0, mm.y0, rgb, alpha)
 
 
