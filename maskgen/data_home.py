@@ -16,10 +16,11 @@ ENV_VAR = "MASKGEN_DATA_HOME"
 def data_home(override: str | os.PathLike | None = None) -> Path:
     """The data folder: ``override``, else ``$MASKGEN_DATA_HOME``, else ``~/.cache/maskgen``."""
     if override is not None:
-        return Path(override).expanduser()
+        return Path(override).expanduser().absolute()
     env = os.environ.get(ENV_VAR)
     if env:
-        return Path(env).expanduser()
+        # Absolute: Ray workers and other processes may run in another directory.
+        return Path(env).expanduser().absolute()
     return Path.home() / ".cache" / "maskgen"
 
 

@@ -13,17 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _find_data_home() -> Path | None:
     env = os.environ.get("MASKGEN_DATA_HOME")
-    candidates = [Path(env)] if env else []
+    candidates = [Path(env).expanduser()] if env else []
     candidates.append(ROOT.parent / "shared" / "data")
     for c in candidates:
         if c.is_dir():
-            return c
+            return c.resolve()
     return None
 
 
 DATA_HOME = _find_data_home()
 if DATA_HOME is not None:
-    os.environ.setdefault("MASKGEN_DATA_HOME", str(DATA_HOME))
+    # Absolute, so that tests which change directory or start workers see the same folder.
+    os.environ["MASKGEN_DATA_HOME"] = str(DATA_HOME)
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,19 @@ def astronaut() -> np.ndarray:
     """A real public-domain face (RGB uint8), available wherever scikit-image is installed."""
     skdata = pytest.importorskip("skimage.data")
     return np.ascontiguousarray(skdata.astronaut())
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs) for every test that runs Ray work: the library joins an
+    instance that is already up instead of starting and stopping its own each time."""
+    ray = pytest.importorskip("ray")
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+                 configure_logging=False, log_to_driver=False)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()

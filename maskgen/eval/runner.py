@@ -90,6 +90,7 @@ def _run_ray(chunks: list[list[ImageJob]], model: str, cfg: ExtractConfig, worke
         def run(self, chunk: list[ImageJob], cfg: ExtractConfig) -> list[ImageRecord]:
             return process_jobs(chunk, self.emb, cfg)
 
+    actors: list = []
     try:
         actors = [_Worker.remote(model, device) for _ in range(workers)]
         cfg_ref = ray.put(cfg)
@@ -113,5 +114,7 @@ def _run_ray(chunks: list[list[ImageJob]], model: str, cfg: ExtractConfig, worke
             finished += 1
             free.append(a)
     finally:
+        for a in actors:  # free their CPUs on a Ray instance that outlives this call
+            ray.kill(a)
         if started:
             ray.shutdown()
