@@ -64,18 +64,3 @@ def astronaut() -> np.ndarray:
     skdata = pytest.importorskip("skimage.data")
     return np.ascontiguousarray(skdata.astronaut())
 
-
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance (2 CPUs) for every test that runs Ray work: the library joins an
-    instance that is already up instead of starting and stopping its own each time."""
-    ray = pytest.importorskip("ray")
-    started = False
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
-                 configure_logging=False, log_to_driver=False)
-        started = True
-    yield ray
-    if started:
-        ray.shutdown()

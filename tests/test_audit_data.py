@@ -195,7 +195,7 @@ def test_folder_scan_counts_bad_inputs(astronaut, tmp_path):
 
 
 @pytest.mark.slow
-def test_folder_scan_on_ray_matches_sequential(ray_session, fairface_scanned, fairface_subset):
+def test_folder_scan_on_ray_matches_sequential(fairface_scanned, fairface_subset):
     """Scanning in Ray tasks gives the same rows, in the same order, as one process."""
     from maskgen.audit.sources import scan_folder
 

@@ -24,6 +24,20 @@ N_IDS = 40  # LFW's first 40 identities: 83 images
 
 
 @pytest.fixture(scope="session")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+                 configure_logging=False, log_to_driver=False)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def lfw_build(ray_session, lfw_dir: Path, tmp_path_factory) -> Path:
     """A first build (ratio 0.1, report on): its landmarks.parquet serves the other builds."""
     out = tmp_path_factory.mktemp("lfw40") / "b"

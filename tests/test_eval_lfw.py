@@ -104,7 +104,7 @@ def test_masked_embeddings_differ_and_cache_reuses_unmasked(three_cases, subset)
         three_cases["res"]["verification"]["case1"]["accuracy_cosine"]
 
 
-def test_same_seed_same_masks_fresh_cache_on_ray(ray_session, three_cases, subset, tmp_path):
+def test_same_seed_same_masks_fresh_cache_on_ray(three_cases, subset, tmp_path):
     """Determinism: a fresh run with the same seed, on two Ray workers, rebuilds identical
     unmasked and masked embeddings."""
     from maskgen.eval.api import evaluate
