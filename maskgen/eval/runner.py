@@ -90,6 +90,11 @@ def _run_ray(chunks: list[list[ImageJob]], model: str, cfg: ExtractConfig, worke
         def run(self, chunk: list[ImageJob], cfg: ExtractConfig) -> list[ImageRecord]:
             return process_jobs(chunk, self.emb, cfg)
 
+    if not started:
+        # Joining an instance that is already busy: ask only for the CPUs that are free, or the
+        # actors would wait for CPUs forever.
+        free_cpus = int(ray.available_resources().get("CPU", 0))
+        workers = max(1, min(workers, free_cpus))
     actors: list = []
     try:
         actors = [_Worker.remote(model, device) for _ in range(workers)]
