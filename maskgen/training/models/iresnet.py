@@ -52,7 +52,35 @@ class IBasicBlock(nn.Module):
         return out + identity
 
 
-class IResNet(nn.Module):
+class EmbeddingHead:
+    """The insightface embedding head of the IResNet family (mixed into an nn.Module):
+    BN -> dropout -> flatten -> FC -> BN with a frozen unit scale, run in fp32 so fp16 cannot
+    overflow it. Parameter names (bn2, dropout, fc, features) follow insightface's layout."""
+
+    def _make_head(self, channels: int, side: int, embedding_size: int, dropout: float) -> None:
+        self.bn2 = nn.BatchNorm2d(channels, eps=1e-05)
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(channels * side * side, embedding_size)
+        self.features = nn.BatchNorm1d(embedding_size, eps=1e-05)
+        nn.init.constant_(self.features.weight, 1.0)
+        self.features.weight.requires_grad = False
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prelu(self.bn1(self.conv1(x)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The flattened feature map after the dropout, before the FC layer (for auxiliary heads)."""
+        x = self._stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.dropout(torch.flatten(self.bn2(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.features(self.fc(x.float()))
+
+
+class IResNet(EmbeddingHead, nn.Module):
     """Improved ResNet for 112x112 faces; ``input_size`` (multiple of 16) only for small tests."""
 
     def __init__(
@@ -76,12 +104,7 @@ class IResNet(nn.Module):
         self.layer2 = self._make_layer(128, layers[1], stride=2)
         self.layer3 = self._make_layer(256, layers[2], stride=2)
         self.layer4 = self._make_layer(512, layers[3], stride=2)
-        self.bn2 = nn.BatchNorm2d(512, eps=1e-05)
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(512 * (input_size // 16) ** 2, embedding_size)
-        self.features = nn.BatchNorm1d(embedding_size, eps=1e-05)
-        nn.init.constant_(self.features.weight, 1.0)
-        self.features.weight.requires_grad = False
+        self._make_head(512, input_size // 16, embedding_size, dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0, 0.1)
@@ -103,18 +126,6 @@ class IResNet(nn.Module):
         self.inplanes = planes
         layers += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The flattened feature map before the embedding head (for auxiliary heads)."""
-        x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.dropout(torch.flatten(self.bn2(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        # The embedding head runs in fp32 (as arcface_torch does) so fp16 cannot overflow it.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.features(self.fc(x.float()))
 
 
 def _factory(name: str):

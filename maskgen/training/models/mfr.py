@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from maskgen.training.models.iresnet import EmbeddingHead
 from maskgen.training.models.registry import register_model
 
 
@@ -135,7 +136,7 @@ class SEIBasicBlock(nn.Module):
         return out + self.drop_skip(identity)
 
 
-class MFRIResNet(nn.Module):
+class MFRIResNet(EmbeddingHead, nn.Module):
     """IResNet with the Qi et al. stem unit, SE blocks and DropBlock in stages 3-4.
 
     The stem downsamples 4x (112 -> 28), so stage strides default to (1, 1, 2, 2) and the
@@ -175,12 +176,7 @@ class MFRIResNet(nn.Module):
         side = input_size // 4
         for s in stage_strides:
             side = (side - 1) // s + 1
-        self.bn2 = nn.BatchNorm2d(in_ch, eps=1e-5)
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(in_ch * side * side, embedding_size)
-        self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
-        nn.init.constant_(self.features.weight, 1.0)
-        self.features.weight.requires_grad = False
+        self._make_head(in_ch, side, embedding_size, dropout)
         self.embedding_size = embedding_size
         self.input_size = input_size
         _init_weights(self)
@@ -191,17 +187,8 @@ class MFRIResNet(nn.Module):
             if isinstance(m, DropBlock2d):
                 m.drop_prob = drop_prob
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened features after the dropout, before the FC layer."""
-        x = self.stem(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.dropout(torch.flatten(self.bn2(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        # the embedding head runs in fp32, as in the IResNet, so fp16 cannot overflow it
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.features(self.fc(x.float()))
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from maskgen.training.models.mfr import SEIBasicBlock, SqueezeExcite, _init_weights
+from maskgen.training.models.iresnet import EmbeddingHead
 from maskgen.training.models.registry import register_model
 
 
@@ -121,7 +122,7 @@ class IBasicTransformerBlock(nn.Module):
         return tokens.transpose(1, 2).reshape(b, c, h, w)
 
 
-class ResSaNet(nn.Module):
+class ResSaNet(EmbeddingHead, nn.Module):
     """IResNet layout (3x3 stem at 112, four stride-2 stages, BN-dropout-FC-BN output):
     stage 1 SE-IBasic, stages 2-3 SE-IBasic_F, stage 4 IBasic Transformer."""
 
@@ -161,27 +162,10 @@ class ResSaNet(nn.Module):
             IBasicTransformerBlock(c3, c4, side, 2, heads),
             *[IBasicTransformerBlock(c4, c4, side, 1, heads) for _ in range(layers[3] - 1)],
         )
-        self.bn2 = nn.BatchNorm2d(c4, eps=1e-5)
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(c4 * side * side, embedding_size)
-        self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
-        nn.init.constant_(self.features.weight, 1.0)
-        self.features.weight.requires_grad = False
+        self._make_head(c4, side, embedding_size, dropout)
         self.embedding_size = embedding_size
         self.input_size = input_size
         _init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened features after the dropout, before the FC layer."""
-        x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.dropout(torch.flatten(self.bn2(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        # the embedding head runs in fp32, as in the IResNet, so fp16 cannot overflow it
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.features(self.fc(x.float()))
 
 
 @register_model("ressanet")
