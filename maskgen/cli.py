@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "mask": "maskgen.masks.cli:mask",
     "landmarks": "maskgen.masks.cli:landmarks",
     "contact-sheet": "maskgen.masks.cli:contact_sheet",
+    "landmarks-model": "maskgen.masks.cli:landmarks_model",
     "build": "maskgen.pipelines.cli:build",
     "audit": "maskgen.audit.cli:audit",
     "card": "maskgen.audit.cli:card",

@@ -27,3 +27,15 @@ def data_home(override: str | os.PathLike | None = None) -> Path:
 def dataset_dir(name: str, override: str | os.PathLike | None = None) -> Path:
     """The folder of dataset ``name`` inside the data home (it may not exist yet)."""
     return data_home(override) / name
+
+
+MODELS_ENV_VAR = "MASKGEN_MODEL_DIR"
+
+
+def models_home() -> Path:
+    """Where maskgen keeps model files it builds locally: ``$MASKGEN_MODEL_DIR``, else
+    ``~/.cache/maskgen/models`` (kept apart from the data home, which may be read-only)."""
+    env = os.environ.get(MODELS_ENV_VAR)
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".cache" / "maskgen" / "models"

@@ -135,3 +135,14 @@ def test_large_image_downscaled() -> None:
     Image.fromarray(np.full((400, 600, 3), 90, np.uint8)).save(buf, "PNG")
     img, reason = decode_image(buf.getvalue(), max_side=300)
     assert reason == "ok" and img.shape == (200, 300, 3)
+
+
+def test_rgb_decode_matches_bgr_decode_flipped(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """The fast path decodes straight to RGB; it must give exactly OpenCV's BGR pixels flipped."""
+    data = _save_jpeg(astronaut, tmp_path / "a.jpg").read_bytes()
+    buf = np.frombuffer(data, np.uint8)
+    ref = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
+    got = mio.imdecode_rgb(buf)
+    assert got.flags["C_CONTIGUOUS"] and np.array_equal(got, ref)
+    img, reason = decode_image(data)
+    assert reason == "ok" and np.array_equal(img, ref)

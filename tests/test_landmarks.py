@@ -31,7 +31,7 @@ from maskgen.masks import (
     mean_shape_2d,
 )
 from maskgen.masks.align import transform_points
-from maskgen.masks.landmarks import plausible
+from maskgen.masks.landmarks import AlignedBackend, plausible
 
 N_LFW = 30
 
@@ -74,9 +74,10 @@ def test_detector_is_cached() -> None:
 
 
 def test_aligned_backend_first_in_a_fresh_process() -> None:
-    """The aligned backend builds the dlib one inside the detector lock: it must not deadlock
+    """The aligned-full backend builds the dlib one inside the detector lock: it must not deadlock
     when it is the first backend a process (a Ray worker) asks for."""
-    code = "from maskgen.masks import get_detector; print(get_detector('aligned').dlib is get_detector('dlib'))"
+    code = ("from maskgen.masks import get_detector; "
+            "print(get_detector('aligned-full').predictor is get_detector('dlib').predictor)")
     root = str(Path(maskgen.__file__).resolve().parents[1])  # importable however pytest was started
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
@@ -160,17 +161,107 @@ def test_align_face_matches_arcface_template(lfw_faces) -> None:
     assert align_face(img, f.landmarks, size=224).shape == (224, 224, 3)
 
 
-def test_aligned_mode_on_aligned_lfw(lfw_faces) -> None:
-    """Fit landmarks in 112x112 ArcFace crops without detection, close to the full-image fit."""
+def _aligned_errors(lfw_faces, det) -> np.ndarray:
+    """Mean landmark error (112-crop pixels) of detector ``det`` on aligned crops, against the
+    landmarks found on the original photo."""
     errs = []
     for img, f in lfw_faces:
         crop = align_face(img, f.landmarks, 112)
-        faces = detect_faces(crop, backend="aligned")
+        faces = det.detect(crop)
         assert len(faces) == 1
+        assert faces[0].backend == det.name
         truth = transform_points(f.landmarks, alignment_matrix(f.landmarks, 112))
         errs.append(np.linalg.norm(faces[0].landmarks - truth, axis=1).mean())
+    return np.array(errs)
+
+
+@pytest.fixture(scope="session")
+def compact_model(tmp_path_factory, fairface_dir: Path) -> Path:
+    """A small compact aligned-crop model distilled here from 600 FairFace photos (the full
+    recipe uses all 5,000 and a larger cascade; see maskgen.masks.distill)."""
+    from maskgen.masks import distill
+
+    files = distill.photo_files(fairface_dir)[:600]
+    imgs, lms = distill.teacher_samples(files, jitters=1, seed=0, log=lambda m: None)
+    out = tmp_path_factory.mktemp("models") / "aligned68.dat"
+    return distill.train(imgs, lms, out, distill.TrainOptions(cascade=10, trees=40), log=lambda m: None)
+
+
+def test_closed_form_similarity_equals_umeyama_svd() -> None:
+    """The 2D closed form of the 5-point alignment equals Umeyama's SVD solution."""
+    from maskgen.masks.align import umeyama_similarity
+
+    def svd_umeyama(src, dst):
+        mu_s, mu_d = src.mean(0), dst.mean(0)
+        s0, d0 = src - mu_s, dst - mu_d
+        u, sig, vt = np.linalg.svd(d0.T @ s0 / len(src))
+        d = np.ones(2)
+        if np.linalg.det(u) * np.linalg.det(vt) < 0:
+            d[1] = -1.0
+        r = u @ np.diag(d) @ vt
+        scale = (sig * d).sum() / ((s0**2).sum() / len(src))
+        return np.hstack([scale * r, (mu_d - scale * r @ mu_s)[:, None]])
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        src = rng.normal(size=(5, 2)) * 40 + 120
+        dst = src @ rng.normal(size=(2, 2)) + rng.normal(size=2) * 10
+        np.testing.assert_allclose(umeyama_similarity(src, dst), svd_umeyama(src, dst), atol=1e-9)
+
+
+def test_aligned_mode_on_aligned_lfw(lfw_faces) -> None:
+    """Fit landmarks in 112x112 ArcFace crops without detection, close to the full-image fit."""
+    errs = _aligned_errors(lfw_faces, AlignedBackend("full"))
     assert np.median(errs) < 3.0  # pixels of the 112 crop (inter-ocular distance ~35)
-    assert np.mean(np.array(errs) < 6.0) >= 0.9
+    assert np.mean(errs < 6.0) >= 0.9
+
+
+def test_compact_aligned_model_is_as_accurate_as_dlibs(lfw_faces, compact_model: Path) -> None:
+    """The distilled aligned-crop model (trained on FairFace here, so LFW is held out) stays
+    within a fraction of a pixel of dlib's 68-point model fitted in the same box."""
+    compact = _aligned_errors(lfw_faces, AlignedBackend("compact", path=compact_model))
+    full = _aligned_errors(lfw_faces, AlignedBackend("full"))
+    assert np.median(compact) < 3.0 and np.mean(compact < 6.0) >= 0.9
+    assert compact.mean() < full.mean() + 0.8
+    assert np.median(compact) < np.median(full) + 0.8
+
+
+def test_compact_aligned_model_on_astronaut(astronaut: np.ndarray, compact_model: Path) -> None:
+    det = AlignedBackend("compact", path=compact_model)
+    f = detect_faces(astronaut)[0]
+    truth = transform_points(f.landmarks, alignment_matrix(f.landmarks, 112))
+    for size in (112, 224):  # the face box scales with the crop
+        got = det.detect(align_face(astronaut, f.landmarks, size))
+        assert len(got) == 1 and got[0].backend == "aligned"
+        err = np.linalg.norm(got[0].landmarks * (112.0 / size) - truth, axis=1)
+        assert np.median(err) < 3.0, err
+
+
+def test_aligned_mode_uses_dlibs_model_until_the_compact_one_is_built(tmp_path: Path, monkeypatch, astronaut) -> None:
+    monkeypatch.setenv("MASKGEN_MODEL_DIR", str(tmp_path / "none"))
+    det = AlignedBackend()
+    assert det.model == "full" and det.name == "aligned-full"
+    with pytest.raises(RuntimeError, match="maskgen landmarks-model"):
+        AlignedBackend("compact")
+    f = detect_faces(astronaut)[0]
+    assert len(det.detect(align_face(astronaut, f.landmarks, 112))) == 1
+
+
+def test_landmarks_model_command(tmp_path: Path, fairface_dir: Path, lfw_dir: Path) -> None:
+    """`maskgen landmarks-model` distils, saves and evaluates (a tiny model, for speed)."""
+    from maskgen.cli import main
+
+    out = tmp_path / "m.dat"
+    res = CliRunner().invoke(main, ["landmarks-model", "--photos", str(fairface_dir), "--out", str(out),
+                                    "--max-photos", "60", "--jitters", "0", "--cascade", "4", "--trees", "10",
+                                    "--lfw", str(lfw_dir), "--eval-n", "20"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file() and not out.with_name("m.dat.tmp").exists()
+    assert "compact" in res.output and "NME" in res.output
+    det = AlignedBackend("compact", path=out)
+    assert det.name == "aligned"
+    res = CliRunner().invoke(main, ["landmarks-model", "--eval-only", "--out", str(tmp_path / "missing.dat")])
+    assert res.exit_code != 0 and "no model" in res.output
 
 
 def test_dlib_misses_aligned_crops_that_aligned_mode_handles(lfw_faces) -> None:

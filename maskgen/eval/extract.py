@@ -91,10 +91,10 @@ def find_landmarks(img: np.ndarray, backend: str) -> tuple[np.ndarray, str]:
     """(68 landmarks, status) of the main face of ``img`` (the most central one)."""
     from maskgen.masks import detect_faces
 
-    faces = detect_faces(img, backend=backend, select="center") if backend != "aligned" \
-        else detect_faces(img, backend="aligned")
+    aligned = backend.startswith("aligned")
+    faces = detect_faces(img, backend=backend, select="all" if aligned else "center")
     if faces:
-        return np.asarray(faces[0].landmarks, np.float32), ("aligned" if backend == "aligned" else "detected")
+        return np.asarray(faces[0].landmarks, np.float32), ("aligned" if aligned else "detected")
     return _center_landmarks(img), "fallback_center"
 
 

@@ -38,23 +38,21 @@ def five_points(landmarks68: np.ndarray) -> np.ndarray:
 
 
 def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping src to dst, 2x3."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s0, d0 = src - mu_s, dst - mu_d
-    cov = d0.T @ s0 / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[1] = -1.0
-    r = u @ np.diag(d) @ vt
-    var_s = (s0**2).sum() / len(src)
-    scale = (sig * d).sum() / var_s if var_s > 0 else 1.0
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * r
-    m[:, 2] = mu_d - scale * r @ mu_s
-    return m
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src to dst, 2x3.
+
+    In 2D the Umeyama solution has a closed form: with the points as complex numbers around
+    their means, scale x rotation is ``sum(conj(s) * d) / sum(|s|^2)`` (no SVD needed).
+    """
+    s = np.asarray(src, np.float64)
+    d = np.asarray(dst, np.float64)
+    sc = s[:, 0] + 1j * s[:, 1]
+    dc = d[:, 0] + 1j * d[:, 1]
+    ms, md = sc.mean(), dc.mean()
+    s0 = sc - ms
+    var = float((s0.real * s0.real + s0.imag * s0.imag).sum())
+    a = complex(np.vdot(s0, dc - md)) / var if var > 0 else 1.0 + 0j
+    t = md - a * ms
+    return np.array([[a.real, -a.imag, t.real], [a.imag, a.real, t.imag]])
 
 
 def alignment_matrix(landmarks68: np.ndarray, size: int = 112) -> np.ndarray:
@@ -63,9 +61,10 @@ def alignment_matrix(landmarks68: np.ndarray, size: int = 112) -> np.ndarray:
     return umeyama_similarity(five_points(landmarks68), ref)
 
 
-def align_face(img: np.ndarray, landmarks68: np.ndarray, size: int = 112) -> np.ndarray:
-    """Warp ``img`` to the ArcFace ``size`` x ``size`` crop defined by the 68 landmarks."""
-    m = alignment_matrix(landmarks68, size)
+def align_face(img: np.ndarray, landmarks68: np.ndarray, size: int = 112, matrix: np.ndarray | None = None) -> np.ndarray:
+    """Warp ``img`` to the ArcFace ``size`` x ``size`` crop defined by the 68 landmarks
+    (``matrix``: their :func:`alignment_matrix`, when the caller already has it)."""
+    m = alignment_matrix(landmarks68, size) if matrix is None else matrix
     out = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return np.ascontiguousarray(out)
 

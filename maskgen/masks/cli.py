@@ -48,7 +48,7 @@ def _rel(p: Path, root: Path) -> str:
 @click.option("--valve/--no-valve", default=False, help="Exhalation valve (n95, kn95).")
 @click.option("--pack", default=None, type=click.Path(exists=True, file_okay=False), help="MaskTheFace-format template pack folder (for pack:<name>).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--backend", default="dlib", show_default=True, type=click.Choice(["dlib", "aligned", "fan"]))
+@click.option("--backend", default="dlib", show_default=True, type=click.Choice(["dlib", "aligned", "aligned-full", "fan"]))
 @click.option("--select", default="all", show_default=True, type=click.Choice(["all", "largest", "center"]))
 @click.option("--format", "fmt", default="jpg", show_default=True, type=click.Choice(["jpg", "png"]))
 @click.option("--quality", default=95, show_default=True, type=int, help="JPEG quality.")
@@ -138,7 +138,7 @@ def mask(
 @click.command("landmarks")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "out", default="-", show_default=True, help="JSON-lines file ('-' = stdout).")
-@click.option("--backend", default="dlib", show_default=True, type=click.Choice(["dlib", "aligned", "fan"]))
+@click.option("--backend", default="dlib", show_default=True, type=click.Choice(["dlib", "aligned", "aligned-full", "fan"]))
 @click.option("--select", default="all", show_default=True, type=click.Choice(["all", "largest", "center"]))
 def landmarks(src: Path, out: str, backend: str, select: str) -> None:
     """Print (or write) 68 landmarks, box, score and head pose of every face in SRC, one JSON line per image."""
@@ -189,3 +189,49 @@ def contact_sheet(out: Path, n_faces: int, seed: int, cell: int, data_home: str 
         raise click.ClickException(f"could not write {out}")
     click.echo(f"{out}: {img.shape[1]}x{img.shape[0]} px, faces: {', '.join(info)}", err=True)
 
+
+
+@click.command("landmarks-model")
+@click.option("--photos", type=click.Path(path_type=Path), default=None,
+              help="Folder of face photos to distil from (default: fairface-val in the data home).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Model file (default: aligned68.dat in ~/.cache/maskgen/models or $MASKGEN_MODEL_DIR).")
+@click.option("--max-photos", type=int, default=None, help="Use the first N photos only (quick, less accurate).")
+@click.option("--jitters", type=int, default=2, show_default=True, help="Jittered alignments per face, plus the exact one.")
+@click.option("--cascade", type=int, default=12, show_default=True, help="Cascade levels.")
+@click.option("--trees", type=int, default=60, show_default=True, help="Trees per level.")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lfw", type=click.Path(path_type=Path), default=None,
+              help="Evaluate on aligned crops of this LFW folder (default: lfw in the data home, when present).")
+@click.option("--eval-n", type=int, default=1000, show_default=True, help="LFW photos to evaluate on.")
+@click.option("--eval-only", is_flag=True, help="Evaluate an existing model, do not train.")
+def landmarks_model(photos, out, max_photos, jitters, cascade, trees, threads, seed, lfw, eval_n, eval_only) -> None:
+    """Build maskgen's compact 68-point model for aligned crops (distilled from dlib's)."""
+    import cv2
+
+    from maskgen.data_home import dataset_dir
+    from maskgen.masks import distill
+    from maskgen.masks.landmarks import aligned_model_path
+
+    cv2.setNumThreads(1)
+    out = out or aligned_model_path()
+    if not eval_only:
+        src = photos or dataset_dir("fairface-val")
+        files = distill.photo_files(src)[: max_photos or None]
+        if not files:
+            raise click.ClickException(f"no face photos under {src} (pass --photos)")
+        click.echo(f"distilling from {len(files):,} photos under {src}")
+        imgs, lms = distill.teacher_samples(files, jitters, seed, log=click.echo)
+        distill.train(imgs, lms, out, distill.TrainOptions(cascade=cascade, trees=trees, threads=threads, seed=seed),
+                      log=click.echo)
+    elif not Path(out).is_file():
+        raise click.ClickException(f"no model at {out}")
+    lfw = lfw or dataset_dir("lfw")
+    files = sorted(Path(lfw).glob("*/*.jpg"))
+    if files:
+        click.echo(f"evaluation on aligned crops of {min(eval_n, len(files))} LFW photos "
+                   "(error: mean over 68 points / outer-eye-corner distance, against dlib on the photo)")
+        distill.evaluate(files[:: max(1, len(files) // eval_n)][:eval_n], out, log=click.echo)
+    else:
+        click.echo(f"no LFW photos under {lfw}: evaluation skipped")

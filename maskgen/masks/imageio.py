@@ -57,13 +57,24 @@ def _decode_jpeg_cv2(data: bytes) -> np.ndarray | None:
     """Fast path for ordinary 8-bit JPEGs; None when anything looks unusual (Pillow decides)."""
     if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         return None  # truncated: let Pillow report it
-    buf = np.frombuffer(data, np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
+    rgb = imdecode_rgb(np.frombuffer(data, np.uint8))
+    if rgb is None or rgb.ndim != 3 or rgb.shape[2] != 3:
         return None
     if _is_cmyk_jpeg(data):
         return None
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    return rgb
+
+
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+def imdecode_rgb(buf: np.ndarray) -> np.ndarray | None:
+    """``cv2.imdecode`` straight to RGB (OpenCV >= 4.10 converts during decoding; a numpy
+    channel flip of the BGR result would cost as much as the decode itself)."""
+    if _IMREAD_RGB is not None:
+        return cv2.imdecode(buf, _IMREAD_RGB)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return None if bgr is None or bgr.ndim != 3 else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _is_cmyk_jpeg(data: bytes) -> bool:

@@ -28,6 +28,7 @@ class Rendered:
     y0: int
     rgb_premul: np.ndarray  # (h, w, 3) float32, premultiplied
     alpha: np.ndarray  # (h, w) float32
+    rgba: np.ndarray | None = None  # (h, w, 4) float32: the two above as one contiguous array
 
 
 def noise_sigma(gray: np.ndarray) -> float:
@@ -223,9 +224,12 @@ def render_face(
         if noise.shape != (rh, rw):
             noise = np.resize(noise, (rh, rw))
         grain = noise * min(sn, 0.08)
-        grain *= alpha
-        rgb += grain[..., None]
-    return Rendered(mm.x0, mm.y0, rgb, alpha)
+        grain *= cv2.extractChannel(m, 3)
+        # one contiguous 4-channel add (alpha's channel gets 0): numpy's strided add into the
+        # RGB view costs several times more
+        cv2.add(m, cv2.merge([grain, grain, grain, np.zeros_like(grain)]), dst=m)
+        rgb, alpha = m[..., :3], m[..., 3]
+    return Rendered(mm.x0, mm.y0, rgb, alpha, m)
 
 
 def _probe(gray8: np.ndarray, mm, lm: np.ndarray) -> np.ndarray:

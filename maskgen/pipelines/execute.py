@@ -68,7 +68,7 @@ def process_sample(row: dict, opts: dict, face_attributes) -> tuple[dict[str, by
     """The members and result of one sample. Raises on failure (the caller records it as the
     sample's reason: a :class:`SampleError` message, else the exception type and message)."""
     from maskgen.datasets.sources import read_image_bytes
-    from maskgen.masks import align_face, decode_image
+    from maskgen.masks import align_face, alignment_matrix, decode_image
 
     data = read_image_bytes(row["source"], row["path"], row["offset"], row["nbytes"])
     img, reason = decode_image(data)
@@ -92,9 +92,11 @@ def process_sample(row: dict, opts: dict, face_attributes) -> tuple[dict[str, by
         masked_img = result.image
         fit = getattr(result, "fit", None)
 
+    matrix = alignment_matrix(lm, opts["image_size"]) if opts["output"] == "aligned" else None
+
     def out_image(im: np.ndarray) -> np.ndarray:
-        if opts["output"] == "aligned":
-            return align_face(im, lm, size=opts["image_size"])
+        if matrix is not None:  # the original and its masked twin share one alignment
+            return align_face(im, lm, size=opts["image_size"], matrix=matrix)
         return im
 
     q = opts["jpeg_quality"]

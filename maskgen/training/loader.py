@@ -155,13 +155,16 @@ def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     """JPEG/PNG bytes -> RGB uint8 (size, size, 3); grayscale/alpha/16-bit handled, else SampleError."""
     if not data:
         raise SampleError("empty_image")
-    buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    # decoded straight to RGB where OpenCV can (>= 4.10); a numpy channel flip costs a decode
+    flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR if flag is None else flag)
+    if img is not None and flag is None:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img is None:
         raise SampleError("decode_failed")
     if img.shape[0] != size or img.shape[1] != size:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-    return img[:, :, ::-1]
+    return img
 
 
 @dataclass
