@@ -2,7 +2,8 @@
 112x112 ArcFace-aligned crops in aligned mode (no detection).
 
 Per image (a) times decode + HOG detection + 68 landmarks + pose + mask; (b) times decode of the
-JPEG crop + landmark fit in the known box + pose + mask. Files are read into memory first (disk
+JPEG crop + landmark fit in the known box + pose + mask. Aligned mode fits maskgen's compact
+model when it has been built (`maskgen landmarks-model`, once per machine), else dlib's. Files are read into memory first (disk
 is not measured). One thread (cv2.setNumThreads(1)), one process. Success = a mask was placed
 with a fit score >= 0.9 (nose tip and mouth covered, eyes free).
 
@@ -112,9 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     for s in set(specs):  # designs are cached per process; build them before timing
         get_template(s)
     get_detector("dlib")
-    get_detector("aligned")
+    aligned = get_detector("aligned")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"maskgen mask throughput, one thread, {len(raw)} LFW photos; load average {load:.1f} on {os.cpu_count()} cpus")
+    print(f"aligned mode fits {'maskgen' if aligned.model == 'compact' else 'dlib'}'s 68-point model"
+          + ("" if aligned.model == "compact" else " (build the compact one with `maskgen landmarks-model`)"))
     ref0 = _reference()
 
     lms, a_wall, a_cpu, a_ok, a_ms, a_best = _run("(a) 250x250, dlib detection", raw, "dlib", "center", specs)
