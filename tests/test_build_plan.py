@@ -88,3 +88,14 @@ def test_shards_and_keys() -> None:
     assert P.shard_name("train", 3) == "train-000003.tar"
     assert P.brace_pattern("train", 3) == "train-{000000..000002}.tar"
     assert P.key_seed(0, "a") == P.key_seed(0, "a") != P.key_seed(1, "a")
+
+
+def test_landmark_cache_tag_names_the_aligned_model(tmp_path, monkeypatch) -> None:
+    """Landmarks from dlib's model and from the compact aligned-crop model never share a cache."""
+    from maskgen.pipelines.analyze import cache_tag
+
+    monkeypatch.setenv("MASKGEN_MODEL_DIR", str(tmp_path))
+    assert cache_tag("auto") == "auto" and cache_tag("aligned") == "aligned" and cache_tag("dlib") == "dlib"
+    (tmp_path / "aligned68.dat").write_bytes(b"x")
+    assert cache_tag("auto") == "auto+compact" and cache_tag("aligned") == "aligned+compact"
+    assert cache_tag("dlib") == "dlib" and cache_tag("aligned-full") == "aligned-full"

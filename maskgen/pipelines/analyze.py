@@ -44,16 +44,29 @@ def choose_backend(detector: str, img: np.ndarray) -> str:
     return "aligned" if h == w and h <= 128 else "dlib"
 
 
-def analyze_rows(rows: list[dict], detector: str = "auto") -> list[dict]:
+def cache_tag(detector: str) -> str:
+    """The landmark cache's name for ``detector``. Which model aligned crops get (maskgen's
+    compact one once built, else dlib's) is part of it, so the two never mix in one cache."""
+    if detector in ("auto", "aligned"):
+        from maskgen.masks.landmarks import aligned_model_path
+
+        if aligned_model_path().is_file():
+            return f"{detector}+compact"
+    return detector
+
+
+def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None) -> list[dict]:
     """Per image: decode, detect (the most central face), pose, pHash. Never raises for one
-    bad image: the failure is the row's result."""
+    bad image: the failure is the row's result. Rows are tagged ``tag`` (default: the
+    detector's :func:`cache_tag`)."""
     from maskgen.datasets.dedup import phash
     from maskgen.datasets.sources import read_image_bytes
     from maskgen.masks import decode_image, detect_faces
 
+    tag = tag or cache_tag(detector)
     out = []
     for r in rows:
-        res: dict = {"_cache_key": r["_cache_key"], "detector": detector}
+        res: dict = {"_cache_key": r["_cache_key"], "detector": tag}
         try:
             data = read_image_bytes(r["source"], r["path"], r["offset"], r["nbytes"])
         except OSError as exc:

@@ -264,7 +264,8 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> list[
     """Landmarks for every pending row: cached rows are reused, the rest run on Ray."""
     cache_path = out / A.CACHE_FILE
     sources = [cache_path] + ([cfg.landmarks_from] if cfg.landmarks_from else [])
-    cache = A.load_cache(sources, cfg.detector)
+    tag = A.cache_tag(cfg.detector)
+    cache = A.load_cache(sources, tag)
     ck = ws.col("_cache_key")
     pend = np.flatnonzero(ws.pending)
     todo = [i for i in pend if ck[i] not in cache]
@@ -273,7 +274,7 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> list[
         t = ws.table
         cols = {c: t.column(c).to_pylist() for c in ("source", "path", "offset", "nbytes", "_cache_key")}
         chunks = [todo[i : i + cfg.chunk_size] for i in range(0, len(todo), cfg.chunk_size)]
-        payloads = ({"rows": [{c: cols[c][i] for c in cols} for i in ch], "detector": cfg.detector} for ch in chunks)
+        payloads = ({"rows": [{c: cols[c][i] for c in cols} for i in ch], "detector": cfg.detector, "tag": tag} for ch in chunks)
         _timed_ray_start(cfg, log, "ray_start")
         window = cfg.workers or cluster_cpus()
         log.stage("landmarks", len(todo))
@@ -283,7 +284,7 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> list[
         def on_done(task, result, error):
             if error is not None:
                 result = [
-                    {"_cache_key": r["_cache_key"], "detector": cfg.detector, "a_status": "failed",
+                    {"_cache_key": r["_cache_key"], "detector": tag, "a_status": "failed",
                      "a_reason": f"worker error: {type(error).__name__}"}
                     for r in task["rows"]
                 ]
@@ -345,7 +346,7 @@ def _analyze_task(payload: dict) -> list[dict]:
     from maskgen.pipelines.runner import one_thread
 
     one_thread()
-    return A.analyze_rows(payload["rows"], payload["detector"])
+    return A.analyze_rows(payload["rows"], payload["detector"], payload.get("tag"))
 
 
 def _plan_rows(cfg, src, ws, kept, masked, analysis, label_of, label_cols, mix) -> list[dict]:
