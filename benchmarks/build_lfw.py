@@ -2,8 +2,11 @@
 
 Each run is a fresh ``maskgen build`` process (its own local Ray, an empty output folder, so
 landmarks are detected, not read from a cache). Memory is sampled every 0.2 s with psutil over
-the whole process tree of the build: the driver plus Ray's workers (the figure the target is
-about) and, separately, Ray's own daemons (GCS, raylet, ...).
+the whole process tree of the build: the driver plus Ray's workers and, separately, Ray's own
+daemons (GCS, raylet, agents, monitors). Two measures: the sum of RSS (resident pages of each
+process, so the shared libraries that every Python process maps — libpython, NumPy, OpenCV,
+Ray's core — are counted once per process) and the sum of PSS (each shared page split between
+the processes that map it: the physical memory the build actually occupies).
 
     MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py            # 1 and 2 workers
     python benchmarks/build_lfw.py --workers 2 --max-identities 500             # a quick look
@@ -31,25 +34,24 @@ WORKER_MARKS = ("default_worker.py",)
 RAY_DAEMONS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::JobAgent")  # not task workers
 
 
-def _tree_rss(root: psutil.Process) -> tuple[int, int]:
-    """(driver + Ray workers, Ray daemons) RSS in bytes of ``root`` and its descendants."""
-    main = daemons = 0
+def _tree_memory(root: psutil.Process) -> dict[str, int]:
+    """RSS and PSS in bytes of ``root`` and its descendants: driver + Ray workers, Ray daemons."""
+    out = {"main": 0, "daemons": 0, "pss_main": 0, "pss_daemons": 0}
     try:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0, 0
+        return out
     for p in procs:
         try:
-            rss = p.memory_info().rss
+            mem = p.memory_full_info()  # rss, and pss from /proc/<pid>/smaps_rollup
             cmd = " ".join(p.cmdline())
         except psutil.Error:
             continue
         is_worker = (cmd.startswith("ray::") or any(m in cmd for m in WORKER_MARKS)) and not cmd.startswith(RAY_DAEMONS)
-        if p.pid == root.pid or is_worker:
-            main += rss
-        else:
-            daemons += rss
-    return main, daemons
+        part = "main" if p.pid == root.pid or is_worker else "daemons"
+        out[part] += mem.rss
+        out["pss_" + part] += getattr(mem, "pss", mem.rss)
+    return out
 
 
 def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
@@ -60,7 +62,7 @@ def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
     if not args.report:
         cmd.append("--no-report")
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    peak = {"main": 0, "daemons": 0, "total": 0}
+    peak = {"main": 0, "daemons": 0, "total": 0, "pss_main": 0, "pss_total": 0}
     load = []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -69,10 +71,12 @@ def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
 
     def sample() -> None:
         while not stop.is_set():
-            m, d = _tree_rss(root)
-            peak["main"] = max(peak["main"], m)
-            peak["daemons"] = max(peak["daemons"], d)
-            peak["total"] = max(peak["total"], m + d)
+            mem = _tree_memory(root)
+            peak["main"] = max(peak["main"], mem["main"])
+            peak["daemons"] = max(peak["daemons"], mem["daemons"])
+            peak["total"] = max(peak["total"], mem["main"] + mem["daemons"])
+            peak["pss_main"] = max(peak["pss_main"], mem["pss_main"])
+            peak["pss_total"] = max(peak["pss_total"], mem["pss_main"] + mem["pss_daemons"])
             load.append(os.getloadavg()[0])
             stop.wait(0.2)
 
@@ -104,6 +108,8 @@ def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
         "peak_rss_driver_workers_mb": peak["main"] / 2**20,
         "peak_rss_ray_daemons_mb": peak["daemons"] / 2**20,
         "peak_rss_total_mb": peak["total"] / 2**20,
+        "peak_pss_driver_workers_mb": peak["pss_main"] / 2**20,
+        "peak_pss_total_mb": peak["pss_total"] / 2**20,
         "load_avg_mean": sum(load) / len(load) if load else 0.0,
     }
 
@@ -130,7 +136,8 @@ def main() -> None:
             f"{r['timings'].get('ray_start', 0):.1f} s | {r['samples']:,}/{r['images']:,} written "
             f"(success {r['success_rate']:.2%}), realized ratio {r['ratio_realized']:.4f} | peak RSS driver+workers "
             f"{r['peak_rss_driver_workers_mb']:.0f} MB, Ray daemons {r['peak_rss_ray_daemons_mb']:.0f} MB, total "
-            f"{r['peak_rss_total_mb']:.0f} MB | mean load {r['load_avg_mean']:.1f}"
+            f"{r['peak_rss_total_mb']:.0f} MB | peak PSS driver+workers {r['peak_pss_driver_workers_mb']:.0f} MB, "
+            f"everything {r['peak_pss_total_mb']:.0f} MB | mean load {r['load_avg_mean']:.1f}"
         )
         print(f"  timings: {r['timings']}")
         print(f"  not written: {r['reasons']}")
@@ -139,6 +146,16 @@ def main() -> None:
         print(
             f"speed-up 1 -> 2 workers: wall {by[1]['wall_s'] / by[2]['wall_s']:.2f}x, "
             f"landmarks+execute {by[1]['work_s'] / by[2]['work_s']:.2f}x"
+        )
+    if 2 in by:
+        r2 = by[2]
+        gb = 1024.0
+        print(
+            f"targets (2 workers): wall {r2['wall_s']:.1f} s < 90 s: {'met' if r2['wall_s'] < 90 else 'not met'}; "
+            + (f"speed-up {by[1]['wall_s'] / r2['wall_s']:.2f}x >= 1.8x: "
+               f"{'met' if by[1]['wall_s'] / r2['wall_s'] >= 1.8 else 'not met'}; " if 1 in by else "")
+            + f"peak memory (PSS, everything incl. Ray daemons) {r2['peak_pss_total_mb'] / gb:.2f} GB < 1.5 GB: "
+            f"{'met' if r2['peak_pss_total_mb'] < 1.5 * gb else 'not met'}"
         )
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))

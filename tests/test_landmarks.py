@@ -118,6 +118,24 @@ def test_supplied_landmarks_skip_detection(astronaut: np.ndarray) -> None:
         faces_from_landmarks(np.zeros((5, 2)), astronaut.shape)
 
 
+def test_shape_points_parse_equals_dlibs_point_objects(astronaut: np.ndarray) -> None:
+    """The fast string parse of dlib's points gives exactly the attribute-by-attribute values,
+    negative coordinates (a box hanging off the image) included."""
+    import dlib
+
+    from maskgen.masks.landmarks import shape_points, to_gray
+
+    det = get_detector("dlib")
+    gray = to_gray(astronaut)
+    for box in ((150, 40, 260, 170), (-50, -60, 80, 90), (400, 400, 600, 600)):
+        shape = det.predictor(gray, dlib.rectangle(*box))
+        ref = np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+        got = shape_points(shape)
+        assert got.dtype == np.float32 and got.shape == (68, 2)
+        np.testing.assert_array_equal(got, ref)
+    assert shape_points(det.predictor(gray, dlib.rectangle(-50, -60, 80, 90))).min() < 0
+
+
 def test_scrambled_landmarks_are_implausible(astronaut: np.ndarray) -> None:
     lm = detect_faces(astronaut)[0].landmarks
     rng = np.random.default_rng(1)

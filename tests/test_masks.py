@@ -260,3 +260,50 @@ def test_blend_fast_path_equals_strided_path() -> None:
         composite_roi(roi, a, Rendered(0, 0, m[..., :3], m[..., 3], rgba))
         outs.append((roi, a))
     assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+
+
+def _forward_triangles(mesh: np.ndarray, fu: np.ndarray, fv: np.ndarray) -> np.ndarray:
+    """Image positions of knot-index points under the triangulated mesh (the exact map that
+    ``invert_mesh`` inverts): triangle (00, 10, 11) where the offset u >= v, else (00, 11, 01)."""
+    r, c = mesh.shape[:2]
+    i = np.minimum(np.floor(fu).astype(int), c - 2)
+    j = np.minimum(np.floor(fv).astype(int), r - 2)
+    ou, ov = (fu - i)[:, None], (fv - j)[:, None]
+    p00, p10, p11, p01 = mesh[j, i], mesh[j, i + 1], mesh[j + 1, i + 1], mesh[j + 1, i]
+    in_a = ou >= ov
+    pa = p00 + (ou - ov) * (p10 - p00) + ov * (p11 - p00)
+    pb = p00 + ou * (p11 - p00) + (ov - ou) * (p01 - p00)
+    return np.where(in_a, pa, pb)
+
+
+@pytest.mark.parametrize("wear", WEAR_MODES)
+def test_invert_mesh_is_the_exact_inverse_inside_and_outside_beyond(astro_face: Face, wear: str) -> None:
+    """Points inside the mesh get back the knot indices they came from; points beyond it land
+    outside the index range (outside the template, transparent)."""
+    from maskgen.masks.geometry import _extend_matrix, coons_grid, invert_mesh
+
+    grid = coons_grid(astro_face.landmarks, wear)
+    em, us, vs = _extend_matrix((-0.1, 1.1, -0.1, 1.5))
+    mesh = (em @ grid.reshape(-1, 2)).reshape(len(vs), len(us), 2)
+    r, c = mesh.shape[:2]
+    rng = np.random.default_rng(0)
+    fu = rng.uniform(0, c - 1, 500)
+    fv = rng.uniform(0, r - 1, 500)
+    p = _forward_triangles(mesh, fu, fv)
+    gu, gv = invert_mesh(mesh, p[:, 0], p[:, 1])
+    assert ((gu >= -1e-3) & (gu <= c - 1 + 1e-3) & (gv >= -1e-3) & (gv <= r - 1 + 1e-3)).all()
+    # a preimage of every point: where the outer ring (extrapolated beyond the patch to the
+    # template extent) folds over itself, the preimage is not unique
+    q = _forward_triangles(mesh, np.clip(gu, 0, c - 1), np.clip(gv, 0, r - 1))
+    assert np.abs(q - p).max() < 1e-6
+    # inside the patch itself (no fold on this face), exactly the indices the points came from
+    patch = (fu >= 1) & (fu <= c - 2) & (fv >= 1) & (fv <= r - 2)
+    assert patch.sum() > 200
+    assert np.abs(gu - fu)[patch].max() < 1e-6 and np.abs(gv - fv)[patch].max() < 1e-6
+    # beyond the mesh: corners and edges of a box well around it
+    lo, hi = mesh.reshape(-1, 2).min(0) - 15, mesh.reshape(-1, 2).max(0) + 15
+    xs, ys = np.meshgrid(np.linspace(lo[0], hi[0], 9), np.linspace(lo[1], hi[1], 9))
+    ring = (xs == lo[0]) | (xs == hi[0]) | (ys == lo[1]) | (ys == hi[1])
+    ou, ov = invert_mesh(mesh, xs[ring], ys[ring])
+    outside = (ou < 0) | (ou > c - 1) | (ov < 0) | (ov > r - 1)
+    assert outside.all()

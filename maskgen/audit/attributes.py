@@ -91,8 +91,16 @@ def ita_of_pixels(pixels: np.ndarray) -> float:
         return float("nan")
     lab = rgb_to_lab(pixels.reshape(-1, 3))
     b = np.maximum(lab[:, 2], 1e-3)
-    ita = np.degrees(np.arctan((lab[:, 0] - 50.0) / b))
-    return float(np.median(ita))
+    x = (lab[:, 0] - 50.0) / b
+    # ITA is increasing in x: select the middle x value(s) first, convert only those
+    n = len(x)
+    k = n // 2
+    if n % 2:
+        mid = np.partition(x, k)[k : k + 1]
+    else:
+        part = np.partition(x, (k - 1, k))
+        mid = part[k - 1 : k + 1]
+    return float(np.degrees(np.arctan(mid)).mean())
 
 
 def _shrink(poly: np.ndarray, factor: float) -> np.ndarray:
@@ -161,7 +169,7 @@ def face_attributes(image: np.ndarray, landmarks: np.ndarray | None = None) -> d
         shift = np.array([bx0, by0], dtype=np.float32)
         cv2.fillPoly(mask, [np.round((p - shift) * 16).astype(np.int32) for p in polys], 1,
                      lineType=cv2.LINE_8, shift=4)
-        skin = img[by0:by1, bx0:bx1][mask.astype(bool)]
+        skin = img[by0:by1, bx0:bx1][mask.view(bool)]  # the mask holds 0/1
         face = img[y0:y1, x0:x1]
         left_eye = lm[36:42].mean(axis=0)
         right_eye = lm[42:48].mean(axis=0)
@@ -183,7 +191,7 @@ def face_attributes(image: np.ndarray, landmarks: np.ndarray | None = None) -> d
         sharpness = float(std[0, 0] ** 2)
     else:
         sharpness = float("nan")
-    brightness = float(gray.mean()) if gray.size else float("nan")
+    brightness = cv2.mean(gray)[0] if gray.size else float("nan")
     return {
         "ita": ita,
         "skin_tone": skin_tone_label(ita),

@@ -6,6 +6,8 @@ A :class:`MaskSpec` says what to put on the face; ``seed`` decides everything ra
 
 from __future__ import annotations
 
+import functools
+
 import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
@@ -98,6 +100,8 @@ class MaskSpec:
         if self.type.startswith(PACK_PREFIX):
             return self
         color = self.color
+        if color is not None and color != "random" and self.texture != "random":
+            return self  # already concrete
         if color is None:
             color = DESIGNS[self.type].default_color
         elif color == "random":
@@ -152,18 +156,27 @@ def fit_score(alpha: np.ndarray, lm: np.ndarray, wear: str) -> float:
     Landmarks outside the image (the chin of a tight 112x112 crop) cannot be judged and are
     left out; coverage counts as full from alpha 0.5 up.
     """
-    must, free = FIT_POINTS[wear]
+    must, free = _fit_index(wear)
     h, w = alpha.shape
+    lm = np.asarray(lm)
     inside = (lm[:, 0] >= 0) & (lm[:, 0] <= w - 1) & (lm[:, 1] >= 0) & (lm[:, 1] <= h - 1)
-    xy = np.round(lm).astype(int)
-    xy[:, 0] = np.minimum(np.maximum(xy[:, 0], 0), w - 1)
-    xy[:, 1] = np.minimum(np.maximum(xy[:, 1], 0), h - 1)
-    a = alpha[xy[:, 1], xy[:, 0]]
-    m = [k for k in must if inside[k]]
-    f = [k for k in free if inside[k]]
-    cover = float(np.minimum(a[m] / 0.5, 1.0).mean()) if m else 1.0
-    leak = float(a[f].max()) if f else 0.0
+    xy = np.round(lm).astype(np.intp)
+    a = alpha[np.clip(xy[:, 1], 0, h - 1), np.clip(xy[:, 0], 0, w - 1)]
+    if not inside.all():
+        must = must[inside[must]]
+        free = free[inside[free]]
+    cover = float(np.minimum(a[must] * 2.0, 1.0).mean()) if len(must) else 1.0
+    leak = float(a[free].max()) if len(free) else 0.0
     return cover * (1.0 - leak)
+
+
+@functools.lru_cache(maxsize=8)
+def _fit_index(wear: str) -> tuple[np.ndarray, np.ndarray]:
+    """FIT_POINTS of a wear mode as index arrays (built once, read-only)."""
+    out = tuple(np.asarray(k, np.intp) for k in FIT_POINTS[wear])
+    for x in out:
+        x.flags.writeable = False
+    return out
 
 
 def _as_faces(faces, shape) -> list[Face]:

@@ -14,6 +14,7 @@ shrinks with the jaw and the nose bridge pulls the mask's peak sideways.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -113,7 +114,9 @@ def patch_curves(lm: np.ndarray, wear: str) -> tuple[np.ndarray, np.ndarray, np.
         depth = float((lm[30] - top_c) @ down)
         if depth < 0.32 * iod:
             top_c = top_c - down * (0.32 * iod - depth)
-        corners = float(np.max(lm[[39, 42]] @ down))  # inner eye corners, beside the bridge
+        dx, dy = float(down[0]), float(down[1])
+        corners = max(float(lm[39, 0]) * dx + float(lm[39, 1]) * dy, float(lm[42, 0]) * dx + float(lm[42, 1]) * dy)
+        # (inner eye corners, beside the bridge)
         room = float(top_c @ down) - corners
         if room < 0.03 * iod:
             top_c = top_c + down * (0.03 * iod - room)
@@ -127,14 +130,45 @@ def patch_curves(lm: np.ndarray, wear: str) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def coons_grid(lm: np.ndarray, wear: str) -> np.ndarray:
-    """Image positions (len(_VS), len(_US), 2) of the patch knots (bilinearly blended Coons patch)."""
-    top, bottom, left, right = patch_curves(lm, wear)
+    """Image positions (len(_VS), len(_US), 2) of the patch knots (bilinearly blended Coons patch).
+
+    The patch is linear in its four boundary curves: one constant matrix maps them to the knots.
+    """
+    curves = np.concatenate(patch_curves(lm, wear))
+    return (_coons_matrix() @ curves).reshape(len(_VS), len(_US), 2)
+
+
+def _coons(top: np.ndarray, bottom: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The bilinearly blended Coons patch of four boundary curves, sampled at the knots."""
     u, v, u1, v1, w00, w10, w01, w11 = _COONS
     ruled_v = v1 * top[None] + v * bottom[None]
     ruled_u = u1 * left[:, None] + u * right[:, None]
     p00, p10, p01, p11 = top[0], top[-1], bottom[0], bottom[-1]
     bil = w00 * p00 + w10 * p10 + w01 * p01 + w11 * p11
     return ruled_v + ruled_u - bil
+
+
+@functools.lru_cache(maxsize=1)
+def _coons_matrix() -> np.ndarray:
+    """(knots, curve points) matrix of :func:`_coons`: curves stacked top, bottom, left, right."""
+    nu, nv = len(_US), len(_VS)
+    eye = np.eye(2 * nu + 2 * nv)  # one unit curve point per column (in place of x, y)
+    top, bottom, left, right = np.split(eye, [nu, 2 * nu, 2 * nu + nv])
+    out = _coons(top, bottom, left, right).reshape(nv * nu, -1)
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _extend_matrix(extent: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_extend` as a (mesh knots, patch knots) matrix, with the extended knot params."""
+    nu, nv = len(_US), len(_VS)
+    basis = np.eye(nv * nu).reshape(nv, nu, nv * nu)
+    g, us, vs = _extend(basis, _US, _VS, extent)
+    m = g.reshape(-1, nv * nu)
+    for a in (m, us, vs):
+        a.flags.writeable = False
+    return m, us, vs
 
 
 def _coons_weights() -> tuple[np.ndarray, ...]:
@@ -186,7 +220,8 @@ def mask_map(
     ``to_pixels = (u0, su, v0, sv)`` returns remap-ready template pixel coordinates
     ``(u - u0) * su - 0.5`` instead (applied on the coarse grid: free, the resize is linear).
     """
-    mesh, us, vs = _extend(grid, _US, _VS, extent)
+    em, us, vs = _extend_matrix(tuple(float(e) for e in extent))
+    mesh = (em @ grid.reshape(-1, 2)).reshape(len(vs), len(us), 2)
     h, w = image_shape
     mp = mesh.reshape(-1, 2)
     allp = mp
@@ -206,8 +241,8 @@ def mask_map(
     # sample positions that make cv2.resize (INTER_LINEAR) interpolate exactly between them
     sx = (np.arange(gw) + 0.5) * (rw / gw) - 0.5 + mx0
     sy = (np.arange(gh) + 0.5) * (rh / gh) - 0.5 + my0
-    px = np.broadcast_to(sx[None, :], (gh, gw)).ravel()
-    py = np.broadcast_to(sy[:, None], (gh, gw)).ravel()
+    px = np.tile(sx, gh)
+    py = np.repeat(sy, gw)
     fu, fv = invert_mesh(mesh, px, py)
     # knot index -> template coordinate (linear per cell, extrapolated at the ends)
     u = _index_to_coord(fu, us)
@@ -225,13 +260,12 @@ def mask_map(
 
 
 def _bbox(p: np.ndarray, w: int, h: int) -> tuple[int, int, int, int]:
-    lo = p.min(0)
-    hi = p.max(0)
+    (lx, ly), (hx, hy) = p.min(0).tolist(), p.max(0).tolist()
     return (
-        int(max(0, np.floor(lo[0]) - 2)),
-        int(max(0, np.floor(lo[1]) - 2)),
-        int(min(w, np.ceil(hi[0]) + 3)),
-        int(min(h, np.ceil(hi[1]) + 3)),
+        max(0, math.floor(lx) - 2),
+        max(0, math.floor(ly) - 2),
+        min(w, math.ceil(hx) + 3),
+        min(h, math.ceil(hy) + 3),
     )
 
 
@@ -240,178 +274,143 @@ def _index_to_coord(f: np.ndarray, knots: np.ndarray) -> np.ndarray:
     return knots[i] + (f - i) * (knots[i + 1] - knots[i])
 
 
-def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, iters: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """Fractional knot indices (column, row) of image points in a triangulated quad mesh.
 
     Each cell is split into triangles (00, 10, 11) and (00, 11, 01), each an exact affine map.
-    Every point starts in the cell with the nearest centre and walks, one cell per step, towards
-    the cell its estimate falls in (a few steps on a smooth mesh); points beyond the mesh are
-    extrapolated from the border cell, i.e. they land outside the template. Points that do not
-    settle, or settle beyond the border while inside the outline (folds at strongly turned
-    faces), get an exact search over all triangles.
+    Every point is tested against the cells whose bounding box holds it (a few per point, all
+    pairs at once: no per-point walk). Where cells overlap (the outer ring, extrapolated to the
+    template extent, can fold over the patch; a strongly turned face folds the patch itself) a
+    patch cell wins over a ring cell, then the cell the point lies deepest in. Points in no
+    cell lie beyond the mesh, outside
+    the template: their indices continue outwards from the nearest point of the outline.
     """
     r, c = mesh.shape[:2]
     mx = mesh[..., 0]
     my = mesh[..., 1]
-    # per-cell constants of both triangles, gathered with one index per step
+    # per-cell constants of both triangles, and each cell's bounding box
     x00, y00 = mx[:-1, :-1], my[:-1, :-1]
-    ax, ay = mx[:-1, 1:] - x00, my[:-1, 1:] - y00
-    bx, by = mx[1:, 1:] - x00, my[1:, 1:] - y00
-    cx, cy = mx[1:, :-1] - x00, my[1:, :-1] - y00
+    x10, y10 = mx[:-1, 1:], my[:-1, 1:]
+    x11, y11 = mx[1:, 1:], my[1:, 1:]
+    x01, y01 = mx[1:, :-1], my[1:, :-1]
+    ax, ay = x10 - x00, y10 - y00
+    bx, by = x11 - x00, y11 - y00
+    cx, cy = x01 - x00, y01 - y00
     den = ax * by - bx * ay
     den2 = bx * cy - cx * by
     den = np.where(np.abs(den) < 1e-9, 1e-9, den)
     den2 = np.where(np.abs(den2) < 1e-9, 1e-9, den2)
     cell = np.stack([x00, y00, by / den, -bx / den, -ay / den, ax / den, cy / den2, -cx / den2, -by / den2, bx / den2], -1)
     cell = cell.reshape(-1, 10)
-    ci, cj, ring = _mesh_indices(r, c)
-    bounds = _cell_bounds(r, c)
-    # start in the cell whose centre is nearest (one small distance matrix)
-    ccx = (x00 + 0.25 * (ax + bx + cx)).ravel()
-    ccy = (y00 + 0.25 * (ay + by + cy)).ravel()
-    k = np.argmin((px[:, None] - ccx[None]) ** 2 + (py[:, None] - ccy[None]) ** 2, axis=1)
-    fu = np.empty(len(px))
-    fv = np.empty(len(px))
-    done = np.zeros(len(px), bool)
-    act = np.arange(len(px))  # points still walking
-    prev = -1
-    for _ in range(iters):
-        if len(act) == prev:
-            break  # no progress: stragglers (bouncing between border cells) go to the checks below
-        prev = len(act)
-        p = cell[k]
-        i, j = ci[k], cj[k]
-        dx = px[act] - p[:, 0]
-        dy = py[act] - p[:, 1]
-        # triangle A (00, 10, 11): offsets (s + t, t); triangle B (00, 11, 01): offsets (s, s + t)
-        s1 = dx * p[:, 2] + dy * p[:, 3]
-        t1 = dx * p[:, 4] + dy * p[:, 5]
-        s2 = dx * p[:, 6] + dy * p[:, 7]
-        t2 = dx * p[:, 8] + dy * p[:, 9]
-        use_a = s1 >= 0.0  # the side of the shared diagonal
-        ou = np.where(use_a, s1 + t1, s2)
-        ov = np.where(use_a, t1, s2 + t2)
-        # inside this cell (a hair's breadth over a shared edge counts: neighbours agree there),
-        # or beyond the mesh border this cell lies on
-        b = bounds[k]  # per-cell limits, open on the mesh border's sides
-        ok = (ou >= b[:, 0]) & (ou <= b[:, 1]) & (ov >= b[:, 2]) & (ov <= b[:, 3])
-        fu[act] = i + ou
-        fv[act] = j + ov
-        done[act[ok]] = True
-        # the rest walk one cell towards their estimate (extrapolating a thin cell overshoots)
-        keep = ~ok
-        act = act[keep]
-        if len(act) == 0:
-            break
-        ou, ov = ou[keep], ov[keep]
-        ni = np.minimum(np.maximum(i[keep] + ((ou >= 1.0).view(np.int8) - (ou < 0.0).view(np.int8)), 0), c - 2)
-        nj = np.minimum(np.maximum(j[keep] + ((ov >= 1.0).view(np.int8) - (ov < 0.0).view(np.int8)), 0), r - 2)
-        k = nj * (c - 1) + ni
-    # a point "converged" beyond the border may still lie inside a concave or folded outline, and
-    # a point outside the mesh may ping-pong between border cells: test both against the outline
-    beyond = (fu < 0) | (fu > c - 1) | (fv < 0) | (fv > r - 1)
-    check = np.nonzero(beyond | ~done)[0]
-    if len(check) == 0:
+    pad = 1e-6
+    lo_x = np.minimum(np.minimum(x00, x10), np.minimum(x11, x01)).ravel() - pad
+    hi_x = np.maximum(np.maximum(x00, x10), np.maximum(x11, x01)).ravel() + pad
+    lo_y = np.minimum(np.minimum(y00, y10), np.minimum(y11, y01)).ravel() - pad
+    hi_y = np.maximum(np.maximum(y00, y10), np.maximum(y11, y01)).ravel() + pad
+    # candidate (point, cell) pairs: one boolean matrix, points x cells
+    pxc, pyc = px[:, None], py[:, None]
+    pi, k = np.nonzero((pxc >= lo_x) & (pxc <= hi_x) & (pyc >= lo_y) & (pyc <= hi_y))
+    ou, ov, depth = _cell_offsets(cell[k], px[pi], py[pi])
+    hit = np.nonzero(depth >= -eps)[0]
+    # where cells overlap, a patch cell wins over the extrapolated outer ring folded onto it,
+    # then the deepest: the winner is written last (fancy assignment keeps the last value)
+    hit = hit[np.argsort(depth[hit] + _patch_cells(r, c)[k[hit]], kind="stable")]
+    pi, k = pi[hit], k[hit]
+    n = len(px)
+    fu = np.empty(n)
+    fv = np.empty(n)
+    fu[pi] = k % (c - 1) + ou[hit]
+    fv[pi] = k // (c - 1) + ov[hit]
+    found = np.zeros(n, bool)
+    found[pi] = True
+    out = np.nonzero(~found)[0]
+    if len(out) == 0:
         return fu, fv
-    outline = np.concatenate([mesh[0, :], mesh[1:, -1], mesh[-1, -2::-1], mesh[-2:0:-1, 0]])
-    inside = _in_polygon(outline, px[check], py[check])
-    unsettled = check[~inside & ~done[check]]  # outside the mesh, value unreliable
-    search = check[inside & (beyond[check] | ~done[check])]  # inside: exact triangle search
-    out = [unsettled]
-    if len(search):
-        bu, bv, hit = _search_triangles(mesh, px[search], py[search])
-        fu[search[hit]] = bu[hit]
-        fv[search[hit]] = bv[hit]
-        out.append(search[~hit])
-    out = np.concatenate(out)
-    if len(out):
-        # beyond the nearest border knot: outside the template (transparent), on the right side
-        # so that interpolation towards inside neighbours never sweeps across the design
-        rx, ry = mx[ring[:, 0], ring[:, 1]], my[ring[:, 0], ring[:, 1]]
-        d2 = (px[out, None] - rx[None]) ** 2 + (py[out, None] - ry[None]) ** 2
-        k = np.argmin(d2, axis=1)
-        kj, ki = ring[k, 0].astype(np.float64), ring[k, 1].astype(np.float64)
-        cj, ci = (r - 1) / 2.0, (c - 1) / 2.0
-        fu[out] = ki + np.sign(ki - ci) * 0.5 * (np.abs(ki - ci) > ci - 0.5)
-        fv[out] = kj + np.sign(kj - cj) * 0.5 * (np.abs(kj - cj) > cj - 0.5)
+    # beyond the mesh (outside the template): continue the map outwards from the nearest point
+    # of the mesh outline, its knot index plus the distance in cells along the outward index
+    # direction. Continuous, and monotone away from the mesh, so that interpolating between
+    # samples on either side of the outline never sweeps across the design (an affine cell's
+    # extrapolation far from its cell, or beyond a convex corner, can).
+    a, ab, ia, iab, outward, across = _outline(mesh)
+    q = np.stack([px[out], py[out]], -1)[:, None, :] - a  # (points, segments, 2)
+    t = np.clip((q * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
+    d = q - t[..., None] * ab
+    d2 = (d * d).sum(-1)
+    seg = np.argmin(d2, axis=1)
+    rows = np.arange(len(out))
+    ts = t[rows, seg][:, None]
+    dist = np.sqrt(d2[rows, seg])[:, None] / across[seg][:, None]
+    f = ia[seg] + ts * iab[seg] + outward[seg] * dist
+    fu[out] = f[:, 0]
+    fv[out] = f[:, 1]
     return fu, fv
 
 
-@functools.lru_cache(maxsize=16)
-def _mesh_indices(r: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Column and row of every cell, and the (row, column) of every border knot, per mesh shape."""
-    ci = np.tile(np.arange(c - 1), r - 1)
-    cj = np.repeat(np.arange(r - 1), c - 1)
-    ring = np.concatenate(
-        [
-            np.stack([np.zeros(c), np.arange(c)], 1),
-            np.stack([np.full(c, r - 1), np.arange(c)], 1),
-            np.stack([np.arange(r), np.zeros(r)], 1),
-            np.stack([np.arange(r), np.full(r, c - 1)], 1),
-        ]
-    ).astype(np.intp)
-    for a in (ci, cj, ring):
-        a.flags.writeable = False
-    return ci, cj, ring
+def _outline(mesh: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The mesh's outline as segments: start points and vectors (image), the same in knot
+    index space, each segment's outward index direction and the pixel length of one index
+    step across it (the cell edge leaving the outline there)."""
+    r, c = mesh.shape[:2]
+    idx, outward, inner = _outline_indices(r, c)
+    pts = mesh[idx[:, 1], idx[:, 0]]  # (n + 1, 2): closed loop of knots
+    a = pts[:-1]
+    ab = pts[1:] - a
+    step = pts - mesh[inner[:, 1], inner[:, 0]]
+    lens = np.sqrt((step * step).sum(-1))
+    across = np.maximum(0.5 * (lens[:-1] + lens[1:]), 1e-6)
+    ia = idx[:-1].astype(np.float64)
+    iab = (idx[1:] - idx[:-1]).astype(np.float64)
+    return a[None], ab[None], ia, iab, outward, across
 
 
 @functools.lru_cache(maxsize=16)
-def _cell_bounds(r: int, c: int) -> np.ndarray:
-    """(cells, 4) limits (u low, u high, v low, v high) of a point's offsets that count as 'in
-    this cell' (a hair's breadth over an edge counts; open on the sides on the mesh border)."""
-    ci, cj, _ = _mesh_indices(r, c)
-    eps = 1e-3
-    out = np.stack(
-        [
-            np.where(ci == 0, -np.inf, -eps),
-            np.where(ci == c - 2, np.inf, 1 + eps),
-            np.where(cj == 0, -np.inf, -eps),
-            np.where(cj == r - 2, np.inf, 1 + eps),
-        ],
-        1,
+def _outline_indices(r: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Knot (column, row) indices around the mesh outline (closed, clockwise from the top-left
+    corner), the outward index direction of each segment, and for each knot the inner
+    neighbour one step inwards (its neighbour across the outline)."""
+    top = [(i, 0) for i in range(c - 1)]
+    right = [(c - 1, j) for j in range(r - 1)]
+    bottom = [(i, r - 1) for i in range(c - 1, 0, -1)]
+    left = [(0, j) for j in range(r - 1, 0, -1)]
+    idx = np.array(top + right + bottom + left + [(0, 0)], np.intp)
+    outward = np.array(
+        [(0.0, -1.0)] * len(top) + [(1.0, 0.0)] * len(right) + [(0.0, 1.0)] * len(bottom) + [(-1.0, 0.0)] * len(left)
     )
+    inner = idx.copy()
+    inner[:, 0] = np.clip(inner[:, 0], 1, c - 2)
+    inner[:, 1] = np.clip(inner[:, 1], 1, r - 2)
+    for x in (idx, outward, inner):
+        x.flags.writeable = False
+    return idx, outward, inner
+
+
+@functools.lru_cache(maxsize=16)
+def _patch_cells(r: int, c: int) -> np.ndarray:
+    """1.0 for the cells of the patch itself, 0.0 for those of the outer ring, per cell."""
+    inner = np.zeros((r - 1, c - 1))
+    inner[1:-1, 1:-1] = 1.0
+    out = inner.ravel()
     out.flags.writeable = False
     return out
 
 
-def _in_polygon(poly: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """Even-odd rule point-in-polygon, vectorised over points."""
-    nxt = np.concatenate([poly[1:], poly[:1]])
-    x1, y1 = poly[:, 0][None], poly[:, 1][None]
-    x2, y2 = nxt[:, 0][None], nxt[:, 1][None]
-    y = py[:, None]
-    cross = (y1 > y) != (y2 > y)
-    dy = np.where(y2 == y1, 1e-12, y2 - y1)
-    xint = x1 + (y - y1) * (x2 - x1) / dy
-    return ((cross & (px[:, None] < xint)).sum(1) % 2) == 1
+def _cell_offsets(p: np.ndarray, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Offsets (u, v) of points in their cells' index space and how deep inside the cell they
+    lie (the smallest barycentric coordinate; < 0 outside), ``p`` the cells' constants (n, 10).
 
-
-def _search_triangles(mesh: np.ndarray, px: np.ndarray, py: np.ndarray):
-    """Brute force: (column, row) index of points in the triangle they are most inside of."""
-    r, c = mesh.shape[:2]
-    i, j = np.meshgrid(np.arange(c - 1), np.arange(r - 1))
-    i, j = i.ravel(), j.ravel()
-    # triangle corners in index space: A = (00, 10, 11), B = (00, 11, 01)
-    ci = np.concatenate([np.stack([i, i + 1, i + 1], 1), np.stack([i, i + 1, i], 1)])
-    cj = np.concatenate([np.stack([j, j, j + 1], 1), np.stack([j, j + 1, j + 1], 1)])
-    x = mesh[cj, ci, 0]  # (T, 3)
-    y = mesh[cj, ci, 1]
-    v0x, v0y = x[:, 1] - x[:, 0], y[:, 1] - y[:, 0]
-    v1x, v1y = x[:, 2] - x[:, 0], y[:, 2] - y[:, 0]
-    den = v0x * v1y - v1x * v0y
-    den = np.where(np.abs(den) < 1e-9, 1e-9, den)
-    dx = px[:, None] - x[None, :, 0]
-    dy = py[:, None] - y[None, :, 0]
-    l1 = (dx * v1y - v1x * dy) / den
-    l2 = (v0x * dy - dx * v0y) / den
-    l0 = 1.0 - l1 - l2
-    score = np.minimum(np.minimum(l0, l1), l2)
-    k = np.argmax(score, axis=1)
-    n = np.arange(len(px))
-    b0, b1, b2 = l0[n, k], l1[n, k], l2[n, k]
-    fu = b0 * ci[k, 0] + b1 * ci[k, 1] + b2 * ci[k, 2]
-    fv = b0 * cj[k, 0] + b1 * cj[k, 1] + b2 * cj[k, 2]
-    return fu, fv, score[n, k] > -1e-3
+    Triangle A (00, 10, 11) gives offsets (s + t, t), triangle B (00, 11, 01) gives (s, s + t);
+    the triangle the point lies deeper in is used (also right in a cell twisted by a fold).
+    """
+    dx = px - p[:, 0]
+    dy = py - p[:, 1]
+    s1 = dx * p[:, 2] + dy * p[:, 3]
+    t1 = dx * p[:, 4] + dy * p[:, 5]
+    s2 = dx * p[:, 6] + dy * p[:, 7]
+    t2 = dx * p[:, 8] + dy * p[:, 9]
+    da = np.minimum(np.minimum(s1, t1), 1.0 - s1 - t1)
+    db = np.minimum(np.minimum(s2, t2), 1.0 - s2 - t2)
+    use_a = da >= db
+    return np.where(use_a, s1 + t1, s2), np.where(use_a, t1, s2 + t2), np.maximum(da, db)
 
 
 def forward(grid: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -238,8 +238,24 @@ class AlignedBackend:
 
 
 def shape_points(shape) -> np.ndarray:
-    """(68, 2) float32 points of a dlib ``full_object_detection``."""
-    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    """(N, 2) float32 points of a dlib ``full_object_detection``.
+
+    dlib's Python points print as ``points[(x, y), ...]``: parsing that one string is ~5x
+    faster than reading 68 point objects attribute by attribute (the difference is a quarter of
+    an aligned-crop landmark fit). Any other format falls back to the attribute loop.
+    """
+    text = str(shape.parts())
+    n = shape.num_parts
+    if text.startswith("points[") and text.endswith("]"):
+        try:
+            vals = np.fromiter(map(int, text[7:-1].translate(_POINT_PUNCT).split()), np.float32, 2 * n)
+            return vals.reshape(n, 2)
+        except ValueError:
+            pass
+    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32).reshape(n, 2)
+
+
+_POINT_PUNCT = str.maketrans("(),", "   ")
 
 
 class FanBackend:

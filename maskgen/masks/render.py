@@ -164,8 +164,8 @@ def render_face(
         la = cov.astype(np.float32)
         la *= 1.0 / 255.0
         la *= 1.0 - alpha  # loops pass behind the mask
-        # loop colour into RGB and coverage into alpha: one contiguous 4-channel update of m
-        m += np.asarray((*tpl.loop_rgb, 1.0), np.float32) * la[..., None]
+        # loop colour into RGB and coverage into alpha: contiguous 4-channel OpenCV ops on m
+        cv2.add(m, cv2.multiply(cv2.merge([la, la, la, la]), (*tpl.loop_rgb, 1.0)), dst=m)
 
     roi8 = img[mm.y0 : mm.y0 + rh, mm.x0 : mm.x0 + rw]
     gray8 = cv2.cvtColor(roi8, cv2.COLOR_RGB2GRAY)
@@ -177,10 +177,10 @@ def render_face(
     f = max(1, int(round(patch_w / 24.0)))  # work at ~24 px across the mask
     sw, sh = max(1, rw // f), max(1, rh // f)
     sx, sy = sw / rw, sh / rh
-    ls = cv2.resize(gray8, (sw, sh), interpolation=cv2.INTER_AREA).astype(np.float32) * (1.0 / 255.0)
     cs8 = cv2.resize(roi8, (sw, sh), interpolation=cv2.INTER_AREA)
     cs = cs8.astype(np.float32)
     cs *= 1.0 / 255.0
+    ls = cv2.cvtColor(cs, cv2.COLOR_RGB2GRAY)  # luma of the small colour image (both linear)
     skin = np.zeros((sh, sw), np.float32)
     hull = (lm[_FACE_OUTLINE] - (mm.x0, mm.y0)) * (sx, sy)
     cv2.fillConvexPoly(skin, np.round(hull * 16).astype(np.int32), 1.0, cv2.LINE_AA, 4)
@@ -192,11 +192,11 @@ def render_face(
     wsum = float(wsk.sum())
     if wsum < 1e-3:  # the face outline is off the ROI: use every covered pixel
         wsk, wsum = as_, float(as_.sum()) + 1e-6
-    ref = float((ls * wsk).sum() / wsum) + 1e-4
+    ref = float(np.vdot(ls, wsk)) / wsum + 1e-4
     lb = np.where(den > 0.05, num / np.maximum(den, 1e-6), ref)
     shade_s = np.minimum(np.maximum(lb * (1.0 / ref), 0.5), 1.5) ** 0.85
     exposure = min(max((ref / 0.5) ** 0.5, 0.35), 1.12)
-    mean_rgb = (cs * wsk[..., None]).reshape(-1, 3).sum(0) / wsum
+    mean_rgb = (wsk.reshape(-1) @ cs.reshape(-1, 3)) / wsum
     cast = (mean_rgb / max(float(mean_rgb.mean()), 1e-4)) ** 0.25
     # a 4-channel factor (alpha's is 1) so the whole RGBA is scaled in one contiguous pass
     light_s = np.ones((sh, sw, 4), np.float32)
@@ -232,11 +232,16 @@ def render_face(
     return Rendered(mm.x0, mm.y0, rgb, alpha, m)
 
 
+_PROBE_POINTS = [30, 31, 35, 2, 14]  # nose tip, nostrils, cheeks
+
+
 def _probe(gray8: np.ndarray, mm, lm: np.ndarray) -> np.ndarray:
     """A <= 64x64 patch of the face (cheeks/nose) for the blur and noise estimates."""
-    c = lm[[30, 31, 35, 2, 14]].mean(0) - (mm.x0, mm.y0)
+    pts = lm[_PROBE_POINTS].tolist()
+    cx = sum(p[0] for p in pts) / len(pts) - mm.x0
+    cy = sum(p[1] for p in pts) / len(pts) - mm.y0
     h, w = gray8.shape
     half = 32
-    x0 = int(min(max(c[0] - half, 0), max(0, w - 2 * half)))
-    y0 = int(min(max(c[1] - half, 0), max(0, h - 2 * half)))
+    x0 = int(min(max(cx - half, 0), max(0, w - 2 * half)))
+    y0 = int(min(max(cy - half, 0), max(0, h - 2 * half)))
     return gray8[y0 : y0 + 2 * half, x0 : x0 + 2 * half].astype(np.float32) * (1.0 / 255.0)

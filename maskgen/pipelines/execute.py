@@ -100,7 +100,8 @@ def process_sample(row: dict, opts: dict, face_attributes) -> tuple[dict[str, by
         return im
 
     q = opts["jpeg_quality"]
-    orig_jpg = encode_jpeg(out_image(img), q)
+    # a masked sample without twins writes only its masked image
+    orig_jpg = encode_jpeg(out_image(img), q) if twins or not row["masked"] else None
     masked_jpg = encode_jpeg(out_image(masked_img), q) if masked_img is not None else None
     key = row["key"]
     meta = {
