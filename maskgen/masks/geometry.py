@@ -243,7 +243,7 @@ def mask_map(
     sy = (np.arange(gh) + 0.5) * (rh / gh) - 0.5 + my0
     px = np.tile(sx, gh)
     py = np.repeat(sy, gw)
-    fu, fv = invert_mesh(mesh, px, py)
+    fu, fv = invert_mesh(mesh, px, py, axes=(sx, sy))
     # knot index -> template coordinate (linear per cell, extrapolated at the ends)
     u = _index_to_coord(fu, us)
     v = _index_to_coord(fv, vs)
@@ -274,7 +274,13 @@ def _index_to_coord(f: np.ndarray, knots: np.ndarray) -> np.ndarray:
     return knots[i] + (f - i) * (knots[i + 1] - knots[i])
 
 
-def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+def invert_mesh(
+    mesh: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    eps: float = 1e-3,
+    axes: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Fractional knot indices (column, row) of image points in a triangulated quad mesh.
 
     Each cell is split into triangles (00, 10, 11) and (00, 11, 01), each an exact affine map.
@@ -284,6 +290,9 @@ def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, eps: float = 1
     patch cell wins over a ring cell, then the cell the point lies deepest in. Points in no
     cell lie beyond the mesh, outside
     the template: their indices continue outwards from the nearest point of the outline.
+
+    ``axes = (xs, ys)`` says the points are the grid ``px = tile(xs, len(ys))``,
+    ``py = repeat(ys, len(xs))``: the bounding-box test then runs per column and per row.
     """
     r, c = mesh.shape[:2]
     mx = mesh[..., 0]
@@ -308,8 +317,14 @@ def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, eps: float = 1
     lo_y = np.minimum(np.minimum(y00, y10), np.minimum(y11, y01)).ravel() - pad
     hi_y = np.maximum(np.maximum(y00, y10), np.maximum(y11, y01)).ravel() + pad
     # candidate (point, cell) pairs: one boolean matrix, points x cells
-    pxc, pyc = px[:, None], py[:, None]
-    pi, k = np.nonzero((pxc >= lo_x) & (pxc <= hi_x) & (pyc >= lo_y) & (pyc <= hi_y))
+    if axes is not None:
+        xs, ys = axes[0][:, None], axes[1][:, None]
+        in_x = (xs >= lo_x) & (xs <= hi_x)  # (columns, cells)
+        in_y = (ys >= lo_y) & (ys <= hi_y)  # (rows, cells)
+        pi, k = np.nonzero((in_y[:, None, :] & in_x[None, :, :]).reshape(len(px), -1))
+    else:
+        pxc, pyc = px[:, None], py[:, None]
+        pi, k = np.nonzero((pxc >= lo_x) & (pxc <= hi_x) & (pyc >= lo_y) & (pyc <= hi_y))
     ou, ov, depth = _cell_offsets(cell[k], px[pi], py[pi])
     hit = np.nonzero(depth >= -eps)[0]
     # where cells overlap, a patch cell wins over the extrapolated outer ring folded onto it,
@@ -332,14 +347,23 @@ def invert_mesh(mesh: np.ndarray, px: np.ndarray, py: np.ndarray, eps: float = 1
     # samples on either side of the outline never sweeps across the design (an affine cell's
     # extrapolation far from its cell, or beyond a convex corner, can).
     a, ab, ia, iab, outward, across = _outline(mesh)
-    q = np.stack([px[out], py[out]], -1)[:, None, :] - a  # (points, segments, 2)
-    t = np.clip((q * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
-    d = q - t[..., None] * ab
-    d2 = (d * d).sum(-1)
-    seg = np.argmin(d2, axis=1)
+    # (points, segments) arrays, x and y apart: the nearest point of every segment
+    qx = px[out, None] - a[:, 0]
+    qy = py[out, None] - a[:, 1]
+    abx, aby = ab[:, 0], ab[:, 1]
+    t = qx * abx
+    t += qy * aby
+    t *= 1.0 / np.maximum(abx * abx + aby * aby, 1e-12)
+    np.clip(t, 0.0, 1.0, out=t)
+    qx -= t * abx
+    qy -= t * aby
+    qx *= qx
+    qy *= qy
+    qx += qy  # squared distances
+    seg = np.argmin(qx, axis=1)
     rows = np.arange(len(out))
     ts = t[rows, seg][:, None]
-    dist = np.sqrt(d2[rows, seg])[:, None] / across[seg][:, None]
+    dist = np.sqrt(qx[rows, seg])[:, None] / across[seg][:, None]
     f = ia[seg] + ts * iab[seg] + outward[seg] * dist
     fu[out] = f[:, 0]
     fv[out] = f[:, 1]
@@ -360,7 +384,7 @@ def _outline(mesh: np.ndarray) -> tuple[np.ndarray, ...]:
     across = np.maximum(0.5 * (lens[:-1] + lens[1:]), 1e-6)
     ia = idx[:-1].astype(np.float64)
     iab = (idx[1:] - idx[:-1]).astype(np.float64)
-    return a[None], ab[None], ia, iab, outward, across
+    return a, ab, ia, iab, outward, across
 
 
 @functools.lru_cache(maxsize=16)
