@@ -9,6 +9,7 @@ Ray's core — are counted once per process) and the sum of PSS (each shared pag
 the processes that map it: the physical memory the build actually occupies).
 
     MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py            # 1 and 2 workers
+    MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py --workers 1 2 2 1   # ABBA, averaged
     python benchmarks/build_lfw.py --workers 2 --max-identities 500             # a quick look
 
 Targets (2-core machine): < 90 s wall with both cores, >= 1.8x from 1 to 2 workers,
@@ -128,7 +129,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.2f}")
     runs = []
     for w in args.workers:
-        r = run_once(w, args, base / f"w{w}")
+        r = run_once(w, args, base / f"run{len(runs)}-w{w}")
         runs.append(r)
         print(
             f"workers={w}: wall {r['wall_s']:.1f} s ({r['images_per_s']:.1f} img/s), stages landmarks+execute "
@@ -141,21 +142,31 @@ def main() -> None:
         )
         print(f"  timings: {r['timings']}")
         print(f"  not written: {r['reasons']}")
-    by = {r["workers"]: r for r in runs}
+    # repeated worker counts (e.g. --workers 1 2 2 1: the host's speed drifts, and an ABBA order
+    # cancels a linear drift) are averaged; the speed-up is the ratio of the mean walls
+    by: dict[int, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["workers"], []).append(r)
+
+    def mean(w: int, key: str) -> float:
+        return sum(r[key] for r in by[w]) / len(by[w])
+
     if 1 in by and 2 in by:
+        n1, n2 = len(by[1]), len(by[2])
         print(
-            f"speed-up 1 -> 2 workers: wall {by[1]['wall_s'] / by[2]['wall_s']:.2f}x, "
-            f"landmarks+execute {by[1]['work_s'] / by[2]['work_s']:.2f}x"
+            f"speed-up 1 -> 2 workers (mean of {n1} and {n2} run(s)): wall {mean(1, 'wall_s') / mean(2, 'wall_s'):.2f}x, "
+            f"landmarks+execute {mean(1, 'work_s') / mean(2, 'work_s'):.2f}x"
         )
     if 2 in by:
-        r2 = by[2]
+        wall2 = mean(2, "wall_s")
+        peak2 = max(r["peak_pss_total_mb"] for r in by[2])
         gb = 1024.0
+        speed = mean(1, "wall_s") / wall2 if 1 in by else None
         print(
-            f"targets (2 workers): wall {r2['wall_s']:.1f} s < 90 s: {'met' if r2['wall_s'] < 90 else 'not met'}; "
-            + (f"speed-up {by[1]['wall_s'] / r2['wall_s']:.2f}x >= 1.8x: "
-               f"{'met' if by[1]['wall_s'] / r2['wall_s'] >= 1.8 else 'not met'}; " if 1 in by else "")
-            + f"peak memory (PSS, everything incl. Ray daemons) {r2['peak_pss_total_mb'] / gb:.2f} GB < 1.5 GB: "
-            f"{'met' if r2['peak_pss_total_mb'] < 1.5 * gb else 'not met'}"
+            f"targets (2 workers): mean wall {wall2:.1f} s < 90 s: {'met' if wall2 < 90 else 'not met'}; "
+            + (f"speed-up {speed:.2f}x >= 1.8x: {'met' if speed >= 1.8 else 'not met'}; " if speed else "")
+            + f"peak memory (PSS, everything incl. Ray daemons) {peak2 / gb:.2f} GB < 1.5 GB: "
+            f"{'met' if peak2 < 1.5 * gb else 'not met'}"
         )
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
