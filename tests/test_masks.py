@@ -145,6 +145,67 @@ def test_procedural_textures_vary_the_fabric(astronaut: np.ndarray, astro_face: 
     assert (diff > 60).mean() > 0.08  # a visible share of the mask takes the second colour
 
 
+def _direct_template(kind: str, rgb: tuple[int, int, int], texture: str | None, valve: bool) -> np.ndarray:
+    """Level 0 of a design composed pixel by pixel in the plain order: base colour, pattern,
+    flower centre, painted parts, relief x fibre, premultiplied alpha."""
+    from maskgen.masks.designs import _AA_PX, _FLOWER_CENTRE, DESIGNS, _fibre, template_grid
+
+    d = DESIGNS[kind]
+    u, v = template_grid(d.extent)
+    lay = d.draw(u, v, _AA_PX, valve)
+    base = np.asarray(rgb, np.float64) / 255.0
+    albedo = np.broadcast_to(base, u.shape + (3,)).copy()
+    if texture:
+        w2, centre = textures.pattern(texture, u, v, _AA_PX)
+        albedo += (textures.secondary(base) - base) * w2[..., None]
+        if centre is not None:
+            albedo += (_FLOWER_CENTRE - albedo) * centre[..., None]
+    for weight, col in lay.paint:
+        albedo += (np.asarray(col) - albedo) * weight[..., None]
+    fibre = _fibre(u.shape, 7, 0.03 if kind != "cloth" else 0.05)
+    rgbf = np.clip(albedo * (lay.shade * fibre)[..., None], 0.0, 1.0)
+    a = lay.alpha.astype(np.float64)[..., None]
+    return np.clip(np.concatenate([rgbf * a, a], axis=2) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "combo",
+    [("surgical", (0, 90, 200), None, False), ("n95", (240, 240, 240), "floral", True), ("kn95", (20, 20, 20), "checks", True),
+     ("cloth", (200, 10, 10), "dots", False), ("bandana", (12, 200, 30), "stripes", False), ("n95", (90, 90, 90), None, True)],
+)
+def test_template_colouring_matches_the_direct_composition(combo) -> None:
+    """Templates colour a cached, colour-free fabric (one linear transform per colour): the
+    result equals composing the layers pixel by pixel, to one 8-bit level, and a rebuilt
+    (evicted) template is identical to the first."""
+    from maskgen.masks.designs import build_template
+
+    direct = _direct_template(*combo)
+    first = build_template(*combo).levels
+    diff = np.abs(first[0].astype(int) - direct)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    build_template.cache_clear()
+    again = build_template(*combo).levels
+    assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_pyramid_drops_level0_and_remakes_the_same_bytes() -> None:
+    from maskgen.masks.designs import Pyramid, _coloured
+
+    calls = []
+
+    def make():
+        calls.append(1)
+        return _coloured("surgical", (0, 90, 200), "checks", False)
+
+    p = Pyramid(make)
+    assert len(calls) == 1 and len(p) >= 4
+    assert [lv.shape[:2] for lv in p[1:3]] == [((p[0].shape[0] + 1) // 2, (p[0].shape[1] + 1) // 2), ((p[1].shape[0] + 1) // 2, (p[1].shape[1] + 1) // 2)]
+    assert len(calls) == 2  # level 0 was made again once, then kept
+    assert np.array_equal(p[0], make()) and len(calls) == 3
+    p[0]
+    assert len(calls) == 3
+
+
 def test_image_texture_is_tiled_not_stretched(masktheface_dir: Path) -> None:
     path = str(masktheface_dir / "textures" / "check" / "check_1.png")
     tex = textures.texture_image(path)

@@ -11,6 +11,7 @@ so per face only one remap is needed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
 
@@ -197,7 +198,7 @@ MASK_TYPES = tuple(DESIGNS)
 class Template:
     """A premultiplied RGBA pyramid of one design plus its template-space frame."""
 
-    levels: list[np.ndarray]  # level k: uint8 (H/2^k, W/2^k, 4)
+    levels: Sequence[np.ndarray]  # level k: uint8 (H/2^k, W/2^k, 4) (a Pyramid or a list)
     extent: tuple[float, float, float, float]
     px_u: float
     px_v: float
@@ -214,36 +215,128 @@ def template_grid(extent: tuple[float, float, float, float], px_u: float = PX_U,
     return np.meshgrid(u, v)
 
 
-# Every built-in combination (5 types x 16 colours x 5 textures, valves) is about 560 designs of
-# ~0.8 MB each; a smaller cache than the set a run draws from rebuilds designs (tens of ms each)
-# inside the per-image path, which is what MaskSpec.random over a dataset does.
+@dataclass(frozen=True)
+class _Fabric:
+    """The colour-independent part of a design, shared by all its colours and textures."""
+
+    shape: tuple[int, int]
+    layers: Layers
+    relief: np.ndarray  # shading x fibre noise, (H, W) float32
+    alpha: np.ndarray  # (H, W) float32 coverage
+    alpha255: np.ndarray  # (H, W, 3) float32: 255 x coverage, the premultiplication factor
+    alpha8: np.ndarray  # (H, W) uint8: the pyramid's alpha channel
+
+
+@functools.lru_cache(maxsize=16)
+def _fabric(kind: str, valve: bool) -> _Fabric:
+    d = DESIGNS[kind]
+    u, v = template_grid(d.extent)
+    lay = d.draw(u, v, _AA_PX, valve)
+    fibre = _fibre(u.shape, 7, 0.03 if kind != "cloth" else 0.05)
+    relief = (lay.shade * fibre).astype(np.float32)
+    a = lay.alpha.astype(np.float32)
+    a255 = np.ascontiguousarray(np.repeat((a * 255.0)[..., None], 3, axis=2))
+    a8 = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return _Fabric(u.shape, lay, relief, a, a255, a8)
+
+
+@functools.lru_cache(maxsize=64)
+def _fabric_features(kind: str, valve: bool, texture: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The shaded fabric colour as a linear function of the colour: ``F @ [base, second - base]
+    + K`` (F: (H*W, 1 or 2), K: (H*W, 3) or None).
+
+    The fabric is the base colour, the pattern blends in the second colour (``base + (second -
+    base) * w``), a flower centre and the design's painted parts (nose clip, valve) blend towards
+    fixed colours (``x * (1 - w) + colour * w``), then the relief multiplies everything: each
+    step is linear in (base, second - base), so the per-colour work is one 2x3 colour transform.
+    """
+    d = DESIGNS[kind]
+    fab = _fabric(kind, valve)
+    feats = [np.ones(fab.shape, np.float32)]
+    const = None
+    if texture:
+        u, v = template_grid(d.extent)
+        w2, centre = textures.pattern(texture, u, v, _AA_PX)
+        feats.append(w2.astype(np.float32))
+        if centre is not None:
+            keep = 1.0 - centre
+            feats = [f * keep for f in feats]
+            const = _FLOWER_CENTRE * centre[..., None]
+    for weight, col in fab.layers.paint:
+        keep = 1.0 - weight
+        feats = [f * keep for f in feats]
+        painted = np.asarray(col, np.float32) * weight[..., None]
+        const = painted if const is None else const * keep[..., None] + painted
+    F = np.stack([f * fab.relief for f in feats], -1).astype(np.float32).reshape(-1, len(feats))
+    K = None if const is None else (const * fab.relief[..., None]).astype(np.float32).reshape(-1, 3)
+    return F, K
+
+
+_AA_PX = 1.2 / PX_U  # anti-aliasing width: a little over one template pixel
+_FLOWER_CENTRE = np.array([0.95, 0.80, 0.30], np.float32)
+
+
+def _coloured(kind: str, rgb: tuple[int, int, int], texture: str | None, valve: bool) -> np.ndarray:
+    """Pyramid level 0 of a design in a colour/texture: premultiplied RGBA uint8."""
+    fab = _fabric(kind, valve)
+    h, w = fab.shape
+    base = np.asarray(rgb, np.float32) / 255.0
+    if texture and texture not in textures.PATTERNS:  # an image file: no colour to factor out
+        albedo = textures.tiled(texture, (h, w), tile_width=int(PX_U * 0.45)).astype(np.float32)
+        for weight, col in fab.layers.paint:
+            albedo += (np.asarray(col, np.float32) - albedo) * weight[..., None]
+        rgbf = albedo * fab.relief[..., None]
+    else:
+        F, K = _fabric_features(kind, valve, texture)
+        coeffs = np.stack([base, np.asarray(textures.secondary(base), np.float32) - base])[: F.shape[1]]
+        # one OpenCV pass (no BLAS: its thread pool and kernels vary between machines)
+        rgbf = cv2.transform(F.reshape(h, w, F.shape[1]), np.ascontiguousarray(coeffs.T))
+        if K is not None:
+            rgbf += K.reshape(h, w, 3)
+    np.clip(rgbf, 0.0, 1.0, out=rgbf)
+    rgbf *= fab.alpha255  # premultiplied, in 8-bit units
+    rgbf += 0.5
+    rgb8 = np.clip(rgbf, 0, 255, out=rgbf).astype(np.uint8)
+    return cv2.merge([*cv2.split(rgb8), fab.alpha8])
+
+
+class Pyramid(Sequence):
+    """The levels of a template, each half the size of the one before (``cv2.pyrDown``).
+
+    Level 0 holds ~3/4 of the bytes and is drawn only for faces whose mask is wider than the
+    template (~320 px): it is dropped once the smaller levels are made and made again, the
+    same bytes, the first time it is asked for. A cached design then costs ~150 KB, not ~600.
+    """
+
+    def __init__(self, make_level0: Callable[[], np.ndarray]) -> None:
+        levels = [make_level0()]
+        while min(levels[-1].shape[:2]) > 24:
+            levels.append(cv2.pyrDown(levels[-1]))
+        self._make = make_level0
+        self._levels: list[np.ndarray | None] = [None, *levels[1:]] if len(levels) > 1 else levels
+
+    def __len__(self) -> int:
+        return len(self._levels)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        lvl = self._levels[k]
+        if lvl is None:
+            lvl = self._levels[k] = self._make()
+        return lvl
+
+
+# Every built-in combination (5 types x 16 colours x 5 textures, valves) is about 560 designs;
+# the cache holds them all, so a run over a dataset with seeded random designs (MaskSpec.random)
+# colours each design once. Colouring is cheap anyway: the fabric, pattern and relief are cached
+# apart from the colour, leaving one colour transform (~2.5 ms, not ~28). With level 0 dropped
+# (Pyramid) a full cache is ~150 MB even when every sample has its own random colour.
 @functools.lru_cache(maxsize=1024)
 def build_template(kind: str, rgb: tuple[int, int, int], texture: str | None, valve: bool) -> Template:
     """Render a design with its fabric colour/texture into a cached pyramid."""
     d = DESIGNS[kind]
-    u, v = template_grid(d.extent)
-    px = 1.2 / PX_U  # anti-aliasing width: a little over one template pixel
-    lay = d.draw(u, v, px, valve)
+    levels = Pyramid(functools.partial(_coloured, kind, rgb, texture, valve))
     base = np.asarray(rgb, np.float32) / 255.0
-    albedo = np.broadcast_to(base, u.shape + (3,)).copy()
-    if texture:
-        if texture in textures.PATTERNS:
-            w2, centre = textures.pattern(texture, u, v, px)
-            albedo += (textures.secondary(base) - base)[None, None, :] * w2[..., None]
-            if centre is not None:
-                albedo += (np.array([0.95, 0.80, 0.30], np.float32) - albedo) * centre[..., None]
-        else:
-            tex = textures.tiled(texture, u.shape, tile_width=int(PX_U * 0.45))
-            albedo = tex.astype(np.float32)
-    for weight, col in lay.paint:
-        albedo += (np.asarray(col, np.float32) - albedo) * weight[..., None]
-    fibre = _fibre(u.shape, 7, 0.03 if kind != "cloth" else 0.05)
-    rgbf = np.clip(albedo * (lay.shade * fibre)[..., None], 0.0, 1.0)
-    a = lay.alpha.astype(np.float32)
-    rgba = np.concatenate([rgbf * a[..., None], a[..., None]], axis=2)
-    lvl0 = np.clip(rgba * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    levels = [lvl0]
-    while min(levels[-1].shape[:2]) > 24:
-        levels.append(cv2.pyrDown(levels[-1]))
     loop_rgb = (0.93, 0.93, 0.93) if kind in ("surgical", "n95", "kn95") else tuple(float(c) * 0.9 for c in base)
     return Template(levels, d.extent, PX_U, PX_V, d.loops, loop_rgb)
