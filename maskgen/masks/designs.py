@@ -222,7 +222,6 @@ class _Fabric:
     shape: tuple[int, int]
     layers: Layers
     relief: np.ndarray  # shading x fibre noise, (H, W) float32
-    alpha: np.ndarray  # (H, W) float32 coverage
     alpha255: np.ndarray  # (H, W, 3) float32: 255 x coverage, the premultiplication factor
     alpha8: np.ndarray  # (H, W) uint8: the pyramid's alpha channel
 
@@ -237,7 +236,7 @@ def _fabric(kind: str, valve: bool) -> _Fabric:
     a = lay.alpha.astype(np.float32)
     a255 = np.ascontiguousarray(np.repeat((a * 255.0)[..., None], 3, axis=2))
     a8 = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return _Fabric(u.shape, lay, relief, a, a255, a8)
+    return _Fabric(u.shape, lay, relief, a255, a8)
 
 
 @functools.lru_cache(maxsize=64)
