@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -171,12 +172,29 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float) -> BuildRes
 
     # 1. scan
     src: Source = parse_source(cfg.source, cfg.identity_depth)
-    table = F.assign_keys(src.scan())
-    label_cols: list[str] = []
-    if cfg.labels:
-        table, label_cols = attach_labels(table, cfg.labels, src.root)
+
+    def scan() -> tuple[pa.Table, list[str]]:
+        t = time.perf_counter()
+        table = F.assign_keys(src.scan())
+        if cfg.labels:
+            table, cols = attach_labels(table, cfg.labels, src.root)
+        else:
+            cols = []
+        log.timings["scan"] = time.perf_counter() - t
+        return table, cols
+
+    if _cold(cfg, out):
+        # every image needs landmarks, so Ray will be needed: start it while the files are
+        # listed (the scan waits on the file system, Ray's start on its new processes)
+        with ThreadPoolExecutor(1, thread_name_prefix="maskgen-scan") as ex:
+            scanned = ex.submit(scan)
+            _timed_ray_start(cfg, log, "ray_start")
+            table, label_cols = scanned.result()
+    else:
+        table, label_cols = scan()
     log.line(f"[scan] {table.num_rows:,} images, {len(set(table.column('identity').to_pylist())):,} identities in {src.describe()}")
     ws = F.WorkSet(table)
+    t_filters = time.perf_counter()
 
     # 2. filters that need no pixels
     F.drop_scan_errors(ws)
@@ -184,12 +202,12 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float) -> BuildRes
     F.filter_min_images(ws, cfg.min_images)
     F.filter_max_images(ws, cfg.max_images, cfg.seed)
     F.filter_max_identities(ws, cfg.max_identities)
-    log.timings["scan"] = time.perf_counter() - t_start
+    log.timings["scan"] += time.perf_counter() - t_filters
 
     # 3. landmarks, from the cache where possible
     t_an = time.perf_counter()
-    analysis = _analyze(cfg, out, ws, log)
-    log.timings["landmarks"] = time.perf_counter() - t_an - log.timings.get("ray_start", 0.0)
+    analysis, t_ray = _analyze(cfg, out, ws, log)
+    log.timings["landmarks"] = time.perf_counter() - t_an - t_ray
     a_status = np.array([a.get("a_status") if a else None for a in analysis], dtype=object)
     a_reason = np.array([a.get("a_reason") if a else None for a in analysis], dtype=object)
     ws.mark(a_status == "failed", STATUS_FAILED, a_reason)
@@ -260,12 +278,19 @@ def _cap_groups(ws: F.WorkSet, columns: list[str], cap: int, seed: int) -> None:
     ws.mark(ws.pending & ~keep, STATUS_DROPPED, f"{CAP_REASON} ({cap})")
 
 
-def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> list[dict | None]:
-    """Landmarks for every pending row: cached rows are reused, the rest run on Ray."""
+def _cold(cfg: BuildConfig, out: Path) -> bool:
+    """A build with no landmark cache to read: every image is detected on Ray."""
+    return not cfg.landmarks_from and not (out / A.CACHE_FILE).is_file()
+
+
+def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> tuple[list[dict | None], float]:
+    """Landmarks for every pending row: cached rows are reused, the rest run on Ray. Also
+    returns the seconds spent starting Ray here (0 when it was already running)."""
     cache_path = out / A.CACHE_FILE
     sources = [cache_path] + ([cfg.landmarks_from] if cfg.landmarks_from else [])
     tag = A.cache_tag(cfg.detector)
     cache = A.load_cache(sources, tag)
+    t_ray = 0.0
     ck = ws.col("_cache_key")
     pend = np.flatnonzero(ws.pending)
     todo = [i for i in pend if ck[i] not in cache]
@@ -275,7 +300,9 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> list[
         cols = {c: t.column(c).to_pylist() for c in ("source", "path", "offset", "nbytes", "_cache_key")}
         chunks = [todo[i : i + cfg.chunk_size] for i in range(0, len(todo), cfg.chunk_size)]
         payloads = ({"rows": [{c: cols[c][i] for c in cols} for i in ch], "detector": cfg.detector, "tag": tag} for ch in chunks)
-        _timed_ray_start(cfg, log, "ray_start")
+        if cfg.detector in ("auto", "dlib"):
+            _prepare_batch_model(log)
+        t_ray = _timed_ray_start(cfg, log, "ray_start")
         window = cfg.workers or cluster_cpus()
         log.stage("landmarks", len(todo))
         counts = {"done": 0, "ok": 0, "failed": 0}
@@ -313,7 +340,7 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> list[
     out_rows: list[dict | None] = [None] * ws.table.num_rows
     for i in pend:
         out_rows[i] = cache.get(ck[i])
-    return out_rows
+    return out_rows, t_ray
 
 
 def _samples_for_bytes(cfg: BuildConfig, rows: list[dict], order: list[int], opts: dict, log: Progress) -> int:
@@ -335,11 +362,25 @@ def _samples_for_bytes(cfg: BuildConfig, rows: list[dict], order: list[int], opt
     return n
 
 
-def _timed_ray_start(cfg: BuildConfig, log: Progress, name: str) -> None:
+def _prepare_batch_model(log: Progress) -> None:
+    """The workers fit landmarks in batches with dlib's model in array form: parse it here
+    once per machine (~12 s) rather than in every worker."""
+    from maskgen.masks.ert import ensure_cache
+    from maskgen.masks.landmarks import predictor_path
+
+    t = time.perf_counter()
+    if ensure_cache(predictor_path()):
+        log.line(f"[landmarks] dlib's 68-point model prepared for batched fitting in {time.perf_counter() - t:.1f} s (once per machine)")
+
+
+def _timed_ray_start(cfg: BuildConfig, log: Progress, name: str) -> float:
+    """Start (or join) Ray unless it is running; the seconds it took (0 when it was running)."""
     t = time.perf_counter()
     if start_ray(cfg.workers, cfg.ray_address):
         log.timings[name] = time.perf_counter() - t
         log.line(f"[ray] started locally with {cfg.workers or os.cpu_count()} CPUs in {log.timings[name]:.1f} s")
+        return log.timings[name]
+    return 0.0
 
 
 def _analyze_task(payload: dict) -> list[dict]:
