@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -150,7 +151,10 @@ def _clean_outputs(out: Path) -> None:
         (out / f).unlink(missing_ok=True)
 
 
-def run_build(cfg: BuildConfig) -> BuildResult:
+def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
+    """Run a build. ``shutdown_ray``: stop a local Ray instance that this build started as
+    soon as the last shard is written, while the manifest and report are written (the CLI
+    sets it: Ray's shutdown takes 1-2 s, and the process ends with the build anyway)."""
     t_start = time.perf_counter()
     out = Path(cfg.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -158,9 +162,15 @@ def run_build(cfg: BuildConfig) -> BuildResult:
         _clean_outputs(out)
     log = Progress(out / "build.log", echo=cfg.progress)
     log.timings = {}
+    log.ray_started = False
+    log.shutdown_ray = shutdown_ray
+    closer: list[threading.Thread] = []
+    log.closer = closer
     try:
         return _run(cfg, out, log, t_start)
     finally:
+        for th in closer:
+            th.join()
         log.close()
 
 
@@ -260,6 +270,11 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float) -> BuildRes
     t_exec = time.perf_counter()
     results = _execute(cfg, out, tasks, log)
     log.timings["execute"] = time.perf_counter() - t_exec - log.timings.get("ray_start_execute", 0.0)
+
+    if log.shutdown_ray and log.ray_started:
+        th = threading.Thread(target=_shutdown_ray, name="maskgen-ray-shutdown", daemon=True)
+        th.start()
+        log.closer.append(th)
 
     # 7. merge
     return _merge(cfg, out, src, ws, kept, rows, tasks, results, analysis, label_of, log, t_start)
@@ -373,10 +388,17 @@ def _prepare_batch_model(log: Progress) -> None:
         log.line(f"[landmarks] dlib's 68-point model prepared for batched fitting in {time.perf_counter() - t:.1f} s (once per machine)")
 
 
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
 def _timed_ray_start(cfg: BuildConfig, log: Progress, name: str) -> float:
     """Start (or join) Ray unless it is running; the seconds it took (0 when it was running)."""
     t = time.perf_counter()
     if start_ray(cfg.workers, cfg.ray_address):
+        log.ray_started = not cfg.ray_address  # a cluster joined is left to its owner
         log.timings[name] = time.perf_counter() - t
         log.line(f"[ray] started locally with {cfg.workers or os.cpu_count()} CPUs in {log.timings[name]:.1f} s")
         return log.timings[name]

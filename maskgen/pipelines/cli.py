@@ -82,7 +82,7 @@ def build(ctx: click.Context, **kwargs) -> None:
     except (ValueError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        res = run_build(cfg)
+        res = run_build(cfg, shutdown_ray=True)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
