@@ -151,7 +151,7 @@ def _lfw_candidates(lfw_dir: Path, n: int) -> tuple[list[np.ndarray], list[tuple
     return grays, boxes
 
 
-def test_batched_fits_are_dlibs_on_lfw(lfw_dir: Path, astronaut: np.ndarray) -> None:
+def test_batched_fits_are_dlibs_on_lfw(lfw_dir: Path, astronaut: np.ndarray, monkeypatch) -> None:
     det: DlibBackend = get_detector("dlib")
     grays, boxes = _lfw_candidates(lfw_dir, 120)
     g = to_gray(astronaut)
@@ -164,6 +164,11 @@ def test_batched_fits_are_dlibs_on_lfw(lfw_dir: Path, astronaut: np.ndarray) -> 
     # a face's landmarks do not depend on the batch it is fitted in
     rev = np.stack(det.fit_many(grays[::-1], boxes[::-1]))[::-1]
     np.testing.assert_array_equal(rev, got)
+    # both ways of adding the leaves (loop over trees for large batches, gather-and-sum for
+    # small ones) are dlib's order
+    for min_faces in (1, 10**9):
+        monkeypatch.setattr(ert, "TREE_LOOP_MIN_FACES", min_faces)
+        np.testing.assert_array_equal(np.stack(det.fit_many(grays[:120], boxes[:120])), ref[:120])
 
 
 def test_batches_split_by_pixels_give_the_same_landmarks(lfw_dir: Path, monkeypatch) -> None:
