@@ -100,3 +100,31 @@ def test_contact_sheet_command(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     img = cv2.imread(str(out))
     assert img is not None and img.shape[0] > 64 * 8 and img.shape[1] > 64 * 4
+
+
+def test_folder_commands_detect_in_groups_with_the_same_results(tmp_path: Path, bad_inputs: Path, lfw_dir: Path, monkeypatch) -> None:
+    """`maskgen mask` and `maskgen landmarks` detect a folder's images in groups (batched
+    landmark fits): outputs are those of one image at a time, bad inputs included."""
+    import shutil
+
+    from maskgen.masks import cli as mcli
+
+    src = tmp_path / "in"
+    shutil.copytree(bad_inputs, src)
+    for f in sorted(lfw_dir.glob("*/*.jpg"))[::700][:16]:
+        shutil.copy(f, src / f.name)
+    outs = {}
+    for group in (5, 1):  # 5: several groups, one per flush; 1: no batching at all
+        monkeypatch.setattr(mcli, "GROUP_IMAGES", group)
+        out = tmp_path / f"masked{group}"
+        r = CliRunner().invoke(main, ["mask", str(src), "-o", str(out), "--type", "random", "--wear", "random", "--seed", "3"])
+        assert r.exit_code == 0, r.output
+        lm = tmp_path / f"landmarks{group}.jsonl"
+        r = CliRunner().invoke(main, ["landmarks", str(src), "-o", str(lm), "--select", "center"])
+        assert r.exit_code == 0, r.output
+        images = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.jpg"))}
+        outs[group] = (_records(out), lm.read_text(), images)
+    assert outs[5] == outs[1]
+    recs = outs[5][0]
+    assert sum(r["status"] == "ok" for r in recs.values()) >= 18
+    assert recs["corrupt.jpg"]["status"] == "failed" and recs["noface.png"]["status"] == "failed"

@@ -34,6 +34,46 @@ def image_seed(seed: int, rel: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(rel.encode("utf-8"))) % (2**32)
 
 
+GROUP_IMAGES = 64  # images loaded and detected together by the dlib backend
+GROUP_PIXELS = 24 * 1024 * 1024
+
+
+def load_with_faces(paths, backend: str, select: str, group: int | None = None) -> Iterator[tuple]:
+    """``(path, image, reason, faces)`` for each path, in order. With the ``dlib`` backend the
+    images are detected a group at a time (``detect_faces_many``: batched landmark fits, the
+    same faces as one by one); ``faces`` is None where the caller detects (other backends, an
+    image that failed to load, a group whose batch failed)."""
+    from maskgen.masks import load_image
+    from maskgen.masks.api import _check_image
+    from maskgen.masks.landmarks import detect_faces_many
+
+    group = group or GROUP_IMAGES
+    buf: list[tuple] = []
+    pixels = 0
+
+    def flush():
+        ok = [i for i, (_, img, _) in enumerate(buf) if img is not None and _check_image(img) is None]
+        faces: list = [None] * len(buf)
+        if backend == "dlib" and len(ok) > 1:
+            try:
+                for i, f in zip(ok, detect_faces_many([buf[i][1] for i in ok], backend, select)):
+                    faces[i] = f
+            except Exception:  # each image then meets its own problem alone
+                faces = [None] * len(buf)
+        out = [(*b, f) for b, f in zip(buf, faces)]
+        buf.clear()
+        return out
+
+    for p in paths:
+        img, reason = load_image(p)
+        buf.append((p, img, reason))
+        pixels += 0 if img is None else img.shape[0] * img.shape[1]
+        if len(buf) >= group or pixels >= GROUP_PIXELS:
+            yield from flush()
+            pixels = 0
+    yield from flush()
+
+
 def _rel(p: Path, root: Path) -> str:
     return p.name if root.is_file() else p.relative_to(root).as_posix()
 
@@ -73,7 +113,7 @@ def mask(
     import cv2
     import numpy as np
 
-    from maskgen.masks import MASK_TYPES, WEAR_MODES, MaskSpec, load_image, mask_face
+    from maskgen.masks import MASK_TYPES, WEAR_MODES, MaskSpec, mask_face
 
     try:
         base = None
@@ -92,11 +132,10 @@ def mask(
     counts: Counter[str] = Counter()
     n = 0
     with open(out / "results.jsonl", "w", encoding="utf-8") as log:
-        for p in iter_inputs(src):
+        for p, img, reason, faces in load_with_faces(iter_inputs(src), backend, select):
             rel = _rel(p, src)
             s = image_seed(seed, rel)
             rec: dict = {"path": rel, "seed": s}
-            img, reason = load_image(p)
             if img is None:
                 rec.update(status="failed", reason=reason)
             else:
@@ -113,7 +152,7 @@ def mask(
                     if wear == "random":
                         rng = np.random.default_rng(s)
                         spec = MaskSpec(**{**spec.to_json(), "wear": str(rng.choice(WEAR_MODES))})
-                res = mask_face(img, spec, seed=s, backend=backend, select=select)
+                res = mask_face(img, spec, seed=s, faces=faces, backend=backend, select=select)
                 rec.update(res.to_json())
                 if res.ok:
                     dst = out / Path(rel).with_suffix(f".{fmt}")
@@ -142,17 +181,16 @@ def mask(
 @click.option("--select", default="all", show_default=True, type=click.Choice(["all", "largest", "center"]))
 def landmarks(src: Path, out: str, backend: str, select: str) -> None:
     """Print (or write) 68 landmarks, box, score and head pose of every face in SRC, one JSON line per image."""
-    from maskgen.masks import detect_faces, load_image
+    from maskgen.masks import detect_faces
 
     fh = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
     try:
-        for p in iter_inputs(src):
+        for p, img, reason, found in load_with_faces(iter_inputs(src), backend, select):
             rel = _rel(p, src)
-            img, reason = load_image(p)
             if img is None:
                 rec = {"path": rel, "status": "failed", "reason": reason, "faces": []}
             else:
-                faces = detect_faces(img, backend=backend, select=select)
+                faces = found if found is not None else detect_faces(img, backend=backend, select=select)
                 rec = {
                     "path": rel,
                     "status": "ok" if faces else "failed",
