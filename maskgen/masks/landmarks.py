@@ -225,29 +225,26 @@ class DlibBackend:
         return self._faces(img, gray, self._full_boxes(gray))
 
     def detect_many(self, imgs: Sequence[np.ndarray], select: Select = "all") -> list[list[Face]]:
-        """``[self.detect(img, select) for img in imgs]``, with the landmark fits of all the
-        images batched: first every image's candidate boxes (the central fast path where it
-        applies), one batched fit, then the full-frame search for images left without a face
-        and one batched fit of those. ``imgs`` may be RGB or already grayscale."""
+        """``[self.detect(img, select) for img in imgs]``, with the landmark fits batched: every
+        image's central fast-path boxes in one batch, then the full-frame boxes of the images
+        left without a face in another. ``imgs`` may be RGB or already grayscale."""
         grays = [to_gray(im) for im in imgs]
-        boxes: list[list[tuple]] = []
-        for g in grays:
-            boxes.append(self._fast_boxes(g) if select != "all" and min(g.shape) >= 160 else None)
-        faces: list[list[Face]] = [[] for _ in grays]
-        for rnd in range(2):
-            todo = [i for i, b in enumerate(boxes) if b is not None and (rnd == 1 or b)]
-            jobs = [(i, box) for i in todo for box, _ in boxes[i]]
-            lms = self.fit_many([grays[i] for i, _ in jobs], [box for _, box in jobs])
-            k = 0
-            for i in todo:
-                n = len(boxes[i])
-                faces[i] = self._faces(grays[i], grays[i], boxes[i], lms[k : k + n])
-                k += n
-            if rnd == 1:
-                break
-            # the full frame decides for images whose fast path found no face (or did not apply)
-            boxes = [self._full_boxes(g) if not faces[i] else None for i, g in enumerate(grays)]
+        fast = select != "all"
+        faces = self._fit_faces(grays, [self._fast_boxes(g) if fast and min(g.shape) >= 160 else [] for g in grays])
+        rest = [i for i, f in enumerate(faces) if not f]
+        full = self._fit_faces([grays[i] for i in rest], [self._full_boxes(grays[i]) for i in rest])
+        for i, f in zip(rest, full):
+            faces[i] = f
         return faces
+
+    def _fit_faces(self, grays: list[np.ndarray], boxes: list[list[tuple]]) -> list[list[Face]]:
+        """Plausible faces among each image's candidate boxes; all the fits as one batch."""
+        lms = self.fit_many([g for g, bx in zip(grays, boxes) for _ in bx], [box for bx in boxes for box, _ in bx])
+        out, k = [], 0
+        for g, bx in zip(grays, boxes):
+            out.append(self._faces(g, g, bx, lms[k : k + len(bx)]))
+            k += len(bx)
+        return out
 
 
 class AlignedBackend:

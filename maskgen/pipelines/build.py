@@ -162,19 +162,14 @@ def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
         _clean_outputs(out)
     log = Progress(out / "build.log", echo=cfg.progress)
     log.timings = {}
-    log.ray_started = False
-    log.shutdown_ray = shutdown_ray
-    closer: list[threading.Thread] = []
-    log.closer = closer
+    log.ray_started = False  # set when this build starts a local Ray
     try:
-        return _run(cfg, out, log, t_start)
+        return _run(cfg, out, log, t_start, shutdown_ray)
     finally:
-        for th in closer:
-            th.join()
         log.close()
 
 
-def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float) -> BuildResult:
+def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ray: bool) -> BuildResult:
     mix = MaskMix.resolve(cfg.mask_mix, mask_types=cfg.mask_types, wear=cfg.wear, texture_prob=cfg.texture_prob)
     # Eval name sets are read before any work so a missing protocol file fails fast.
     eval_sets = {e: F.eval_names(e) for e in (cfg.exclude_eval or [])}
@@ -271,13 +266,17 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float) -> BuildRes
     results = _execute(cfg, out, tasks, log)
     log.timings["execute"] = time.perf_counter() - t_exec - log.timings.get("ray_start_execute", 0.0)
 
-    if log.shutdown_ray and log.ray_started:
-        th = threading.Thread(target=_shutdown_ray, name="maskgen-ray-shutdown", daemon=True)
-        th.start()
-        log.closer.append(th)
+    closer = None
+    if shutdown_ray and log.ray_started:
+        closer = threading.Thread(target=_shutdown_ray, name="maskgen-ray-shutdown", daemon=True)
+        closer.start()
 
     # 7. merge
-    return _merge(cfg, out, src, ws, kept, rows, tasks, results, analysis, label_of, log, t_start)
+    try:
+        return _merge(cfg, out, src, ws, kept, rows, tasks, results, analysis, label_of, log, t_start)
+    finally:
+        if closer is not None:
+            closer.join()
 
 
 def _cap_groups(ws: F.WorkSet, columns: list[str], cap: int, seed: int) -> None:
