@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import threading
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -91,51 +92,54 @@ def parse_dlib_shape_predictor(path: str | os.PathLike) -> dict[str, np.ndarray]
         nr, nc = abs(rint()), abs(rint())
         return rfloats(nr * nc)
 
+    # the bulk (leaf values, ~16 M floats for the 68-point model) goes straight into compact
+    # arrays: as Python lists it would take ~0.9 GB while parsing
+    leaves, idx1, idx2, thresh = array("f"), array("q"), array("q"), array("f")
+    shape = None  # (levels, trees, splits, leaf length): every tree must have the same
     try:
         version = rint()
         if version != 1:
             raise ModelFormatError(f"shape predictor format version {version}, expected 1")
         initial = np.array(rmatrix(), np.float32)
         n_levels = rint()
-        idx1, idx2, thresh, leaves = [], [], [], []
         for _ in range(n_levels):
             n_trees = rint()
-            l_i1, l_i2, l_th, l_lv = [], [], [], []
             for _ in range(n_trees):
                 n_splits = rint()
-                s1, s2, st = [], [], []
                 for _ in range(n_splits):
-                    s1.append(rint())
-                    s2.append(rint())
-                    st.append(rfloats(1)[0])
+                    idx1.append(rint())
+                    idx2.append(rint())
+                    thresh.append(rfloats(1)[0])
                 n_leaves = rint()
                 if n_leaves != n_splits + 1:
                     raise ModelFormatError("a tree must be complete: leaves == splits + 1")
-                l_i1.append(s1)
-                l_i2.append(s2)
-                l_th.append(st)
-                l_lv.append([rmatrix() for _ in range(n_leaves)])
-            idx1.append(l_i1)
-            idx2.append(l_i2)
-            thresh.append(l_th)
-            leaves.append(l_lv)
+                for _ in range(n_leaves):
+                    values = rmatrix()
+                    if shape is None:
+                        shape = (n_levels, n_trees, n_splits, len(values))
+                    if (n_trees, n_splits, len(values)) != shape[1:]:
+                        raise ModelFormatError(f"{path}: levels or trees of different shapes are not supported")
+                    leaves.extend(values)
         anchors = [[rint() for _ in range(rint())] for _ in range(rint())]
         deltas = [rfloats(2 * rint()) for _ in range(rint())]
     except IndexError:
         raise ModelFormatError(f"{path}: truncated shape predictor file") from None
     if pos != len(buf):
         raise ModelFormatError(f"{path}: {len(buf) - pos} bytes after the model")
+    if shape is None:
+        raise ModelFormatError(f"{path}: a model without trees")
+    levels, trees, splits, width = shape
     try:
         arrays = {
             "initial": initial,
-            "idx1": np.array(idx1, np.int32),
-            "idx2": np.array(idx2, np.int32),
-            "thresh": np.array(thresh, np.float32),
-            "leaves": np.array(leaves, np.float32),
+            "idx1": np.frombuffer(idx1, np.int64).astype(np.int32).reshape(levels, trees, splits),
+            "idx2": np.frombuffer(idx2, np.int64).astype(np.int32).reshape(levels, trees, splits),
+            "thresh": np.frombuffer(thresh, np.float32).copy().reshape(levels, trees, splits),
+            "leaves": np.frombuffer(leaves, np.float32).copy().reshape(levels, trees, splits + 1, width),
             "anchors": np.array(anchors, np.int32),
             "deltas": np.array(deltas, np.float32).reshape(len(deltas), -1, 2),
         }
-    except ValueError:  # ragged: levels with different tree counts or depths
+    except ValueError:  # ragged feature tables
         raise ModelFormatError(f"{path}: levels of different shapes are not supported") from None
     _check(arrays)
     return arrays
