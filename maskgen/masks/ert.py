@@ -66,6 +66,9 @@ def parse_dlib_shape_predictor(path: str | os.PathLike) -> dict[str, np.ndarray]
         return -v if c & 0x80 else v
 
     def rfloats(k: int) -> list[float]:
+        """``k`` floats, each a packed mantissa and a packed exponent: ``rint`` twice, written
+        out inline (this loop decodes ~33 M integers of the 68-point model; calls would make
+        the one-time parse ~1.5x slower)."""
         nonlocal pos
         b, p = buf, pos
         out = [0.0] * k
@@ -82,7 +85,7 @@ def parse_dlib_shape_predictor(path: str | os.PathLike) -> dict[str, np.ndarray]
             p += 1 + n
             if c & 0x80:
                 e = -e
-            if e > 0x3FFF:  # dlib's codes for inf / nan: never in a trained model
+            if e > 1024:  # dlib's codes for inf / nan (never in a trained model), or garbage
                 raise ModelFormatError(f"non-finite float at offset {p}")
             out[i] = ldexp(m, e)
         pos = p
