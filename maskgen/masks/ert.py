@@ -327,21 +327,27 @@ def _write_cache(cache: Path, arrays: dict[str, np.ndarray], source: dict) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure_cache(path: str | os.PathLike) -> bool:
-    """Parse and cache the model at ``path`` unless a valid cache exists (a build's driver calls
-    this before its workers start, so that they do not each parse it). True when this call
-    parsed it."""
-    path = Path(path)
+def _cached_arrays(path: Path) -> tuple[dict[str, np.ndarray], bool]:
+    """The model's arrays from the per-machine cache, else parsed and cached (when the models
+    folder is writable); and whether they had to be parsed."""
     source = _source_id(path)
     cache = cache_dir_for(path)
-    if _read_cache(cache, source) is not None:
-        return False
+    arrays = _read_cache(cache, source)
+    if arrays is not None:
+        return arrays, False
     arrays = parse_dlib_shape_predictor(path)
     try:
         _write_cache(cache, arrays, source)
     except OSError:
-        pass
-    return True
+        return arrays, True  # a read-only models folder: this process keeps its parsed copy
+    return _read_cache(cache, source) or arrays, True
+
+
+def ensure_cache(path: str | os.PathLike) -> bool:
+    """Parse and cache the model at ``path`` unless a valid cache exists (a build's driver calls
+    this before its workers start, so that they do not each parse it). True when this call
+    parsed it."""
+    return _cached_arrays(Path(path))[1]
 
 
 def load_shape_model(path: str | os.PathLike) -> ShapeModel:
@@ -351,19 +357,6 @@ def load_shape_model(path: str | os.PathLike) -> ShapeModel:
     key = str(path.resolve())
     with _LOCK:
         model = _MODELS.get(key)
-        if model is not None:
-            return model
-        source = _source_id(path)
-        cache = cache_dir_for(path)
-        arrays = _read_cache(cache, source)
-        if arrays is None:
-            arrays = parse_dlib_shape_predictor(path)
-            try:
-                _write_cache(cache, arrays, source)
-            except OSError:
-                pass  # a read-only models folder: this process keeps its parsed copy
-            else:
-                arrays = _read_cache(cache, source) or arrays
-        model = ShapeModel.from_arrays(arrays)
-        _MODELS[key] = model
+        if model is None:
+            model = _MODELS[key] = ShapeModel.from_arrays(_cached_arrays(path)[0])
         return model
