@@ -87,7 +87,7 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
                 faces = found[k] if found is not None else detect_faces(g, backend="dlib", select="center")
                 out[i] = _face_result(res, faces)
             except Exception as exc:
-                out[i] = {**res, "a_status": "failed", "a_reason": f"analysis error: {type(exc).__name__}: {exc}"}
+                out[i] = _failed(res, f"analysis error: {type(exc).__name__}: {exc}")
         batch.clear()
         held = 0
 
@@ -96,12 +96,12 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
         try:
             data = read_image_bytes(r["source"], r["path"], r["offset"], r["nbytes"])
         except OSError as exc:
-            out[i] = {**res, "a_status": "failed", "a_reason": f"unreadable: {exc.strerror or exc}"}
+            out[i] = _failed(res, f"unreadable: {exc.strerror or exc}")
             continue
         try:
             img, reason = decode_image(data)
             if img is None:
-                out[i] = {**res, "a_status": "failed", "a_reason": f"decode: {reason}"}
+                out[i] = _failed(res, f"decode: {reason}")
                 continue
             h, w = img.shape[:2]
             res.update(width=w, height=h, phash=phash(img))
@@ -117,15 +117,19 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
                 continue
             out[i] = _face_result(res, detect_faces(img, backend=backend, select="center"))
         except Exception as exc:  # one odd image must not stop the other rows
-            out[i] = {**res, "a_status": "failed", "a_reason": f"analysis error: {type(exc).__name__}: {exc}"}
+            out[i] = _failed(res, f"analysis error: {type(exc).__name__}: {exc}")
     flush()
     return out  # type: ignore[return-value]
+
+
+def _failed(res: dict, reason: str) -> dict:
+    return {**res, "a_status": "failed", "a_reason": reason}
 
 
 def _face_result(res: dict, faces: list) -> dict:
     res["n_faces"] = len(faces)
     if not faces:
-        return {**res, "a_status": "failed", "a_reason": "no face detected"}
+        return _failed(res, "no face detected")
     f = faces[0]
     res.update(
         a_status="ok",
