@@ -306,7 +306,7 @@ def scan_offsets(rec_path: str | os.PathLike) -> Iterator[int]:
     fd = os.open(rec_path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        for off, h, _, reason in walk_records(fd, size):
+        for off, _h, _, reason in walk_records(fd, size):
             if reason is None:
                 yield off
     finally:

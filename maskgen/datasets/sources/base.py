@@ -56,13 +56,14 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from maskgen.datasets import catalog
 from maskgen.datasets.filters import ALREADY_MASKED
 from maskgen.errors import InputError
+from maskgen.outputs import MARKER as OUTPUT_MARKER  # noqa: F401 (re-exported: folders to skip)
 
 log = logging.getLogger("maskgen.sources")
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-OUTPUT_MARKER = ".maskgen-output.json"  # a folder maskgen owns (maskgen.outputs)
 
 BATCH_ROWS = 8192  # rows per RecordBatch: the bound on per-image Python objects of a scan
 MAX_IMAGE_BYTES = 256 * 1024 * 1024  # size cap of one encoded image (file, record or member)
@@ -114,30 +115,6 @@ class SourceNotFound(InputError, FileNotFoundError):
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """What is known about a dataset (the fallback when the catalog does not know it)."""
-
-    name: str
-    pretty_name: str
-    license: str = "unknown"
-    citation: str = "unknown"
-    url: str = "unknown"
-
-
-def dataset_info(name: str | None) -> Any:
-    """The catalog entry of ``name`` (exact name only), else a :class:`SourceInfo` of unknowns."""
-    if name:
-        try:
-            from maskgen.datasets.catalog import lookup
-        except ImportError:
-            lookup = None
-        found = lookup(name) if lookup is not None else None
-        if found is not None:
-            return found
-    return SourceInfo(name=name or "unknown", pretty_name=name or "unknown")
 
 
 # ------------------------------------------------------------------ names
@@ -357,14 +334,11 @@ class Source:
 
     # -- description
     @property
-    def dataset_name(self) -> str:
-        """The name the catalog is asked about (exact match only)."""
-        return self.catalog_name or self.root.name
-
-    @property
-    def info(self) -> Any:
-        """Name, licence, citation and url from ``maskgen.datasets.catalog`` or "unknown"."""
-        return dataset_info(self.dataset_name)
+    def info(self) -> catalog.DatasetInfo:
+        """Name, licence, citation and url from :mod:`maskgen.datasets.catalog` (the kind's
+        ``catalog_name``, else the root folder's name, exact match only), else "unknown"."""
+        found = catalog.lookup(self.catalog_name) if self.catalog_name else catalog.identify(self.root)
+        return found or catalog.unknown_info(self.root.name)
 
     def describe(self) -> str:
         """A short description without any absolute path (goes into dataset.json)."""

@@ -42,6 +42,7 @@ from maskgen.datasets.sources.base import (
     read_file_range,
     register,
 )
+from maskgen.outputs import is_owned
 
 UNIT_DIRS = 512  # top-level folders per scan unit
 _IMAGE_EXTS = {e.encode() for e in IMAGE_EXTENSIONS}
@@ -152,7 +153,7 @@ class FolderSource(Source):
             return
         try:
             ident = _dir_id(path_b)
-            if os.path.lexists(os.path.join(path_b, _MARKER)):
+            if os.path.lexists(os.path.join(path_b, _MARKER)) and is_owned(os.fsdecode(path_b)):
                 self.note(f"skipped {'/'.join(rel)}/: an output folder of maskgen ({OUTPUT_MARKER})")
                 return
         except OSError as exc:

@@ -73,10 +73,6 @@ class RecordIOSource(Source):
         p = os.path.expanduser(path)
         return path.endswith(".rec") or (os.path.isdir(p) and os.path.isfile(os.path.join(p, "train.rec")))
 
-    @property
-    def dataset_name(self) -> str:
-        return self.root.name
-
     def describe(self) -> str:
         return f"{self.kind}:{self.root.name}/{self.rec}"
 
