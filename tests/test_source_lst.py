@@ -40,3 +40,12 @@ def test_lst_source(lfw_dir: Path, tmp_path: Path) -> None:
                                                "unreadable: No such file or directory", "not a regular file"]
     keyed = F.assign_keys(src.scan())
     assert len(set(keyed.column("key").to_pylist())) == len(lines)
+
+
+def test_a_new_kind_is_one_file() -> None:
+    """Adding the lst kind touched only its module (and its test and doc): no other module of
+    maskgen names it, and parse_source finds it by the registry alone."""
+    root = Path(__file__).resolve().parents[1] / "maskgen"
+    naming = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if "LstSource" in p.read_text()]
+    assert naming == ["datasets/sources/lst.py"]
+    assert source_kinds()["lst"].__module__ == "maskgen.datasets.sources.lst"

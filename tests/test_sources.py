@@ -315,6 +315,14 @@ def test_recordio_writer_streams_and_round_trips(tmp_path: Path, faces) -> None:
     magic = R.MAGIC.to_bytes(4, "little")
     payload = b"abcd" + magic + b"efgh" + magic + b"xy"
     assert R.read_record_at(io.BytesIO(R.encode_record(payload)), 0) == payload
+    # ... and a split image record is scanned and read whole, with and without the .idx
+    split = [(0, faces[0][1]), (0, faces[1][1][:400] + magic + faces[1][1][400:]), (1, faces[2][1])]
+    rec = R.write_recordio(split, tmp_path / "split.rec")
+    for _ in range(2):
+        s = parse_source(str(rec))
+        t = s.scan().to_pylist()
+        assert [s.read_bytes(r["path"], r["offset"], r["nbytes"]) for r in t] == [img for _, img in split]
+        (tmp_path / "split.idx").unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ WebDataset
@@ -371,3 +379,69 @@ def test_webdataset_not_a_tar(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "e.tar", "w"):
         pass
     assert parse_source(str(tmp_path / "e.tar")).scan().num_rows == 0
+
+
+def test_entry_point_plugin(tmp_path: Path, monkeypatch, faces) -> None:
+    """An installed package adds a kind through the ``maskgen.sources`` entry-point group."""
+    from maskgen.datasets import sources as S
+    from maskgen.datasets.sources import base
+
+    (tmp_path / "myplug.py").write_text('''
+from dataclasses import dataclass
+from pathlib import Path
+from maskgen.datasets.sources import Source, register
+from maskgen.datasets.sources.base import RowBuffer, read_file_range, fs_path
+
+@register
+@dataclass(eq=False)
+class OneFile(Source):
+    """A single image file as a source of one image (identity: its stem)."""
+    kind = "onefile"
+    prefixes = ("one",)
+    name: str = ""
+
+    @classmethod
+    def from_spec(cls, rest, *, identity_depth=1, data_home=None):
+        p = Path(rest).resolve()
+        return cls(p.parent, name=p.name)
+
+    def scan_units(self):
+        return [self.name]
+
+    def scan_unit(self, unit):
+        buf = RowBuffer(self.kind)
+        buf.add(unit.rsplit(".", 1)[0], unit, nbytes=(self.root / unit).stat().st_size, cache_key=unit)
+        yield buf.flush()
+
+    def read_bytes(self, path, offset=None, nbytes=None, member=None):
+        return read_file_range(fs_path(self.root, path), None, None, self.max_bytes, path)
+''')
+    dist = tmp_path / "myplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[maskgen.sources]\nonefile = myplug\n")
+    source_kinds()  # the built-in kinds register in the real registry first
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(S, "_loaded", False)
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(base, "_KINDS", dict(base._KINDS))
+    (tmp_path / "face.jpg").write_bytes(faces[0][1])
+    src = parse_source(f"one:{tmp_path / 'face.jpg'}")
+    assert src.kind == "onefile" and "onefile" in source_kinds()
+    row = src.scan().to_pylist()[0]
+    assert row["identity"] == "face" and src.read_bytes(row["path"]) == faces[0][1]
+    assert pickle.loads(pickle.dumps(src)).scan().equals(src.scan())
+
+
+def test_webdataset_byte_member_names(tmp_path: Path, faces) -> None:
+    """A member whose name is not UTF-8 gets an escaped, representable name and still reads."""
+    img = faces[0][1]
+    with tarfile.open(tmp_path / "s.tar", "w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tf:
+        for name, data in ((os.fsdecode(b"caf\xe9.jpg"), img), (os.fsdecode(b"caf\xe9.cls"), b"5")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    src = parse_source(str(tmp_path / "s.tar"))
+    (row,) = src.scan().to_pylist()
+    assert row["member"] == "caf\\xe9.jpg" and row["identity"] == "5" and row["_drop"] is None
+    assert src.read_bytes(row["path"], row["offset"], row["nbytes"], row["member"]) == img

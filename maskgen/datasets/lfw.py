@@ -98,15 +98,17 @@ def is_lfw_dir(root: str | os.PathLike) -> bool:
 
 def lfw_dir(data_home: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The LFW folder in the data home, downloading it first when it is absent."""
+    from maskgen.datasets.sources.base import SourceNotFound  # an InputError: one line in the CLI
+
     root = dataset_dir("lfw", data_home)
     if root.is_dir() and (root / "pairs.txt").is_file():
         return root
     if not download:
-        raise FileNotFoundError(f"LFW not found in {root} (set MASKGEN_DATA_HOME or allow the download)")
+        raise SourceNotFound(f"LFW not found in {root} (set MASKGEN_DATA_HOME or allow the download)")
     try:
         return download_lfw(root)
     except OSError as exc:  # URLError and socket errors are OSErrors
-        raise FileNotFoundError(
+        raise SourceNotFound(
             f"LFW is not in {root} and downloading it from {base_url()} failed ({exc}); "
             "set MASKGEN_DATA_HOME to a folder holding lfw/, or MASKGEN_LFW_URL to a mirror"
         ) from exc

@@ -150,6 +150,12 @@ def read_head(fd: int, offset: int, file_size: int, max_bytes: int = MAX_RECORD_
     """The IRHeader of the record at ``offset`` and its (first part's) payload length, reading
     only the header: a scan of a multi-GB ``.rec`` must not read every image. Lengths and
     the label array are checked against the file before anything is read."""
+    h, length, _ = _head(fd, offset, file_size, max_bytes)
+    return h, length
+
+
+def _head(fd: int, offset: int, file_size: int, max_bytes: int) -> tuple[IRHeader, int, int]:
+    """:func:`read_head` plus the record's continuation flag (0: in one part, 1: split)."""
     if offset < 0 or offset >= file_size:
         raise RecordError(IDX_OUT_OF_RANGE, offset)
     head = os.pread(fd, _HEAD_READ, offset)
@@ -166,7 +172,7 @@ def read_head(fd: int, offset: int, file_size: int, max_bytes: int = MAX_RECORD_
     if offset + 8 + length > file_size:
         raise RecordError(TRUNCATED, offset)
     if cflag == 1:  # a split record (rare): read it whole, the split may cut the header
-        return unpack_header(read_record_fd(fd, offset, file_size, max_bytes), offset), length
+        return unpack_header(read_record_fd(fd, offset, file_size, max_bytes), offset), length, cflag
     if length < _IR_SIZE:
         raise RecordError(BAD_HEADER, offset)
     flag = struct.unpack_from("<I", head, 8)[0]
@@ -176,7 +182,7 @@ def read_head(fd: int, offset: int, file_size: int, max_bytes: int = MAX_RECORD_
         need = 8 + _IR_SIZE + 4 * flag
         if need > len(head):
             head = os.pread(fd, need, offset)
-    return unpack_header(head[8:], offset), length
+    return unpack_header(head[8:], offset), length, cflag
 
 
 def unpack_header(record: bytes, offset: int | None = None) -> IRHeader:
@@ -257,7 +263,7 @@ def walk_records(fd: int, file_size: int, max_bytes: int = MAX_RECORD_BYTES) -> 
     off = 0
     while off < file_size:
         try:
-            h, length = read_head(fd, off, file_size, max_bytes)
+            h, length, cflag = _head(fd, off, file_size, max_bytes)
         except RecordError as exc:
             if exc.reason == BAD_HEADER:  # framing is fine: skip just this record
                 nxt = _record_end(fd, off, file_size)
@@ -273,7 +279,8 @@ def walk_records(fd: int, file_size: int, max_bytes: int = MAX_RECORD_BYTES) -> 
                 return
             off = nxt
             continue
-        nxt = _record_end(fd, off, file_size)
+        # a whole record ends after its padded payload; a split one is followed part by part
+        nxt = off + 8 + length + _pad(length) if cflag == 0 else _record_end(fd, off, file_size)
         if nxt is None:  # a split record whose later parts are broken
             yield off, None, None, TRUNCATED
             nxt = _resync(fd, off + 4, file_size)

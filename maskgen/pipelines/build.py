@@ -267,6 +267,8 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ra
     else:
         table, label_cols = scan()
     log.line(f"[scan] {table.num_rows:,} images, {len(set(table.column('identity').to_pylist())):,} identities in {src.describe()}")
+    for note, count in src.notes.items():  # what the scan skipped without a row
+        log.line(f"[scan] {note} ({count:,})")
     ws = F.WorkSet(table)
     t_filters = time.perf_counter()
 

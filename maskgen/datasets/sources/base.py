@@ -35,6 +35,8 @@ short, stable string (reports group by it):
 ``unsafe member name``          a tar member whose name is absolute or contains ``..``
 ``truncated member``            a tar member whose data runs past the end of the shard
 ``truncated tar``               the rest of a shard cannot be read (one row for the rest)
+``bad tar``                     a shard that is not a tar file (one row)
+``malformed lst line``          an image-list line that is not ``index<TAB>label<TAB>path``
 ==============================  =============================================================
 
 Skipped without a row (counted in :attr:`Source.notes` and logged): files without an image
