@@ -49,3 +49,14 @@ def test_a_new_kind_is_one_file() -> None:
     naming = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if "LstSource" in p.read_text()]
     assert naming == ["datasets/sources/lst.py"]
     assert source_kinds()["lst"].__module__ == "maskgen.datasets.sources.lst"
+
+
+def test_lst_fifo_never_blocks(tmp_path: Path) -> None:
+    import pytest
+
+    from maskgen.errors import InputError
+
+    os.mkfifo(tmp_path / "train.lst")
+    src = parse_source(str(tmp_path / "train.lst"))
+    with pytest.raises(InputError, match="not a regular file"):
+        src.scan_units()

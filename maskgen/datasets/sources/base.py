@@ -217,8 +217,9 @@ def read_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES) -> byte
 def iter_lines(path: str | os.PathLike, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
     """``(position, line)`` of the lines of a text file that start in the byte range
     ``[start, end)``: ranges that tile a file give each line exactly once (scan units of
-    ``.idx`` and ``.lst`` files)."""
-    with open(path, "rb") as f:
+    ``.idx`` and ``.lst`` files). Only a regular file is opened (never blocks on a FIFO)."""
+    fd, _ = open_regular(path, os.fspath(path))
+    with os.fdopen(fd, "rb") as f:
         if start > 0:
             f.seek(start - 1)
             if f.read(1) != b"\n":

@@ -73,7 +73,7 @@ class LstSource(Source):
     @classmethod
     def from_spec(cls, rest, *, identity_depth=1, data_home=None):
         p = Path(rest).expanduser()
-        if not p.is_file():
+        if not p.exists():
             raise SourceNotFound(f"image list {p} does not exist")
         p = p.resolve()
         return cls(p.parent, lst=p.name)

@@ -62,7 +62,7 @@ class RecordIOSource(Source):
         p = Path(rest).expanduser()
         if p.is_dir():
             p = p / "train.rec"
-        if not p.is_file():
+        if not p.exists():  # a FIFO or device named .rec gets "not a regular file" at the scan
             raise SourceNotFound(f"RecordIO file {p} does not exist")
         p = p.resolve()
         idx = p.with_suffix(".idx")
