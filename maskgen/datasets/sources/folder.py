@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -58,40 +57,42 @@ class FolderUnit:
     dirs: tuple[bytes, ...] = ()
 
 
-def list_dir(path: bytes) -> tuple[pa.Array, np.ndarray]:
-    """The entries of a directory sorted by name (a binary Arrow array) and which of them
-    are directories (links to directories included), without a Python object per entry
-    beyond one chunk."""
-    chunks: list[pa.Array] = []
-    kinds: list[np.ndarray] = []
-    names: list[bytes] = []
-    dirs: list[bool] = []
+class SortedNames:
+    """Names of one kind of directory entry, sorted, without a Python object per name: the
+    names stay in Arrow buffers and come out one batch at a time (a flat folder of a million
+    files costs ~25 bytes per file, not a list of a million strings)."""
 
-    def spill() -> None:
-        chunks.append(pa.array(names, pa.binary()))
-        kinds.append(np.array(dirs, dtype=bool))
-        names.clear()
-        dirs.clear()
+    def __init__(self, chunks: list[pa.Array]):
+        self._names = pa.chunked_array(chunks, pa.binary())
+        self._order = pc.sort_indices(self._names)
 
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def batches(self, size: int = BATCH_ROWS) -> Iterator[list[bytes]]:
+        for i in range(0, len(self._order), size):
+            yield self._names.take(self._order.slice(i, size)).to_pylist()
+
+
+def list_dir(path: bytes) -> tuple[SortedNames, SortedNames]:
+    """The files and the sub-directories (links to directories included) of a directory,
+    each sorted by name (byte order)."""
+    chunks: dict[bool, list[pa.Array]] = {False: [], True: []}
+    pending: dict[bool, list[bytes]] = {False: [], True: []}
     with os.scandir(path) as it:
         for e in it:
-            names.append(e.name)
             try:
-                dirs.append(e.is_dir())
+                is_dir = e.is_dir()
             except OSError:
-                dirs.append(False)
+                is_dir = False
+            names = pending[is_dir]
+            names.append(e.name)
             if len(names) >= 65536:
-                spill()
-    spill()
-    all_names = pa.concat_arrays(chunks)
-    is_dir = np.concatenate(kinds)
-    order = pc.sort_indices(all_names).to_numpy()
-    return all_names.take(pa.array(order)), is_dir[order]
-
-
-def _slices(arr: pa.Array) -> Iterator[list[bytes]]:
-    for i in range(0, len(arr), BATCH_ROWS):
-        yield arr.slice(i, BATCH_ROWS).to_pylist()
+                chunks[is_dir].append(pa.array(names, pa.binary()))
+                names.clear()
+    for k, names in pending.items():
+        chunks[k].append(pa.array(names, pa.binary()))
+    return SortedNames(chunks[False]), SortedNames(chunks[True])
 
 
 @register
@@ -124,11 +125,10 @@ class FolderSource(Source):
         return os.fsencode(self.root)
 
     def scan_units(self) -> list[FolderUnit]:
-        names, is_dir = list_dir(self._root_b())
-        units = [FolderUnit(True)] if (~is_dir).any() else []
-        dirs = names.filter(pa.array(is_dir))
-        for i in range(0, len(dirs), UNIT_DIRS):
-            units.append(FolderUnit(False, tuple(dirs.slice(i, UNIT_DIRS).to_pylist())))
+        files, dirs = list_dir(self._root_b())
+        units = [FolderUnit(True)] if len(files) else []
+        for group in dirs.batches(UNIT_DIRS):
+            units.append(FolderUnit(False, tuple(group)))
         return units
 
     def scan_unit(self, unit: FolderUnit) -> Iterator[pa.RecordBatch]:
@@ -136,8 +136,8 @@ class FolderSource(Source):
         buf = RowBuffer(self.kind)
         ancestors = frozenset({_dir_id(root_b)})
         if unit.top_files:
-            names, is_dir = list_dir(root_b)
-            yield from self._files(buf, root_b, (), names.filter(pa.array(~is_dir)))
+            files, _ = list_dir(root_b)
+            yield from self._files(buf, root_b, (), files)
         for name in unit.dirs:
             yield from self._subdir(buf, root_b, (), name, ancestors)
         last = buf.flush()
@@ -166,19 +166,20 @@ class FolderSource(Source):
             yield from _emit(buf, self._row(rel, None, TOO_DEEP))
             return
         try:
-            names, is_dir = list_dir(path_b)
+            files, dirs = list_dir(path_b)
         except OSError as exc:
             yield from _emit(buf, self._row(rel, None, f"unreadable: {exc.strerror or exc}"))
             return
-        yield from self._files(buf, path_b, rel, names.filter(pa.array(~is_dir)))
+        yield from self._files(buf, path_b, rel, files)
+        del files
         inner = ancestors | {ident}
-        for chunk in _slices(names.filter(pa.array(is_dir))):
+        for chunk in dirs.batches():
             for sub in chunk:
                 yield from self._subdir(buf, path_b, rel, sub, inner)
 
-    def _files(self, buf, dir_b, rel, names: pa.Array) -> Iterator[pa.RecordBatch]:
+    def _files(self, buf, dir_b, rel, names: SortedNames) -> Iterator[pa.RecordBatch]:
         skipped = 0
-        for chunk in _slices(names):
+        for chunk in names.batches():
             for name in chunk:
                 if os.path.splitext(name)[1].lower() not in _IMAGE_EXTS:
                     skipped += 1
