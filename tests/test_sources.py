@@ -270,6 +270,13 @@ def test_recordio_without_idx_resyncs_and_never_stops_silently(tmp_path: Path, f
     assert by_off[offs[6]]["_drop"] == "bad header"
     assert by_off[offs[last]]["_drop"] == "truncated record"
     good = [r for r in t if r["_drop"] is None]
+    # an .idx rebuilt by the same walk gives the same rows (and units a cluster can split)
+    R.rebuild_idx(rec)
+    with pytest.raises(FileExistsError):
+        R.rebuild_idx(rec)
+    again = parse_source(str(rec))
+    assert again.idx == "train.idx"
+    assert [r for r in again.scan().to_pylist() if r["_drop"] is None] == good
     # every intact image record is found, also those after the broken ones
     intact = {offs[i] for i in range(1, last)} - {offs[2], offs[4], offs[6]}
     assert {r["offset"] for r in good} == intact

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -479,6 +480,30 @@ def write_recordio(
             if p.exists():
                 p.unlink()
     return rec_path
+
+
+def rebuild_idx(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> Path:
+    """Write the ``.idx`` of a ``.rec`` that has none, from one walk over its headers, so that
+    its scan can be split into units. A broken stretch gets a line at its start (the scan then
+    gives it its row and reason). Never replaces an existing file."""
+    rec_path = Path(rec_path)
+    idx_path = Path(idx_path) if idx_path else rec_path.with_suffix(".idx")
+    if idx_path.exists():
+        raise FileExistsError(f"{idx_path} exists; not replaced")
+    tmp = idx_path.with_name(f"{idx_path.name}.{os.getpid()}.tmp")
+    fd = os.open(rec_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{rec_path} is not a regular file")
+        size = os.fstat(fd).st_size
+        with open(tmp, "w", buffering=1 << 20) as f:
+            for i, (off, _h, _, _reason) in enumerate(walk_records(fd, size)):
+                f.write(f"{i}\t{off}\n")  # broken stretches too: the scan gives them their rows
+        os.link(tmp, idx_path)  # fails rather than replace a file made meanwhile
+    finally:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+    return idx_path
 
 
 def repeat_as_new_identities(items: Sequence[tuple[int, bytes]], n: int) -> Iterator[tuple[int, bytes]]:
