@@ -452,3 +452,13 @@ def test_webdataset_byte_member_names(tmp_path: Path, faces) -> None:
     (row,) = src.scan().to_pylist()
     assert row["member"] == "caf\\xe9.jpg" and row["identity"] == "5" and row["_drop"] is None
     assert src.read_bytes(row["path"], row["offset"], row["nbytes"], row["member"]) == img
+
+
+def test_large_directories_sort_the_same_in_arrow(lfw_dir: Path, monkeypatch) -> None:
+    """Directories past the spill size are listed through Arrow buffers: same rows, same order."""
+    ref = parse_source(str(lfw_dir)).scan()
+    monkeypatch.setattr(folder_mod, "_SPILL", 3)
+    monkeypatch.setattr(folder_mod, "UNIT_DIRS", 700)
+    assert parse_source(str(lfw_dir)).scan().equals(ref)
+    files, dirs = folder_mod.list_dir(os.fsencode(lfw_dir))
+    assert [b for batch in dirs.batches(1000) for b in batch] == sorted(os.fsencode(n) for n in os.listdir(lfw_dir) if (lfw_dir / n).is_dir())

@@ -58,20 +58,29 @@ class FolderUnit:
 
 
 class SortedNames:
-    """Names of one kind of directory entry, sorted, without a Python object per name: the
-    names stay in Arrow buffers and come out one batch at a time (a flat folder of a million
-    files costs ~25 bytes per file, not a list of a million strings)."""
+    """Names of one kind of directory entry, sorted. A large directory's names stay in Arrow
+    buffers and come out one batch at a time (a flat folder of a million files costs ~25 bytes
+    per file, not a list of a million strings); a small one is a plain sorted list."""
 
-    def __init__(self, chunks: list[pa.Array]):
-        self._names = pa.chunked_array(chunks, pa.binary())
-        self._order = pc.sort_indices(self._names)
+    def __init__(self, chunks: list[pa.Array], tail: list[bytes]):
+        self._small = sorted(tail) if not chunks else None
+        if chunks:
+            self._names = pa.chunked_array([*chunks, pa.array(tail, pa.binary())], pa.binary())
+            self._order = pc.sort_indices(self._names)
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._small) if self._small is not None else len(self._names)
 
     def batches(self, size: int = BATCH_ROWS) -> Iterator[list[bytes]]:
+        if self._small is not None:
+            for i in range(0, len(self._small), size):
+                yield self._small[i : i + size]
+            return
         for i in range(0, len(self._order), size):
             yield self._names.take(self._order.slice(i, size)).to_pylist()
+
+
+_SPILL = 65536  # entries of a directory held as Python bytes before they move to Arrow
 
 
 def list_dir(path: bytes) -> tuple[SortedNames, SortedNames]:
@@ -87,12 +96,10 @@ def list_dir(path: bytes) -> tuple[SortedNames, SortedNames]:
                 is_dir = False
             names = pending[is_dir]
             names.append(e.name)
-            if len(names) >= 65536:
+            if len(names) >= _SPILL:
                 chunks[is_dir].append(pa.array(names, pa.binary()))
                 names.clear()
-    for k, names in pending.items():
-        chunks[k].append(pa.array(names, pa.binary()))
-    return SortedNames(chunks[False]), SortedNames(chunks[True])
+    return SortedNames(chunks[False], pending[False]), SortedNames(chunks[True], pending[True])
 
 
 @register
