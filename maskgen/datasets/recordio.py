@@ -186,6 +186,25 @@ def _head(fd: int, offset: int, file_size: int, max_bytes: int) -> tuple[IRHeade
     return unpack_header(head[8:], offset), length, cflag
 
 
+_PLAIN = struct.Struct("<IIIfQQ")  # magic, lrecord, then an IRHeader without a label array
+
+
+def quick_head(fd: int, offset: int, file_size: int, max_bytes: int = MAX_RECORD_BYTES) -> tuple[int, int] | None:
+    """``(length, label)`` of the common image record (one part, ``flag`` 0, a finite label)
+    from one 32-byte read; None for anything else, which :func:`read_head` then examines."""
+    if offset < 0 or offset + _PLAIN.size > file_size:
+        return None
+    b = os.pread(fd, _PLAIN.size, offset)
+    if len(b) < _PLAIN.size:
+        return None
+    magic, lrec, flag, label, _, _ = _PLAIN.unpack(b)
+    length = lrec & _LEN_MASK
+    if (magic != MAGIC or lrec >> 29 or flag or not _IR_SIZE <= length <= max_bytes
+            or offset + 8 + length > file_size or not math.isfinite(label) or abs(label) >= 2**63):
+        return None
+    return length, int(label)
+
+
 def unpack_header(record: bytes, offset: int | None = None) -> IRHeader:
     """The IRHeader at the start of a record payload (raises :class:`RecordError`)."""
     try:

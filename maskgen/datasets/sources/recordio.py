@@ -137,6 +137,10 @@ class RecordIOSource(Source):
                     continue
                 if not _is_image(index, unit):
                     continue
+                quick = R.quick_head(fd, off, size, self.max_bytes)
+                if quick is not None:
+                    yield off, quick[0], quick[1], None, pos
+                    continue
                 try:
                     h, length = R.read_head(fd, off, size, self.max_bytes)
                 except R.RecordError as exc:
