@@ -462,3 +462,31 @@ def test_large_directories_sort_the_same_in_arrow(lfw_dir: Path, monkeypatch) ->
     assert parse_source(str(lfw_dir)).scan().equals(ref)
     files, dirs = folder_mod.list_dir(os.fsencode(lfw_dir))
     assert [b for batch in dirs.batches(1000) for b in batch] == sorted(os.fsencode(n) for n in os.listdir(lfw_dir) if (lfw_dir / n).is_dir())
+
+
+def test_units_run_as_ray_tasks(lfw_dir: Path, tmp_path: Path, faces, monkeypatch) -> None:
+    """Units are what a cluster runs: scanned in Ray tasks (the Source and a unit pickled to
+    the worker), their tables concatenate to the in-process scan."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(folder_mod, "UNIT_DIRS", 1000)
+    monkeypatch.setattr(rec_mod, "UNIT_IDX_BYTES", 64)
+    R.write_recordio(R.repeat_as_new_identities(faces, 200), tmp_path / "train.rec")
+    started = not ray.is_initialized()
+    if started:
+        monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2,
+                 configure_logging=False, log_to_driver=False)
+    try:
+        @ray.remote
+        def scan_unit(src, unit):
+            return pa.Table.from_batches(list(src.scan_unit(unit)), schema=SCAN_SCHEMA)
+
+        for spec in ("lfw", str(tmp_path / "train.rec")):
+            src = parse_source(spec)
+            units = src.scan_units()
+            assert len(units) > 3
+            parts = ray.get([scan_unit.remote(src, u) for u in units])
+            assert pa.concat_tables(parts).equals(src.scan())
+    finally:
+        if started:
+            ray.shutdown()
