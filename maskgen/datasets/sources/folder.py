@@ -11,6 +11,8 @@ and are skipped (noted and logged). Units are the root's own files plus groups o
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import stat as stat_mod
 from collections.abc import Iterator
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from maskgen.datasets.sources.base import (
     ABOVE_IDENTITY,
@@ -59,25 +60,30 @@ class FolderUnit:
 
 class SortedNames:
     """Names of one kind of directory entry, sorted. A large directory's names stay in Arrow
-    buffers and come out one batch at a time (a flat folder of a million files costs ~25 bytes
-    per file, not a list of a million strings); a small one is a plain sorted list."""
+    buffers, in chunks sorted one by one and merged lazily when read, so a flat folder of a
+    million files costs its names' bytes (~20 bytes per file), not a list of a million strings;
+    a small one is a plain sorted list."""
 
     def __init__(self, chunks: list[pa.Array], tail: list[bytes]):
-        self._small = sorted(tail) if not chunks else None
-        if chunks:
-            self._names = pa.chunked_array([*chunks, pa.array(tail, pa.binary())], pa.binary())
-            self._order = pc.sort_indices(self._names)
+        self._chunks = chunks  # each sorted
+        self._tail = sorted(tail)
 
     def __len__(self) -> int:
-        return len(self._small) if self._small is not None else len(self._names)
+        return sum(len(c) for c in self._chunks) + len(self._tail)
 
     def batches(self, size: int = BATCH_ROWS) -> Iterator[list[bytes]]:
-        if self._small is not None:
-            for i in range(0, len(self._small), size):
-                yield self._small[i : i + size]
+        if not self._chunks:
+            for i in range(0, len(self._tail), size):
+                yield self._tail[i : i + size]
             return
-        for i in range(0, len(self._order), size):
-            yield self._names.take(self._order.slice(i, size)).to_pylist()
+        merged = heapq.merge(*(_chunk_names(c) for c in self._chunks), self._tail)
+        while batch := list(itertools.islice(merged, size)):
+            yield batch
+
+
+def _chunk_names(chunk: pa.Array, step: int = 256) -> Iterator[bytes]:
+    for i in range(0, len(chunk), step):  # a few hundred Python objects per chunk at a time
+        yield from chunk.slice(i, step).to_pylist()
 
 
 _SPILL = 65536  # entries of a directory held as Python bytes before they move to Arrow
@@ -97,6 +103,7 @@ def list_dir(path: bytes) -> tuple[SortedNames, SortedNames]:
             names = pending[is_dir]
             names.append(e.name)
             if len(names) >= _SPILL:
+                names.sort()
                 chunks[is_dir].append(pa.array(names, pa.binary()))
                 names.clear()
     return SortedNames(chunks[False], pending[False]), SortedNames(chunks[True], pending[True])
