@@ -490,3 +490,29 @@ def test_units_run_as_ray_tasks(lfw_dir: Path, tmp_path: Path, faces, monkeypatc
     finally:
         if started:
             ray.shutdown()
+
+
+def test_webdataset_sparse_member_is_refused(tmp_path: Path, faces) -> None:
+    """A GNU sparse member's data is not contiguous in the tar: refused, never read by offset."""
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar not available")
+    import subprocess
+
+    work = tmp_path / "w"
+    work.mkdir()
+    with open(work / "a.jpg", "wb") as f:
+        f.write(faces[0][1])
+        f.seek(1 << 20)
+        f.write(b"end")
+    (work / "a.cls").write_text("3")
+    (work / "b.jpg").write_bytes(faces[1][1])
+    (work / "b.cls").write_text("4")
+    subprocess.run(["tar", "--sparse", "-cf", str(tmp_path / "s.tar"), "a.jpg", "a.cls", "b.jpg", "b.cls"],
+                   cwd=work, check=True)
+    src = parse_source(str(tmp_path / "s.tar"))
+    rows = {r["member"]: r for r in src.scan().to_pylist()}
+    if not tarfile.open(tmp_path / "s.tar").getmember("a.jpg").issparse():
+        pytest.skip("this tar wrote no sparse member")
+    assert rows["a.jpg"]["_drop"] == "sparse member" and rows["b.jpg"]["_drop"] is None
+    b = rows["b.jpg"]
+    assert src.read_bytes(b["path"], b["offset"], b["nbytes"], b["member"]) == faces[1][1]

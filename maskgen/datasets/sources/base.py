@@ -33,6 +33,7 @@ short, stable string (reports group by it):
 ``json too deep``               a ``.json`` nested deeper than :data:`MAX_JSON_DEPTH`
 ``bad cls``                     a ``.cls`` member that is not a 64-bit integer
 ``unsafe member name``          a tar member whose name is absolute or contains ``..``
+``sparse member``               a GNU sparse tar member (its bytes are not contiguous)
 ``truncated member``            a tar member whose data runs past the end of the shard
 ``truncated tar``               the rest of a shard cannot be read (one row for the rest)
 ``bad tar``                     a shard that is not a tar file (one row)

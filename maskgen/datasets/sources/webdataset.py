@@ -52,6 +52,7 @@ BAD_CLS = "bad cls"
 UNSAFE_MEMBER = "unsafe member name"
 TRUNCATED_MEMBER = "truncated member"
 TRUNCATED_TAR = "truncated tar"
+SPARSE_MEMBER = "sparse member"  # its bytes are not contiguous in the tar: never read by offset
 BAD_TAR = "bad tar"
 
 
@@ -119,6 +120,7 @@ class WebDatasetSource(Source):
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
         meta: dict[str, bytes | str] = {}  # small members' bytes, or the reason they were not read
         unsafe: set[str] = set()
+        sparse: set[str] = set()
         end_reason = None
         with os.fdopen(fd, "rb") as f:
             try:
@@ -140,6 +142,8 @@ class WebDatasetSource(Source):
                         samples.setdefault(key, {})[ext] = m
                         if name.startswith("/") or ".." in name.split("/"):
                             unsafe.add(key)
+                        if m.issparse():
+                            sparse.add(key)
                         if ext in ("json", "cls"):
                             cap = MAX_JSON_BYTES if ext == "json" else MAX_CLS_BYTES
                             if m.size > cap:
@@ -154,11 +158,12 @@ class WebDatasetSource(Source):
                 except (tarfile.TarError, EOFError, OSError):
                     stop, end_reason = tf.offset, TRUNCATED_TAR
         for key, members in samples.items():
-            yield self._sample_row(shard, full, st, key, members, meta, key in unsafe)
+            yield self._sample_row(shard, full, st, key, members, meta, UNSAFE_MEMBER if key in unsafe else
+                                   SPARSE_MEMBER if key in sparse else None)
         if end_reason is not None:
             yield _shard_row(shard, full, stop, end_reason)
 
-    def _sample_row(self, shard, full, st, key, members, meta, unsafe) -> dict:
+    def _sample_row(self, shard, full, st, key, members, meta, refused: str | None) -> dict:
         ext = next((e for e in WDS_IMAGE_EXTS if e in members), None)
         info, drop = _wds_meta(meta.get(f"{key}.json"))
         identity = info.get("identity")
@@ -179,8 +184,8 @@ class WebDatasetSource(Source):
                 if identity is None:
                     identity = text
         m = members.get(ext) if ext else None
-        if unsafe:
-            drop = UNSAFE_MEMBER
+        if refused:
+            drop = refused
         elif drop is None:
             if ext is None:
                 drop = NO_IMAGE
