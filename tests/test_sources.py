@@ -516,3 +516,12 @@ def test_webdataset_sparse_member_is_refused(tmp_path: Path, faces) -> None:
     assert rows["a.jpg"]["_drop"] == "sparse member" and rows["b.jpg"]["_drop"] is None
     b = rows["b.jpg"]
     assert src.read_bytes(b["path"], b["offset"], b["nbytes"], b["member"]) == faces[1][1]
+
+
+def test_numbered_shards_pickle_as_a_range(tmp_path: Path, faces) -> None:
+    for i in range(30):
+        write_tar(tmp_path / f"train-{i:06d}.tar", [(f"k{i}.jpg", faces[0][1]), (f"k{i}.cls", b"1")])
+    src = parse_source(f"wds:{tmp_path}/train-{{000000..000029}}.tar")
+    blob = pickle.dumps(src)
+    assert len(blob) < 400 and pickle.loads(blob).shards == src.shards == tuple(f"train-{i:06d}.tar" for i in range(30))
+    assert pickle.loads(blob).scan().equals(src.scan())

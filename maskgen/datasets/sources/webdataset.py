@@ -93,6 +93,19 @@ class WebDatasetSource(Source):
     def describe(self) -> str:
         return f"{self.kind}:{self.root.name} ({len(self.shards)} shards)"
 
+    # A Source travels with every task: numbered shards pickle as their range, not a list.
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        packed = _pack_shards(self.shards)
+        if packed is not None:
+            state["shards"] = packed
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("shards"), dict):
+            state = {**state, "shards": _unpack_shards(state["shards"])}
+        self.__dict__.update(state)
+
     def relative_path(self, path, member=None, offset=None) -> str:
         return f"{path}:{member}"
 
@@ -213,6 +226,26 @@ class WebDatasetSource(Source):
         if offset is None or nbytes is None:
             raise ReadError(NO_IMAGE, f"{path}:{member}")
         return read_file_range(fs_path(self.root, path), offset, nbytes, self.max_bytes, f"{path}:{member}")
+
+
+_NUMBERED = re.compile(r"(.*?)(\d+)(\.tar)")
+
+
+def _pack_shards(shards: tuple[str, ...]) -> dict | None:
+    """``prefix-000000.tar ... prefix-00NNNN.tar`` (consecutive, same width) as a range."""
+    if len(shards) < 2:
+        return None
+    m = _NUMBERED.fullmatch(shards[0])
+    if m is None:
+        return None
+    prefix, num, suffix = m.groups()
+    first, width = int(num), len(num)
+    packed = {"prefix": prefix, "first": first, "n": len(shards), "width": width, "suffix": suffix}
+    return packed if _unpack_shards(packed) == shards else None
+
+
+def _unpack_shards(p: dict) -> tuple[str, ...]:
+    return tuple(f"{p['prefix']}{i:0{p['width']}d}{p['suffix']}" for i in range(p["first"], p["first"] + p["n"]))
 
 
 def _shard_row(shard: str, full: Path, offset: int | None, reason: str) -> dict:
