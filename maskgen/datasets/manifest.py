@@ -23,8 +23,8 @@ CORE_FIELDS: list[pa.Field] = [
     pa.field("key", pa.string(), nullable=False),  # stable sample key, no dots
     pa.field("identity", pa.string(), nullable=False),  # identity name as in the source
     pa.field("label", pa.int32()),  # contiguous class label of kept identities, -1 when dropped
-    pa.field("source", pa.string()),  # folder | lfw | recordio | webdataset
-    pa.field("path", pa.string()),  # image file, .rec file or tar shard
+    pa.field("source", pa.string()),  # the source kind: folder | lfw | recordio | webdataset | lst | ...
+    pa.field("path", pa.string()),  # image file, .rec file or tar shard, relative to the source root
     pa.field("offset", pa.int64()),  # byte offset in a .rec file, else null
     pa.field("member", pa.string()),  # sample key inside a source tar, else null
     pa.field("status", pa.string(), nullable=False),
