@@ -195,6 +195,10 @@ def test_folder_links_loops_hidden_orphans_and_owned_outputs(lfw_dir: Path, tmp_
     (root / NAMES[2]).symlink_to(elsewhere, target_is_directory=True)  # a linked identity folder
     (root / NAMES[0] / "loop").symlink_to(root, target_is_directory=True)  # a link back up
     (root / NAMES[1] / ".hidden.jpg").write_bytes(b"x")
+    (root / NAMES[1] / ".ipynb_checkpoints").mkdir()
+    (root / NAMES[1] / ".ipynb_checkpoints" / "a-checkpoint.jpg").write_bytes(b"x")
+    (root / ".Trash-1000" / "Someone").mkdir(parents=True)
+    (root / ".Trash-1000" / "Someone" / "x.jpg").write_bytes(b"x")
     (root / "cover.jpg").write_bytes(b"x")
     out = root / "my-build"
     (out / "report").mkdir(parents=True)
@@ -206,6 +210,8 @@ def test_folder_links_loops_hidden_orphans_and_owned_outputs(lfw_dir: Path, tmp_
     assert len(linked) == len(list(elsewhere.iterdir())) and all(r["_drop"] is None for r in linked)
     assert rows[f"{NAMES[0]}/loop"]["_drop"] == "symlink loop"
     assert rows[f"{NAMES[1]}/.hidden.jpg"]["_drop"] == "hidden file"
+    assert rows[f"{NAMES[1]}/.ipynb_checkpoints/a-checkpoint.jpg"]["_drop"] == "hidden file"
+    assert rows[".Trash-1000/Someone/x.jpg"]["_drop"] == "hidden file"
     assert rows["cover.jpg"]["_drop"] == "above identity level" and rows["cover.jpg"]["identity"] == ""
     assert not any(p.startswith("my-build/") for p in rows)
     assert any("my-build" in n and ".maskgen-output.json" in n for n in src.notes)

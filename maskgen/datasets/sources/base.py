@@ -11,7 +11,7 @@ A row the scan cannot use keeps its place with a reason in ``_drop``; every reas
 short, stable string (reports group by it):
 
 ==============================  =============================================================
-``hidden file``                 an image-extension file whose name starts with ``.`` (dropped)
+``hidden file``                 an image whose name, or a folder's above it, starts with ``.`` (dropped)
 ``above identity level``        an image shallower than ``identity_depth`` folders (dropped)
 ``not a regular file``          a FIFO, socket or device (also through a link), never opened
 ``file too large``              larger than the size cap (checked before any read)

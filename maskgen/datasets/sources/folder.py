@@ -158,8 +158,9 @@ class FolderSource(Source):
         if last is not None:
             yield last
 
-    def _subdir(self, buf, parent_b, rel, name, ancestors) -> Iterator[pa.RecordBatch]:
+    def _subdir(self, buf, parent_b, rel, name, ancestors, hidden=False) -> Iterator[pa.RecordBatch]:
         path_b = os.path.join(parent_b, name)
+        hidden = hidden or name.startswith(b".")  # e.g. .ipynb_checkpoints, .Trash-1000
         text, escaped = decode_name(name)
         rel = (*rel, text)
         if escaped and os.path.lexists(os.path.join(parent_b, text.encode("utf-8"))):
@@ -184,14 +185,14 @@ class FolderSource(Source):
         except OSError as exc:
             yield from _emit(buf, self._row(rel, None, f"unreadable: {exc.strerror or exc}"))
             return
-        yield from self._files(buf, path_b, rel, files)
+        yield from self._files(buf, path_b, rel, files, hidden)
         del files
         inner = ancestors | {ident}
         for chunk in dirs.batches():
             for sub in chunk:
-                yield from self._subdir(buf, path_b, rel, sub, inner)
+                yield from self._subdir(buf, path_b, rel, sub, inner, hidden)
 
-    def _files(self, buf, dir_b, rel, names: SortedNames) -> Iterator[pa.RecordBatch]:
+    def _files(self, buf, dir_b, rel, names: SortedNames, hidden: bool = False) -> Iterator[pa.RecordBatch]:
         skipped = 0
         for chunk in names.batches():
             for name in chunk:
@@ -200,7 +201,7 @@ class FolderSource(Source):
                     continue
                 text, escaped = decode_name(name)
                 full = os.path.join(dir_b, name)
-                drop = HIDDEN if name.startswith(b".") else None
+                drop = HIDDEN if hidden or name.startswith(b".") else None
                 if escaped and drop is None and os.path.lexists(os.path.join(dir_b, text.encode("utf-8"))):
                     drop = AMBIGUOUS_NAME  # its escaped text names another file: never guess
                 try:
