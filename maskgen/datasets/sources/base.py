@@ -106,8 +106,12 @@ class ReadError(InputError):
     """The bytes of one row cannot be read; ``reason`` is the row's stable reason string."""
 
     def __init__(self, reason: str, where: str = ""):
+        super().__init__(reason, where)  # both in args: the error pickles (Ray) with its reason
         self.reason = reason
-        super().__init__(f"{reason}: {where}" if where else reason)
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.where}" if self.where else self.reason
 
 
 class SourceNotFound(InputError, FileNotFoundError):
