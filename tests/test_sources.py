@@ -531,3 +531,13 @@ def test_numbered_shards_pickle_as_a_range(tmp_path: Path, faces) -> None:
     blob = pickle.dumps(src)
     assert len(blob) < 400 and pickle.loads(blob).shards == src.shards == tuple(f"train-{i:06d}.tar" for i in range(30))
     assert pickle.loads(blob).scan().equals(src.scan())
+
+
+def test_recordio_binary_idx_is_never_held(tmp_path: Path, faces) -> None:
+    """An .idx that is binary junk without newlines: one malformed row per overlong line, read
+    in bounded pieces, and the other lines still count."""
+    R.write_recordio(faces[:3], tmp_path / "train.rec")
+    good = (tmp_path / "train.idx").read_bytes()
+    (tmp_path / "train.idx").write_bytes(good + os.urandom(300_000).replace(b"\n", b"x") + b"\n" + good.splitlines(True)[2])
+    t = parse_source(str(tmp_path / "train.rec")).scan().to_pylist()
+    assert [r["_drop"] for r in t] == [None, None, None, "malformed idx line", None]

@@ -243,7 +243,7 @@ def iter_idx(idx_path: str | os.PathLike, start: int = 0, end: int | None = None
     from maskgen.datasets.sources.base import iter_lines
 
     for pos, line in iter_lines(idx_path, start, end):
-        parts = line.split()
+        parts = line.split() if line is not None else [b"", b"", b""]
         if len(parts) == 2:
             try:
                 yield int(parts[0]), int(parts[1]), pos

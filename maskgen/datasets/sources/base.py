@@ -219,21 +219,40 @@ def read_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES) -> byte
     return read_file_range(os.fspath(path), None, None, max_bytes, os.fspath(path))
 
 
-def iter_lines(path: str | os.PathLike, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+MAX_LINE_BYTES = 64 * 1024  # a longer line of an .idx or .lst is malformed (and never held)
+
+
+def _rest_of_line(f) -> int:
+    """Skip to the end of the current line in bounded reads; the number of bytes skipped."""
+    n = 0
+    while True:
+        part = f.readline(MAX_LINE_BYTES)
+        n += len(part)
+        if not part or part.endswith(b"\n"):
+            return n
+
+
+def iter_lines(path: str | os.PathLike, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes | None]]:
     """``(position, line)`` of the lines of a text file that start in the byte range
     ``[start, end)``: ranges that tile a file give each line exactly once (scan units of
-    ``.idx`` and ``.lst`` files). Only a regular file is opened (never blocks on a FIFO)."""
+    ``.idx`` and ``.lst`` files). A line over :data:`MAX_LINE_BYTES` comes as None (a binary
+    file without newlines is never read into memory). Only a regular file is opened (never
+    blocks on a FIFO)."""
     fd, _ = open_regular(path, os.fspath(path))
     with os.fdopen(fd, "rb") as f:
         if start > 0:
             f.seek(start - 1)
             if f.read(1) != b"\n":
-                f.readline()  # the line that straddles start belongs to the range before
+                _rest_of_line(f)  # the line that straddles start belongs to the range before
         pos = f.tell()
         while end is None or pos < end:
-            line = f.readline()
+            line = f.readline(MAX_LINE_BYTES)
             if not line:
                 return
+            if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+                yield pos, None
+                pos += len(line) + _rest_of_line(f)
+                continue
             yield pos, line
             pos += len(line)
 

@@ -46,8 +46,10 @@ class LstUnit:
     width: int
 
 
-def parse_line(line: bytes) -> tuple[int, str] | None:
-    """``(label, path)`` of one list line, or None when it is malformed."""
+def parse_line(line: bytes | None) -> tuple[int, str] | None:
+    """``(label, path)`` of one list line, or None when it is malformed (or overlong: None)."""
+    if line is None:
+        return None
     fields = line.rstrip(b"\r\n").split(b"\t")
     if len(fields) < 3 or not fields[-1]:
         return None
@@ -97,7 +99,7 @@ class LstSource(Source):
     def scan_unit(self, unit: LstUnit) -> Iterator[pa.RecordBatch]:
         buf = RowBuffer(self.kind)
         for pos, line in iter_lines(self.root / self.lst, unit.start, unit.end):
-            if not line.strip():
+            if line is not None and not line.strip():
                 continue
             b = buf.add(**self._row(pos, parse_line(line), unit.width))
             if b is not None:
