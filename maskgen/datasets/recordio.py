@@ -58,7 +58,7 @@ def unpack(record: bytes) -> tuple[IRHeader, bytes]:
     return IRHeader(flag, label, id_, id2), body
 
 
-MAX_RECORD_BYTES = 256 * 1024 * 1024  # a record larger than this is refused before any read
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # a record larger than this is refused before any read
 
 # Per-record reasons (stable strings; the scan puts them in a row's reason).
 BAD_MAGIC = "bad magic"

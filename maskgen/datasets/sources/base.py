@@ -69,7 +69,8 @@ log = logging.getLogger("maskgen.sources")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 
 BATCH_ROWS = 8192  # rows per RecordBatch: the bound on per-image Python objects of a scan
-MAX_IMAGE_BYTES = 256 * 1024 * 1024  # size cap of one encoded image (file, record or member)
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # size cap of one encoded image (file, record or member): a
+# 100-megapixel JPEG is ~30 MB; a worker never holds more than this for one input
 MAX_FOLDER_DEPTH = 64
 MAX_JSON_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 64
