@@ -302,6 +302,24 @@ def test_recordio_empty_and_headerless(tmp_path: Path, faces) -> None:
     assert [r["identity"] for r in t] == ["07", "12"] and [r["source_label"] for r in t] == [7, 12]
 
 
+def test_recordio_fifo_rec_or_idx_never_blocks(tmp_path: Path, faces, no_hang) -> None:
+    """A FIFO named ``.rec`` is refused with its reason before it is read; a FIFO named
+    ``.idx`` is not taken as an index (the ``.rec`` is walked instead)."""
+    os.mkfifo(tmp_path / "train.rec")
+    src = parse_source(str(tmp_path / "train.rec"))
+    with pytest.raises(InputError, match="not a regular file"):
+        src.scan_units()
+    with pytest.raises(ReadError, match="not a regular file"):
+        src.read_bytes("train.rec", 0, 10)
+    R.write_recordio(faces[:3], tmp_path / "r" / "train.rec")
+    (tmp_path / "r" / "train.idx").unlink()
+    os.mkfifo(tmp_path / "r" / "train.idx")
+    walked = parse_source(str(tmp_path / "r" / "train.rec"))
+    assert walked.idx is None and [u.start for u in walked.scan_units()] == [-1]
+    t = walked.scan().to_pylist()
+    assert [walked.read_bytes(r["path"], r["offset"], r["nbytes"]) for r in t] == [img for _, img in faces[:3]]
+
+
 def test_recordio_idx_units_tile_the_file(tmp_path: Path, faces, monkeypatch) -> None:
     items = [(lab + 3 * k, img) for k in range(3) for lab, img in faces]
     R.write_recordio(items, tmp_path / "train.rec")
@@ -541,3 +559,15 @@ def test_recordio_binary_idx_is_never_held(tmp_path: Path, faces) -> None:
     (tmp_path / "train.idx").write_bytes(good + os.urandom(300_000).replace(b"\n", b"x") + b"\n" + good.splitlines(True)[2])
     t = parse_source(str(tmp_path / "train.rec")).scan().to_pylist()
     assert [r["_drop"] for r in t] == [None, None, None, "malformed idx line", None]
+
+
+def test_every_reason_is_listed() -> None:
+    """Reports group rows by reason: every reason string a source module defines is in the
+    table of ``maskgen.datasets.sources.base`` (the stable list)."""
+    from maskgen.datasets.sources import base, lst, webdataset
+
+    reasons = {v for mod in (base, folder_mod, rec_mod, webdataset, lst, R) for k, v in vars(mod).items()
+               if k.isupper() and not k.startswith("_") and isinstance(v, str) and " " in v}
+    assert {"bad magic", "json too deep", "malformed lst line", "hidden file"} <= reasons
+    missing = sorted(r for r in reasons if f"``{r}``" not in base.__doc__)
+    assert not missing, missing

@@ -10,35 +10,36 @@ build can run the units as tasks on a cluster. ``path`` is relative to ``src.roo
 A row the scan cannot use keeps its place with a reason in ``_drop``; every reason is one
 short, stable string (reports group by it):
 
-==============================  =============================================================
-``hidden file``                 an image whose name, or a folder's above it, starts with ``.`` (dropped)
-``above identity level``        an image shallower than ``identity_depth`` folders (dropped)
-``not a regular file``          a FIFO, socket or device (also through a link), never opened
-``file too large``              larger than the size cap (checked before any read)
-``symlink loop``                a linked folder that leads back into its own ancestors
-``too deep``                    folders nested deeper than :data:`MAX_FOLDER_DEPTH`
-``ambiguous name``              a non-UTF-8 name whose escaped form names another file too
-``unreadable: <strerror>``      ``stat``/``open`` failed (e.g. a dangling link)
-``unsafe path``                 (reads only) a path that leaves the source root
-``malformed idx line``          a ``.idx`` line that is not ``index<TAB>offset``
-``idx offset out of range``     a ``.idx`` offset that is negative or past the end of the file
-``bad magic``                   no RecordIO magic word where a record should start
-``bad record flag``             a continuation part where a record should start
-``bad length``                  a RecordIO length beyond the file or the record size cap
-``truncated record``            the file ends inside a record
-``bad header``                  a record too short for its IRHeader or label array
-``no image member in sample``   a WebDataset sample without an image member
-``no identity ...``             a WebDataset sample without ``.json`` identity or ``.cls``
-``json too large``              a WebDataset ``.json`` member over :data:`MAX_JSON_BYTES`
-``json too deep``               a ``.json`` nested deeper than :data:`MAX_JSON_DEPTH`
-``bad cls``                     a ``.cls`` member that is not a 64-bit integer
-``unsafe member name``          a tar member whose name is absolute or contains ``..``
-``sparse member``               a GNU sparse tar member (its bytes are not contiguous)
-``truncated member``            a tar member whose data runs past the end of the shard
-``truncated tar``               the rest of a shard cannot be read (one row for the rest)
-``bad tar``                     a shard that is not a tar file (one row)
-``malformed lst line``          an image-list line that is not ``index<TAB>label<TAB>path``
-==============================  =============================================================
+======================================================  =============================================================
+``hidden file``                                         an image whose name, or a folder's above it, starts with ``.`` (dropped)
+``above identity level``                                an image shallower than ``identity_depth`` folders (dropped)
+``not a regular file``                                  a FIFO, socket or device (also through a link), never read
+``file too large``                                      larger than the size cap (checked before any read)
+``symlink loop``                                        a linked folder that leads back into its own ancestors
+``too deep``                                            folders nested deeper than :data:`MAX_FOLDER_DEPTH`
+``ambiguous name``                                      a non-UTF-8 name whose escaped form names another file too
+``unreadable: <strerror>``                              ``stat``/``open`` failed (e.g. a dangling link)
+``unsafe path``                                         (reads only) a path that leaves the source root
+``malformed idx line``                                  a ``.idx`` line that is not ``index<TAB>offset``
+``idx offset out of range``                             a ``.idx`` offset that is negative or past the end of the file
+``bad magic``                                           no RecordIO magic word where a record should start
+``bad record flag``                                     a continuation part where a record should start
+``bad length``                                          a RecordIO length beyond the file or the record size cap
+``truncated record``                                    the file ends inside a record
+``bad header``                                          a record too short for its IRHeader or label array
+``no image member in sample``                           a WebDataset sample without an image member
+``no identity (.json identity or .cls) in sample``      a WebDataset sample without ``.json`` identity or ``.cls``
+``source image is already masked and has no original``  a WebDataset sample marked masked without its ``orig.jpg`` (dropped)
+``json too large``                                      a WebDataset ``.json`` member over :data:`MAX_JSON_BYTES`
+``json too deep``                                       a ``.json`` nested deeper than :data:`MAX_JSON_DEPTH`
+``bad cls``                                             a ``.cls`` member that is not a 64-bit integer
+``unsafe member name``                                  a tar member whose name is absolute or contains ``..``
+``sparse member``                                       a GNU sparse tar member (its bytes are not contiguous)
+``truncated member``                                    a tar member whose data runs past the end of the shard
+``truncated tar``                                       the rest of a shard cannot be read (one row for the rest)
+``bad tar``                                             a shard that is not a tar file (one row)
+``malformed lst line``                                  an image-list line that is not ``index<TAB>label<TAB>path``
+======================================================  =============================================================
 
 Skipped without a row (counted in :attr:`Source.notes` and logged): files without an image
 extension, and folders holding ``.maskgen-output.json`` (outputs maskgen owns, e.g. a build's
