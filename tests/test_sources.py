@@ -96,8 +96,27 @@ def test_sources_pickle_small_and_describe_without_paths(lfw_dir: Path, tmp_path
         assert max(len(pickle.dumps(u)) for u in units) < 16 * 1024  # one unit: a few KB
         assert back.scan().equals(src.scan())
         assert str(tmp_path) not in src.describe() and str(lfw_dir) not in src.describe()
-    assert parse_source("lfw").info.name == "lfw"
-    assert parse_source(str(tmp_path / "train.rec")).info is not None
+    lfw = parse_source("lfw").info
+    assert lfw.name == "lfw" and lfw.license == "other" and "Huang" in lfw.citation
+    unknown = parse_source(str(tmp_path / "train.rec")).info
+    assert unknown.license == "unknown" and unknown.citation is None
+
+
+def test_info_from_the_catalog_by_exact_name(tmp_path: Path, faces) -> None:
+    """``src.info`` names a known dataset only by an exact folder name (a split folder by its
+    parent), never by a substring or a far ancestor."""
+    for rel in ("casia-webface", "fairface/val", "lfw/mine", "my-casia-webface-copy", "MS1MV2"):
+        (tmp_path / rel / "someone").mkdir(parents=True)
+        (tmp_path / rel / "someone" / "a.jpg").write_bytes(faces[0][1])
+    R.write_recordio(faces, tmp_path / "glint360k" / "train.rec")
+    names = {rel: parse_source(f"folder:{tmp_path / rel}").info.name
+             for rel in ("casia-webface", "fairface/val", "lfw/mine", "my-casia-webface-copy", "MS1MV2")}
+    assert names["casia-webface"] == "casia-webface" and names["fairface/val"] == "fairface"
+    assert names["MS1MV2"] == "ms1mv2"
+    for rel in ("lfw/mine", "my-casia-webface-copy"):
+        assert parse_source(f"folder:{tmp_path / rel}").info.license == "unknown", rel
+    glint = parse_source(str(tmp_path / "glint360k")).info
+    assert glint.name == "glint360k" and glint.license != "unknown"
 
 
 def test_units_stream_in_order_and_batches_are_bounded(lfw_dir: Path, monkeypatch) -> None:
