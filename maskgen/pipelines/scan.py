@@ -1,0 +1,152 @@
+"""Scan stage: the source -> Parquet parts on disk, and the identity table (the driver's state).
+
+Each scan unit (a part of the source: a shard, a byte range of a ``.rec``, a folder subtree)
+is scanned by one task, which writes ``work/scan/u-NNNNN.parquet`` (rows sorted by identity,
+then location) and returns only per-identity counts. The driver concatenates those counts
+into :class:`Identities` (sorted names + counts: O(identities)) and cuts the identities into
+contiguous partitions of about ``PART_ROWS`` rows: every later per-row stage runs as one task
+per partition, and no stage brings rows back to the driver.
+
+The adapter functions (``units``, ``unit_batches``, ``rel_path``, ``read_bytes``) are the one
+place that knows how a :class:`~maskgen.datasets.sources.Source` is driven: the streaming
+``scan_units()/scan_unit()/read_bytes()`` API when the source has it, else ``scan()`` (one
+unit, inside a task: the driver still never holds the rows).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from maskgen.outputs import replacing
+
+PART_ROWS = 50_000  # rows per partition (identities are never split)
+SCAN_ROW_GROUP = 65_536
+SORT_COLUMNS = ("identity", "path", "offset", "member")
+
+
+# ---- source adapter ----
+
+
+def units(src) -> list:
+    """The source's units of scan work (picklable, small)."""
+    if hasattr(src, "scan_units"):
+        return list(src.scan_units())
+    return [None]
+
+
+def unit_batches(src, unit):
+    """The rows of one unit as record batches (``SCAN_SCHEMA``), paths relative to the source."""
+    if hasattr(src, "scan_unit") and unit is not None:
+        yield from src.scan_unit(unit)
+        return
+    table = src.scan()
+    if table.num_rows:
+        rel = [rel_path(src, p) for p in table.column("path").to_pylist()]
+        table = table.set_column(table.schema.get_field_index("path"), "path", pa.array(rel, pa.string()))
+    yield from table.to_batches()
+
+
+def _base(src) -> Path:
+    root = Path(src.root)
+    return root if root.is_dir() else root.parent
+
+
+def rel_path(src, path: str | None) -> str | None:
+    """A scanned path relative to the source root (POSIX)."""
+    if path is None or hasattr(src, "read_bytes"):
+        return path
+    return Path(os.path.relpath(path, _base(src))).as_posix()
+
+
+def read_bytes(src, row: dict) -> bytes:
+    """The encoded image of one row (runs in a worker)."""
+    if hasattr(src, "read_bytes"):
+        return src.read_bytes(row["path"], row.get("offset"), row.get("nbytes"), row.get("member"))
+    from maskgen.datasets.sources import read_image_bytes
+
+    off = row.get("offset")
+    nb = row.get("nbytes")
+    return read_image_bytes(row["source"], str(_base(src) / row["path"]), None if off is None or off < 0 else off,
+                            None if nb is None or nb < 0 else nb)
+
+
+def sample_name(src, row: dict) -> str:
+    """A machine-independent name of the image inside its source (sample metadata)."""
+    if hasattr(src, "relative_path"):
+        return src.relative_path(row["path"], row.get("member"), row.get("offset"))
+    if row["source"] == "recordio":
+        return f"{row['path']}@{row['offset']}"
+    if row["source"] == "webdataset":
+        return f"{row['path']}:{row['member']}"
+    return row["path"]
+
+
+# ---- scan tasks ----
+
+
+def scan_task(task: dict) -> pa.Table:
+    """Scan one unit into ``work/scan/u-NNNNN.parquet``; returns its per-identity counts."""
+    src, unit, i = task["src"], task["unit"], task["index"]
+    batches = list(unit_batches(src, unit))
+    table = pa.Table.from_batches(batches) if batches else None
+    if table is None or table.num_rows == 0:
+        return pa.table({"identity": pa.array([], pa.string()), "n": pa.array([], pa.int64()),
+                         "n_usable": pa.array([], pa.int64())})
+    table = table.append_column("_unit", pa.array(np.full(table.num_rows, i, np.int32)))
+    table = table.sort_by([(c, "ascending") for c in SORT_COLUMNS])
+    with replacing(Path(task["path"])) as tmp:
+        pq.write_table(table, tmp, row_group_size=SCAN_ROW_GROUP)
+    usable = pc.is_null(table.column("_drop")).cast(pa.int64())
+    counts = pa.table({"identity": table.column("identity"), "n": pa.array(np.ones(table.num_rows, np.int64)),
+                       "n_usable": usable})
+    return counts.group_by("identity").aggregate([("n", "sum"), ("n_usable", "sum")]).rename_columns(
+        ["identity", "n", "n_usable"])
+
+
+@dataclass
+class Identities:
+    """Every scanned identity, sorted by name (its index is the key's first part), with counts.
+    All per-identity state of a build lives here as arrays: O(identities), no row data."""
+
+    names: pa.Array  # string, sorted
+    n_rows: np.ndarray  # int64: scanned rows
+    n_usable: np.ndarray  # int64: rows without a scan-time reason
+
+    @classmethod
+    def from_counts(cls, counts: list[pa.Table]) -> Identities:
+        t = pa.concat_tables(counts) if counts else pa.table({"identity": pa.array([], pa.string()),
+                                                               "n": pa.array([], pa.int64()),
+                                                               "n_usable": pa.array([], pa.int64())})
+        t = t.group_by("identity").aggregate([("n", "sum"), ("n_usable", "sum")])
+        t = t.sort_by("identity")
+        return cls(t.column("identity").combine_chunks(), t.column("n_sum").to_numpy().astype(np.int64),
+                   t.column("n_usable_sum").to_numpy().astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def key_width(self) -> int:
+        return max(6, len(str(max(len(self) - 1, 0))))
+
+    def partitions(self, rows: int = PART_ROWS) -> list[tuple[int, int]]:
+        """Contiguous identity ranges ``[lo, hi)`` of about ``rows`` scanned rows each."""
+        n = len(self)
+        if n == 0:
+            return []
+        before = np.cumsum(self.n_rows) - self.n_rows
+        part = before // max(1, rows)
+        starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
+        ends = np.r_[starts[1:], n]
+        return [(int(a), int(b)) for a, b in zip(starts, ends)]
+
+
+def scan_files(work: Path, n_units: int) -> list[str]:
+    return [str(work / "scan" / f"u-{i:05d}.parquet") for i in range(n_units)]
