@@ -3,7 +3,9 @@
 ```python
 from maskgen.datasets import parse_source, read_pairs, RecordIOReader, write_recordio
 src = parse_source("lfw")                 # or a folder, "recordio:train.rec", "wds:shards/*.tar"
-table = src.scan()                        # one row per image, nothing decoded
+for batch in src.scan_batches():          # one row per image, nothing decoded, streamed
+    ...
+data = src.read_bytes(path, offset, nbytes, member)   # the encoded bytes of one row
 ```
 """
 
@@ -23,7 +25,7 @@ from maskgen.datasets.manifest import (
     write_manifest,
 )
 from maskgen.datasets.recordio import RecordIOReader, image_bytes_at, write_recordio
-from maskgen.datasets.sources import Source, parse_source, read_image_bytes
+from maskgen.datasets.sources import Source, parse_source
 from maskgen.datasets.tarwriter import tar_bytes, write_tar
 
 __all__ = [
@@ -36,7 +38,6 @@ __all__ = [
     "lfw_names",
     "pair_image_path",
     "parse_source",
-    "read_image_bytes",
     "read_manifest",
     "read_pairs",
     "read_people",

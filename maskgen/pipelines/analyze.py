@@ -81,10 +81,10 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
     bad image: the failure is the row's result. Rows are tagged ``tag`` (default: the
     detector's :func:`cache_tag`). Images for the ``dlib`` backend are detected in batches
     (:func:`maskgen.masks.landmarks.detect_faces_many`: their landmark fits run together).
-    ``read(row)`` returns a row's bytes (default: the row's absolute location); ``defer``:
+    ``read(row)`` returns a row's bytes (default: ``path`` is a file path); ``defer``:
     aligned crops get no fit here (see the module doc)."""
     from maskgen.datasets.dedup import phash
-    from maskgen.datasets.sources import read_image_bytes
+    from maskgen.datasets.sources import ReadError, read_file
     from maskgen.masks import decode_image, detect_faces
     from maskgen.masks.landmarks import detect_faces_many, to_gray
 
@@ -113,12 +113,12 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
     for i, r in enumerate(rows):
         res: dict = {"_cache_key": r["_cache_key"], "detector": tag}
         try:
-            data = read(r) if read is not None else read_image_bytes(r["source"], r["path"], r["offset"], r["nbytes"])
+            data = read(r) if read is not None else read_file(r["path"])
+        except ReadError as exc:  # the source's stable reason (not a regular file, too large, ...)
+            out[i] = _failed(res, exc.reason)
+            continue
         except OSError as exc:
             out[i] = _failed(res, f"unreadable: {exc.strerror or exc}")
-            continue
-        except Exception as exc:  # a reader's own error (bad record, size cap): the row's reason
-            out[i] = _failed(res, f"unreadable: {exc}")
             continue
         try:
             img, reason = decode_image(data)

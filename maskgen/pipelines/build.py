@@ -666,7 +666,7 @@ class _Build:
         info = {
             "format": "webdataset",
             "version": FORMAT_VERSION,
-            "source": _describe(self.src),
+            "source": self.src.describe(),
             "num_samples": num_samples,
             "num_classes": int(self.kept.sum()),
             "num_classes_written": int(man["classes_written"]),
@@ -737,7 +737,7 @@ class _Build:
         )
         if num_samples == 0:
             raise InputError(
-                f"no usable image in {_describe(self.src)}: all {self.num_inputs:,} inputs were dropped or failed "
+                f"no usable image in {self.src.describe()}: all {self.num_inputs:,} inputs were dropped or failed "
                 f"({', '.join(f'{k} {v:,}' for k, v in list(reasons.items())[:3])}); see {self.out / 'manifest.parquet'}")
         return res
 
@@ -752,11 +752,6 @@ _ATTR_NOTE = {
 
 def _attribute_mode(mode: str) -> tuple[str, float]:
     return mode, ATTRIBUTE_SAMPLE_RATE
-
-
-def _describe(src) -> str:
-    """The source without a path of this machine: its kind and the root's last name."""
-    return f"{src.kind}:{Path(src.root).name}"
 
 
 def _label_columns(labels: str | None) -> list[str]:

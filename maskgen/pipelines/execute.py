@@ -112,7 +112,12 @@ def process_sample(row: dict, ctx: dict) -> tuple[dict[str, bytes], dict]:
     opts = ctx["opts"]
     size = opts["image_size"]
     twins = opts["twins"]
-    data = read_bytes(ctx["src"], row)
+    from maskgen.datasets.sources import ReadError
+
+    try:
+        data = read_bytes(ctx["src"], row)
+    except ReadError as exc:
+        raise SampleError(exc.reason) from exc
     deferred = row.get("backend") in DEFERRED
     frame_is_input = opts["output"] == "original" or (
         opts["output"] == "aligned" and deferred and row.get("width") == size and row.get("height") == size)

@@ -30,8 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from maskgen.datasets.filters import ALREADY_MASKED, _reason_class, _stable_hash
+from maskgen.datasets.filters import _reason_class, _stable_hash
 from maskgen.datasets.manifest import STATUS_DROPPED, STATUS_FAILED, STATUS_PENDING
+from maskgen.datasets.sources import DROPPED_REASONS
 from maskgen.outputs import replacing
 from maskgen.pipelines import plan as P
 
@@ -90,7 +91,8 @@ def prepare_task(task: dict) -> dict:
     reason = np.full(n, None, dtype=object)
     drop = np.asarray(t.column("_drop").to_pylist(), dtype=object)
     has_drop = np.array([d is not None for d in drop], dtype=bool)
-    _mark(status, reason, has_drop & (drop == ALREADY_MASKED), STATUS_DROPPED, ALREADY_MASKED)
+    dropped = np.array([d in DROPPED_REASONS for d in drop], bool)  # not inputs: hidden, above the identity level, ...
+    _mark(status, reason, has_drop & dropped, STATUS_DROPPED, drop)
     _mark(status, reason, has_drop, STATUS_FAILED, drop)
     pre = np.asarray(task["reason_pre"], dtype=object)[ident_local] if n else np.zeros(0, object)
     _mark(status, reason, np.array([r is not None for r in pre], bool), STATUS_DROPPED, pre)

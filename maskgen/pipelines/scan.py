@@ -7,15 +7,12 @@ into :class:`Identities` (sorted names + counts: O(identities)) and cuts the ide
 contiguous partitions of about ``PART_ROWS`` rows: every later per-row stage runs as one task
 per partition, and no stage brings rows back to the driver.
 
-The adapter functions (``units``, ``unit_batches``, ``rel_path``, ``read_bytes``) are the one
-place that knows how a :class:`~maskgen.datasets.sources.Source` is driven: the streaming
-``scan_units()/scan_unit()/read_bytes()`` API when the source has it, else ``scan()`` (one
-unit, inside a task: the driver still never holds the rows).
+The adapter functions (``units``, ``unit_batches``, ``read_bytes``, ``sample_name``) are the
+one place that knows how a :class:`~maskgen.datasets.sources.Source` is driven.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,61 +28,30 @@ SCAN_ROW_GROUP = 65_536
 SORT_COLUMNS = ("identity", "path", "offset", "member")
 
 
-# ---- source adapter ----
+# ---- source adapter: the one place that drives a Source ----
 
 
 def units(src) -> list:
-    """The source's units of scan work (picklable, small)."""
-    if hasattr(src, "scan_units"):
-        return list(src.scan_units())
-    return [None]
+    """The source's units of scan work (picklable, small), in scan order."""
+    return list(src.scan_units())
 
 
 def unit_batches(src, unit):
     """The rows of one unit as record batches (``SCAN_SCHEMA``), paths relative to the source."""
-    if hasattr(src, "scan_unit") and unit is not None:
-        yield from src.scan_unit(unit)
-        return
-    table = src.scan()
-    if table.num_rows:
-        rel = [rel_path(src, p) for p in table.column("path").to_pylist()]
-        table = table.set_column(table.schema.get_field_index("path"), "path", pa.array(rel, pa.string()))
-    yield from table.to_batches()
-
-
-def _base(src) -> Path:
-    root = Path(src.root)
-    return root if root.is_dir() else root.parent
-
-
-def rel_path(src, path: str | None) -> str | None:
-    """A scanned path relative to the source root (POSIX)."""
-    if path is None or hasattr(src, "read_bytes"):
-        return path
-    return Path(os.path.relpath(path, _base(src))).as_posix()
+    yield from src.scan_unit(unit)
 
 
 def read_bytes(src, row: dict) -> bytes:
-    """The encoded image of one row (runs in a worker)."""
-    if hasattr(src, "read_bytes"):
-        return src.read_bytes(row["path"], row.get("offset"), row.get("nbytes"), row.get("member"))
-    from maskgen.datasets.sources import read_image_bytes
-
+    """The encoded image of one row (runs in a worker); raises the source's ``ReadError``."""
     off = row.get("offset")
     nb = row.get("nbytes")
-    return read_image_bytes(row["source"], str(_base(src) / row["path"]), None if off is None or off < 0 else off,
-                            None if nb is None or nb < 0 else nb)
+    return src.read_bytes(row["path"], None if off is None or off < 0 else off,
+                          None if nb is None or nb < 0 else nb, row.get("member"))
 
 
 def sample_name(src, row: dict) -> str:
     """A machine-independent name of the image inside its source (sample metadata)."""
-    if hasattr(src, "relative_path"):
-        return src.relative_path(row["path"], row.get("member"), row.get("offset"))
-    if row["source"] == "recordio":
-        return f"{row['path']}@{row['offset']}"
-    if row["source"] == "webdataset":
-        return f"{row['path']}:{row['member']}"
-    return row["path"]
+    return src.relative_path(row["path"], row.get("member"), row.get("offset"))
 
 
 # ---- scan tasks ----
