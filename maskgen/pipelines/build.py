@@ -31,7 +31,7 @@ from maskgen.datasets import filters as F
 from maskgen.datasets.manifest import CORE_NAMES
 from maskgen.datasets.sources import parse_source
 from maskgen.datasets.tarwriter import write_atomic
-from maskgen.errors import InputError, OutputError
+from maskgen.errors import InputError, MaskgenError, OutputError
 from maskgen.outputs import OutputClaim, claim, is_tmp_of
 from maskgen.pipelines import analyze as A
 from maskgen.pipelines import plan as P
@@ -275,6 +275,7 @@ class _Build:
         self.timings: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
         self.ray_started = False
+        self.user_error: Exception | None = None
 
     # -- helpers --
 
@@ -293,6 +294,9 @@ class _Build:
             i = order[id(task)]
             if error is not None:
                 errors[i] = error_line(error)
+                cause = getattr(error, "cause", None) or error
+                if isinstance(cause, MaskgenError) and self.user_error is None:
+                    self.user_error = cause  # e.g. a full disk: the build stops with its one line
             else:
                 results[i] = result
             if on_done is not None:
@@ -302,10 +306,18 @@ class _Build:
         return results, errors
 
     def _fatal(self, what: str, errors: dict[int, str]) -> None:
+        self._user_error()
         if errors:
             i, e = next(iter(sorted(errors.items())))
             self.log.line(f"[{what}] {len(errors)} task(s) failed, e.g. #{i}: {e}")
             raise OutputError(f"{what} failed: {e} (rerun to resume)") from None
+
+    def _user_error(self) -> None:
+        """Stop on an error of the environment a task met (disk full, read-only, permission):
+        every other task would meet it too; the message names the file."""
+        if self.user_error is not None:
+            self.log.line(f"[error] {self.user_error}")
+            raise type(self.user_error)(str(self.user_error))
 
     # -- stages --
 
@@ -330,12 +342,13 @@ class _Build:
         self._join()
         self._plan()
         results = self._execute()
+        man = self._manifest(results)  # the last Ray task
         closer = None
         if self.shutdown_ray and self.ray_started:
             closer = threading.Thread(target=_shutdown_ray, name="maskgen-ray-shutdown", daemon=True)
             closer.start()
         try:
-            return self._merge(results)
+            return self._merge(results, man)
         finally:
             if closer is not None:
                 closer.join()
@@ -429,7 +442,11 @@ class _Build:
         total = sum(sum(per) for per in self.pending_chunks)
         log.line(f"[landmarks] {total:,} images in {len(tasks):,} chunks")
         if cfg.detector in ("auto", "dlib") and tasks:
-            _prepare_batch_model(log)
+            self._stage("landmarks", t, c)
+            t, c = time.perf_counter(), time.process_time()
+            _prepare_batch_model(log)  # one-time model preparation: its own line in the timings
+            self._stage("model_prep", t, c)
+            t, c = time.perf_counter(), time.process_time()
         log.stage("landmarks", total)
         counts = {"done": 0, "ok": 0, "failed": 0, "computed": 0}
 
@@ -637,17 +654,24 @@ class _Build:
 
             # one shard per worker at a time: memory is a few shards at most
             self._map(run_shard, tasks, on_done=on_done)
+            self._user_error()
         self._stage("execute", t, c)
         return results
 
-    def _merge(self, results: dict[int, dict]) -> BuildResult:
-        cfg, log = self.cfg, self.log
+    def _manifest(self, results: dict[int, dict]) -> dict:
+        """``manifest.parquet``, written by one task from the parts (never gathered here)."""
         t, c = time.perf_counter(), time.process_time()
-        ns = len(self.shard_names)
-        shards = [(s, self.shard_names[s], results[s].get("error")) for s in range(ns)]
+        shards = [(s, self.shard_names[s], results[s].get("error")) for s in range(len(self.shard_names))]
         (man,), errors = self._map(manifest_task, [{"out": str(self.out), "plan_files": self.plan_files, "shards": shards,
                                                     "label_columns": self.label_cols}], window=1)
         self._fatal("manifest", errors)
+        self._stage("merge", t, c)
+        return man
+
+    def _merge(self, results: dict[int, dict], man: dict) -> BuildResult:
+        cfg, log = self.cfg, self.log
+        t, c = time.perf_counter(), time.process_time()
+        ns = len(self.shard_names)
         reasons = dict(self.reasons)
         for r in results.values():
             for k, v in r.get("failures", {}).items():

@@ -261,7 +261,7 @@ def plan_task(task: dict) -> dict:
             for c, k in SPEC_COLUMNS:
                 spec_cols[c][i] = spec[k]
             valve[i] = bool(spec.get("valve"))
-    attr = _attribute_rows(t, idx, keys, task)
+    attr = _attribute_rows(t, idx, keys, masked, task)
     t = _set(t, "status", status.tolist(), pa.string())
     t = _set(t, "reason", reason.tolist(), pa.string())
     t = _set(t, "label", label)
@@ -318,10 +318,10 @@ def passthrough_candidates(t: pa.Table, opts: dict) -> np.ndarray:
     return np.isin(backend, list(DEFERRED)) & (w == size) & (h == size)
 
 
-def _attribute_rows(t: pa.Table, idx: np.ndarray, keys: list[str], task: dict) -> np.ndarray:
+def _attribute_rows(t: pa.Table, idx: np.ndarray, keys: list[str], masked: np.ndarray, task: dict) -> np.ndarray:
     """Which planned rows get per-image attributes: ``all``; ``none``; ``sample`` (a seeded
-    uniform share of every planned row); ``auto`` (every row that is decoded anyway, a seeded
-    share of the pass-through candidates)."""
+    uniform share of every planned row); ``auto`` (every row that is decoded anyway — masked,
+    twins, or not a pass-through candidate — and a seeded share of the others)."""
     mode, rate = task["attributes"]
     n = t.num_rows
     attr = np.zeros(n, bool)
@@ -334,8 +334,8 @@ def _attribute_rows(t: pa.Table, idx: np.ndarray, keys: list[str], task: dict) -
     if mode == "sample":
         attr[idx] = drawn
     else:
-        cand = passthrough_candidates(t, task["opts"])[idx]
-        attr[idx] = np.where(cand, drawn, True)
+        undecoded = passthrough_candidates(t, task["opts"])[idx] & ~masked[idx] & (not task["twins"])
+        attr[idx] = np.where(undecoded, drawn, True)
     return attr
 
 
