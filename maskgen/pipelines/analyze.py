@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -120,6 +122,11 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
         except OSError as exc:
             out[i] = _failed(res, f"unreadable: {exc.strerror or exc}")
             continue
+        quick = _quick_aligned(data, detector) if defer else None
+        if quick is not None:
+            res.update(a_status="ok", a_reason=None, backend=quick[0], width=quick[1], height=quick[2])
+            out[i] = res
+            continue
         try:
             img, reason = decode_image(data)
             if img is None:
@@ -146,6 +153,49 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
             out[i] = _failed(res, f"analysis error: {type(exc).__name__}: {exc}")
     flush()
     return out  # type: ignore[return-value]
+
+
+def jpeg_info(data: bytes) -> tuple[int, int, int] | None:
+    """``(width, height, components)`` of a complete JPEG that can be passed through as is,
+    read from its headers only; None for anything else (not JPEG, EXIF present (its
+    orientation would disagree with the decoded frame), no SOF, no end marker)."""
+    if len(data) < 4 or data[:2] != b"\xff\xd8" or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        seg = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
+            return None
+        if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
+            if i + 10 > n:
+                return None
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h, data[i + 9]
+        if marker in (0xDA, 0xD9):  # scan data before a frame header: not a usable file
+            return None
+        i += 2 + seg
+    return None
+
+
+def _quick_aligned(data: bytes, detector: str) -> tuple[str, int, int] | None:
+    """An aligned crop recognised from its JPEG headers (``(backend, width, height)``), its
+    entropy data checked by a 1/8-scale decode: no full decode is needed to defer its fit."""
+    info = jpeg_info(data)
+    if info is None or info[2] != 3:
+        return None
+    w, h, _ = info
+    backend = detector if detector in DEFERRED else ("aligned" if detector == "auto" and w == h and h <= 128 else None)
+    if backend is None:
+        return None
+    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+        return None  # the full decode says why
+    return backend, w, h
 
 
 def _failed(res: dict, reason: str) -> dict:
@@ -202,15 +252,24 @@ def read_part(path: Path, keys: set[str] | None = None) -> pa.Table | None:
     return t
 
 
-def chunk_task(task: dict) -> dict:
-    """Landmarks of one chunk's pending rows: reuse the chunk's cache part (here, then in each
-    ``landmarks_from`` folder, then legacy single-file caches), analyze what is missing, write
-    the part, return counts."""
+def chunks_task(task: dict) -> list[dict]:
+    """:func:`chunk_task` for several consecutive chunks of one partition (``task["chunks"]``):
+    one Ray task for many cheap chunks (aligned crops) keeps the driver's per-task cost small;
+    each chunk still writes its own cache part as soon as it is done."""
     from maskgen.pipelines.runner import one_thread
-    from maskgen.pipelines.scan import read_bytes
 
     one_thread()
     part = pq.ParquetFile(task["part"])
+    return [chunk_task({**task, "chunk": j}, part) for j in task["chunks"]]
+
+
+def chunk_task(task: dict, part: pq.ParquetFile | None = None) -> dict:
+    """Landmarks of one chunk's pending rows: reuse the chunk's cache part (here, then in each
+    ``landmarks_from`` folder, then legacy single-file caches), analyze what is missing, write
+    the part, return counts."""
+    from maskgen.pipelines.scan import read_bytes
+
+    part = part or pq.ParquetFile(task["part"])
     rows = part.read_row_group(task["chunk"], columns=["source", "path", "offset", "member", "nbytes", "_cache_key", "status"])
     all_keys = rows.column("_cache_key").to_pylist()
     name = chunk_name(task["tag"], all_keys)

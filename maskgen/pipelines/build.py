@@ -47,6 +47,7 @@ from maskgen.pipelines.scan import Identities, scan_task, units
 FORMAT_VERSION = 2  # bump when the bytes written for the same plan change
 ATTRIBUTE_SAMPLE_RATE = 0.1  # share of pass-through samples measured by attributes="sample"/"auto"
 VERIFY_BATCH = 64  # finished shards whose digest one task re-checks on resume
+CHUNKS_PER_TASK = 16  # at most this many landmark chunks per task
 
 
 @dataclass
@@ -431,17 +432,19 @@ class _Build:
         self.tag = A.cache_tag(cfg.detector)
         from_dirs = [str(Path(cfg.landmarks_from).resolve())] if cfg.landmarks_from and Path(cfg.landmarks_from).is_dir() else []
         legacy = A.legacy_caches([self.out] + ([cfg.landmarks_from] if cfg.landmarks_from else []))
+        chunks = [(p, j) for p, per in enumerate(self.pending_chunks) for j, k in enumerate(per) if k]
+        # cheap chunks (aligned crops) travel several per task; the outputs do not depend on it
+        group = int(np.clip(len(chunks) // (16 * self.window), 1, CHUNKS_PER_TASK))
         tasks = []
-        for p, per in enumerate(self.pending_chunks):
-            for j, k in enumerate(per):
-                if k:
-                    tasks.append({"part": str(part_path(self.work, "part", p)), "part_index": p, "chunk": j,
-                                  "tag": self.tag, "detector": cfg.detector, "out": str(self.out),
-                                  "from_dirs": from_dirs, "legacy": legacy, "src": self.src,
-                                  "defer": not cfg.dedup})
+        for p in range(len(self.parts)):
+            mine = [j for q, j in chunks if q == p]
+            for a in range(0, len(mine), group):
+                tasks.append({"part": str(part_path(self.work, "part", p)), "part_index": p, "chunks": mine[a : a + group],
+                              "tag": self.tag, "detector": cfg.detector, "out": str(self.out),
+                              "from_dirs": from_dirs, "legacy": legacy, "src": self.src, "defer": not cfg.dedup})
         total = sum(sum(per) for per in self.pending_chunks)
-        log.line(f"[landmarks] {total:,} images in {len(tasks):,} chunks")
-        if cfg.detector in ("auto", "dlib") and tasks:
+        log.line(f"[landmarks] {total:,} images in {len(chunks):,} chunks ({len(tasks):,} tasks)")
+        if cfg.detector in ("auto", "dlib") and tasks and not (cfg.detector == "auto" and self._looks_aligned(tasks[0])):
             self._stage("landmarks", t, c)
             t, c = time.perf_counter(), time.process_time()
             _prepare_batch_model(log)  # one-time model preparation: its own line in the timings
@@ -452,28 +455,50 @@ class _Build:
 
         def on_done(i, r, error):
             task = tasks[i]
-            n = self.pending_chunks[task["part_index"]][task["chunk"]]
-            counts["done"] += n
+            per = self.pending_chunks[task["part_index"]]
+            counts["done"] += sum(per[j] for j in task["chunks"])
             if error is None:
-                counts["ok"] += r["ok"]
-                counts["failed"] += r["failed"]
-                counts["computed"] += r["computed"]
+                for x in r:
+                    counts["ok"] += x["ok"]
+                    counts["failed"] += x["failed"]
+                    counts["computed"] += x["computed"]
             else:
-                counts["failed"] += n
+                counts["failed"] += sum(per[j] for j in task["chunks"])
             log.update(counts["done"], counts["ok"], counts["failed"])
 
-        res, errors = self._map(A.chunk_task, tasks, window=2 * self.window, on_done=on_done)
+        res, errors = self._map(A.chunks_task, tasks, window=2 * self.window, on_done=on_done)
+        self._user_error()
         log.update(counts["done"], counts["ok"], counts["failed"], force=True)
         log.line(f"[landmarks] {counts['done'] - counts['computed']:,} from the cache, {counts['computed']:,} analyzed")
         self.chunk_names: list[list[str]] = [[] for _ in self.parts]
         self.chunk_errors: list[dict[int, str]] = [{} for _ in self.parts]
         for i, task in enumerate(tasks):
+            p = task["part_index"]
             if i in errors:
-                log.line(f"[landmarks] chunk {task['part_index']}/{task['chunk']} failed: {errors[i]} (rerun to retry)")
-                self.chunk_errors[task["part_index"]][task["chunk"]] = errors[i]
+                log.line(f"[landmarks] chunks {p}/{task['chunks'][0]}.. failed: {errors[i]} (rerun to retry)")
+                for j in task["chunks"]:
+                    self.chunk_errors[p][j] = errors[i]
             else:
-                self.chunk_names[task["part_index"]].append(res[i]["name"])
+                self.chunk_names[p].extend(x["name"] for x in res[i])
         self._stage("landmarks", t, c)
+
+    def _looks_aligned(self, task: dict) -> bool:
+        """Whether the first images are aligned crops (square, <= 128 px, from their headers
+        only): then no chunk needs dlib's detector, and its model is not prepared."""
+        import io
+
+        import pyarrow.parquet as pq
+        from PIL import Image
+
+        from maskgen.pipelines.scan import read_bytes
+
+        rows = pq.ParquetFile(task["part"]).read_row_group(task["chunks"][0]).to_pylist()
+        rows = [r for r in rows if r["status"] == "pending"][:4]
+        try:
+            sizes = [Image.open(io.BytesIO(read_bytes(self.src, r))).size for r in rows]
+        except Exception:  # an unreadable first image: prepare the model, as for photos
+            return False
+        return bool(sizes) and all(w == h and w <= 128 for w, h in sizes)
 
     def _join(self) -> None:
         cfg = self.cfg
@@ -534,12 +559,18 @@ class _Build:
         self.reason_late = late
         self.cap = cap
         # masked count per cell, grouped by partition for the plan tasks
-        self.cell_m: list[dict] = [{} for _ in self.parts]
+        # (arrays, not a dict of cells: the driver's state stays a few bytes per identity)
+        nz = np.flatnonzero(m)
         los = np.array([lo for lo, _ in self.parts], np.int64)
-        part_of = np.searchsorted(los, cell_id, side="right") - 1
-        for k in np.flatnonzero(m):
-            g = cell_g[k] if cell_g is not None else None
-            self.cell_m[int(part_of[k])][(g, int(cell_id[k]))] = int(m[k])
+        part_of = np.searchsorted(los, cell_id[nz], side="right") - 1
+        by_part = np.argsort(part_of, kind="stable")  # cells come by group first when stratified
+        nz, part_of = nz[by_part], part_of[by_part]
+        bounds = np.searchsorted(part_of, np.arange(len(self.parts) + 1))
+        self.cell_m = []
+        for p in range(len(self.parts)):
+            sel = nz[bounds[p] : bounds[p + 1]]
+            self.cell_m.append({"ids": cell_id[sel].astype(np.int64), "m": m[sel].astype(np.int64),
+                                "groups": None if cell_g is None else [cell_g[k] for k in sel]})
         self.n_total = int(n_plan.sum())
         self.n_masked_planned = int(m.sum())
         self._stage("join", t, c)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from maskgen.datasets.filters import _reason_class
 from maskgen.datasets.manifest import STATUS_FAILED, STATUS_OK, to_manifest
 from maskgen.datasets.tarwriter import tar_bytes, write_atomic
 from maskgen.outputs import replacing
-from maskgen.pipelines.analyze import DEFERRED
+from maskgen.pipelines.analyze import DEFERRED, jpeg_info
 
 ATTRIBUTE_KEYS = ("ita", "skin_tone", "sharpness", "brightness", "face_size")
 UPDATED = ("landmarks", "box", "det_score", "yaw", "pitch", "roll")  # set by a deferred fit
@@ -64,34 +63,6 @@ def encode_jpeg(img_rgb: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
-
-
-def jpeg_info(data: bytes) -> tuple[int, int, int] | None:
-    """``(width, height, components)`` of a complete JPEG that can be passed through as is,
-    read from its headers only; None for anything else (not JPEG, EXIF present (its
-    orientation would disagree with the decoded frame), no SOF, no end marker)."""
-    if len(data) < 4 or data[:2] != b"\xff\xd8" or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        seg = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
-            return None
-        if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
-            if i + 10 > n:
-                return None
-            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return w, h, data[i + 9]
-        if marker in (0xDA, 0xD9):  # scan data before a frame header: not a usable file
-            return None
-        i += 2 + seg
-    return None
 
 
 def _round(v, nd=3):

@@ -226,7 +226,9 @@ def plan_task(task: dict) -> dict:
     idx = np.flatnonzero(planned)
     # which samples are masked: per (group, identity) cell, m of its samples in key order
     masked = np.zeros(n, bool)
-    cell_m = task["cell_m"]  # {(group or None, identity index): m}
+    cm = task["cell_m"]  # cells with m > 0: identity indices, masked counts, groups (or None)
+    groups_m = cm["groups"] if cm["groups"] is not None else [None] * len(cm["ids"])
+    cell_m = {(g, int(i)): int(k) for g, i, k in zip(groups_m, cm["ids"].tolist(), cm["m"].tolist())}
     g_arr = np.asarray(groups, dtype=object) if groups is not None else None
     if len(idx) and cell_m:
         if g_arr is None:

@@ -102,8 +102,10 @@ class Identities:
     def key_width(self) -> int:
         return max(6, len(str(max(len(self) - 1, 0))))
 
-    def partitions(self, rows: int = PART_ROWS) -> list[tuple[int, int]]:
-        """Contiguous identity ranges ``[lo, hi)`` of about ``rows`` scanned rows each."""
+    def partitions(self, rows: int | None = None) -> list[tuple[int, int]]:
+        """Contiguous identity ranges ``[lo, hi)`` of about ``rows`` (default ``PART_ROWS``)
+        scanned rows each."""
+        rows = rows or PART_ROWS
         n = len(self)
         if n == 0:
             return []
