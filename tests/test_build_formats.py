@@ -228,3 +228,56 @@ def test_partitioning_and_task_grouping_change_no_byte(crops_rec, tmp_path: Path
     a = pq.read_table(tmp_path / "one" / "manifest.parquet").to_pylist()
     b = pq.read_table(tmp_path / "many" / "manifest.parquet").to_pylist()
     assert a == b
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A real 300 KB tmpfs (a full disk on demand); skipped where mounting is not allowed."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if not shutil.which("mount") or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+                                                   capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root in a namespace that allows it)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_one_line_then_resume(crops_rec, small_tmpfs: Path, tmp_path: Path) -> None:
+    """A build that fills its disk ends with one line naming the file, exit 1, no traceback,
+    no shard under its final name that is not complete; with space again, a rerun completes
+    it with the bytes of an uninterrupted build."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    rec, _ = crops_rec
+    args = ["build", f"recordio:{rec}", "--ratio", "0.5", "--twins", "--samples-per-shard", "8", "--no-report",
+            "--workers", "1", "--seed", "2"]
+    out = small_tmpfs / "out"
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    r = subprocess.run([sys.executable, "-m", "maskgen", *args, "-o", str(out)], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(err) == 1 and re.fullmatch(r"Error: cannot write .+: No space left on device \(rerun to resume\)", err[0]), r.stderr
+    assert "Traceback" not in r.stderr
+    log = (out / "build.log").read_text() if (out / "build.log").exists() else ""
+    assert "[error] cannot write" in log or "cannot append to the build log" in r.stderr
+    for tar in (out / "shards").glob("*.tar") if (out / "shards").is_dir() else []:
+        st = json.loads((out / "stats" / (tar.stem + ".json")).read_text()) if (out / "stats" / (tar.stem + ".json")).exists() else None
+        assert st is None or st["bytes"] == tar.stat().st_size
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_tmpfs)], check=True)
+    r2 = subprocess.run([sys.executable, "-m", "maskgen", *args, "-o", str(out)], env=env, capture_output=True,
+                        text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    ref = build(f"recordio:{rec}", tmp_path / "ref", ratio=0.5, twins=True, samples_per_shard=8, report=False,
+                progress=False, seed=2)
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == [p.name for p in ref.shards]
+    for p in ref.shards:
+        assert (out / "shards" / p.name).read_bytes() == p.read_bytes()
