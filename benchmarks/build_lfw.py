@@ -101,21 +101,16 @@ def _lowest_priority() -> None:
         pass
 
 
-def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "maskgen", "build", args.source, "-o", str(out), "--ratio", str(args.ratio),
-           "--workers", str(workers), "--mode", "overwrite", "--seed", "0"]
-    if args.max_identities:
-        cmd += ["--max-identities", str(args.max_identities)]
-    if not args.report:
-        cmd.append("--no-report")
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    peak = {"main": 0, "daemons": 0, "total": 0, "pss_main": 0, "pss_total": 0}
-    load = []
+def run_sampled(cmd: list[str], env: dict) -> tuple:
+    """Run ``cmd`` while sampling its process tree at nice 19: RSS every ``SAMPLE_S`` (the root
+    process's own too), PSS every ``PSS_EVERY_S``. Returns (process, output, wall seconds, peaks
+    in bytes, the sampler (CPU seconds per part), load averages seen)."""
+    peak = {"main": 0, "daemons": 0, "total": 0, "pss_main": 0, "pss_total": 0, "root_rss": 0}
+    load: list[float] = []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
     stop = threading.Event()
-
     sampler = TreeSampler(root)
 
     def sample() -> None:
@@ -126,6 +121,10 @@ def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
             pss = now - last_pss >= PSS_EVERY_S
             if pss:
                 last_pss = now
+            try:
+                peak["root_rss"] = max(peak["root_rss"], root.memory_info().rss)
+            except psutil.Error:
+                pass
             mem = sampler.sample(pss)
             peak["main"] = max(peak["main"], mem["main"])
             peak["daemons"] = max(peak["daemons"], mem["daemons"])
@@ -142,6 +141,18 @@ def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
     wall = time.perf_counter() - t0
     stop.set()
     th.join()
+    return proc, output, wall, peak, sampler, load
+
+
+def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "maskgen", "build", args.source, "-o", str(out), "--ratio", str(args.ratio),
+           "--workers", str(workers), "--mode", "overwrite", "--seed", "0"]
+    if args.max_identities:
+        cmd += ["--max-identities", str(args.max_identities)]
+    if not args.report:
+        cmd.append("--no-report")
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    proc, output, wall, peak, sampler, load = run_sampled(cmd, env)
     if proc.returncode != 0:
         print(output[-4000:], file=sys.stderr)
         raise SystemExit(f"build with {workers} worker(s) failed (exit {proc.returncode})")

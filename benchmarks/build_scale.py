@@ -35,14 +35,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_lfw import PSS_EVERY_S, SAMPLE_S, TreeSampler, _lowest_priority  # noqa: E402
+from build_lfw import run_sampled  # noqa: E402
 
 GB = 1024**3
 PLAN_STAGES = ("scan", "prepare", "join", "plan")  # identity table, filters, allocation, plan tasks
@@ -90,37 +87,7 @@ def run_build(rec: Path, out: Path, workers: int, ratio: float) -> dict:
     cmd = [sys.executable, "-m", "maskgen", "build", f"recordio:{rec}", "-o", str(out), "--ratio", str(ratio),
            "--workers", str(workers), "--no-report", "--mode", "overwrite", "--seed", "0"]
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    peak = {"driver_rss": 0, "pss_total": 0, "rss_total": 0}
-    stop = threading.Event()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    root = psutil.Process(proc.pid)
-    sampler = TreeSampler(root)
-
-    def sample() -> None:
-        _lowest_priority()
-        last_pss = -PSS_EVERY_S
-        while not stop.is_set():
-            now = time.perf_counter()
-            pss = now - last_pss >= PSS_EVERY_S
-            if pss:
-                last_pss = now
-            try:
-                peak["driver_rss"] = max(peak["driver_rss"], root.memory_info().rss)
-            except psutil.Error:
-                pass
-            mem = sampler.sample(pss)
-            peak["rss_total"] = max(peak["rss_total"], mem["main"] + mem["daemons"])
-            if pss:
-                peak["pss_total"] = max(peak["pss_total"], mem["pss_main"] + mem["pss_daemons"])
-            stop.wait(SAMPLE_S)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    output = proc.communicate()[0]
-    wall = time.perf_counter() - t0
-    stop.set()
-    th.join()
+    proc, output, wall, peak, sampler, _ = run_sampled(cmd, env)
     if proc.returncode != 0:
         print(output[-4000:], file=sys.stderr)
         raise SystemExit(f"build of {rec} failed (exit {proc.returncode})")
@@ -132,8 +99,8 @@ def run_build(rec: Path, out: Path, workers: int, ratio: float) -> dict:
     return {
         "n": n, "workers": workers, "wall_s": wall, "samples": info["num_samples"], "masked": info["num_masked"],
         "passthrough": info.get("passthrough"), "ratio_realized": info["ratio_realized"],
-        "driver_peak_rss_mb": peak["driver_rss"] / 2**20, "peak_pss_total_mb": peak["pss_total"] / 2**20,
-        "peak_rss_total_mb": peak["rss_total"] / 2**20,
+        "driver_peak_rss_mb": peak["root_rss"] / 2**20, "peak_pss_total_mb": peak["pss_total"] / 2**20,
+        "peak_rss_total_mb": peak["total"] / 2**20,
         "img_s_per_core_wall": n / wall / workers,
         # CPU of every process, less the one-time model preparation (when another build on
         # the machine invalidated the per-machine model cache)
