@@ -19,6 +19,7 @@ import re
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -336,7 +337,6 @@ class _Build:
         self.strat = list(strat)
         log.line(f"build {cfg.source} -> {self.out} (ratio {cfg.ratio}, seed {cfg.seed}, mode {cfg.mode})")
         self.src = parse_source(cfg.source, cfg.identity_depth)
-        self._start_ray()
         self._scan(eval_sets)
         self._prepare()
         self._landmarks()
@@ -368,8 +368,27 @@ class _Build:
         us = units(self.src)
         tasks = [{"src": self.src, "unit": u, "index": i, "path": str(self.work / "scan" / f"u-{i:05d}.parquet")}
                  for i, u in enumerate(us)]
-        counts, errors = self._map(scan_task, tasks)
+        # A local Ray takes seconds to start: scan units here meanwhile (one unit's rows at a
+        # time, written to its part like a task would), the rest as tasks once Ray is up.
+        # (Ray starts in the main thread: it installs signal handlers.)
+        early: dict[int, pa.Table] = {}
+        ray_up = threading.Event()
+
+        def scan_early() -> None:
+            while not cfg.ray_address and not ray_up.is_set() and len(early) < len(tasks):
+                early[len(early)] = scan_task(tasks[len(early)])
+
+        with ThreadPoolExecutor(1, thread_name_prefix="maskgen-scan") as ex:
+            scanning = ex.submit(scan_early)
+            try:
+                self._start_ray()
+            finally:
+                ray_up.set()
+            scanning.result()
+        t_ray = self.timings["ray_start"]
+        rest, errors = self._map(scan_task, tasks[len(early):])
         self._fatal("scan", errors)
+        counts = [early[i] for i in range(len(early))] + rest
         self.scan_files = [tk["path"] for tk, ct in zip(tasks, counts) if ct.num_rows]
         ids = Identities.from_counts(counts)
         self.ids = ids
@@ -407,6 +426,7 @@ class _Build:
         self.reason_pre, self.reason_post = pre, post
         self.parts = ids.partitions()
         self._stage("scan", t, c)
+        self.timings["scan"] -= min(t_ray, self.timings["scan"])  # the overlap is counted once, as ray_start
 
     def _prepare(self) -> None:
         cfg = self.cfg
