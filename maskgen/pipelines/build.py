@@ -414,10 +414,10 @@ class _Build:
         usable = ids.n_usable
         if cfg.min_images > 1:
             few = (usable > 0) & (usable < cfg.min_images)
-            why = np.array([f"identity has fewer than min_images ({u} < {cfg.min_images})" for u in usable], dtype=object) \
-                if few.any() else None
-            if few.any():
-                mark(pre, few, why)
+            why = np.full(n, None, dtype=object)
+            for i in np.flatnonzero(few):  # strings for the identities concerned only
+                why[i] = f"identity has fewer than min_images ({usable[i]} < {cfg.min_images})"
+            mark(pre, few, why)
         alive = np.array([r is None for r in pre], bool) & (usable > 0)
         post = np.full(n, None, dtype=object)
         if cfg.max_identities and alive.sum() > cfg.max_identities:
