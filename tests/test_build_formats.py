@@ -298,6 +298,6 @@ def test_tar_headers_are_tarfiles_bytes() -> None:
                  for _ in range(rng.randint(0, 30))}
         mem = [(n, os.urandom(rng.randint(0, 3000))) for n in names]
         assert tar_bytes(mem) == _tarfile_bytes(sorted(mem))
-    long = [("x" * 150 + ".jpg", b"data")]
+    long = [("d" * 110 + "/x.jpg", b"data")]  # over 100 bytes: USTAR prefix + name
     with tarfile.open(fileobj=io.BytesIO(tar_bytes(long))) as tf:
-        assert tf.getnames() == ["x" * 150 + ".jpg"]
+        assert tf.getnames() == ["d" * 110 + "/x.jpg"]
