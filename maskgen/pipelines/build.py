@@ -630,8 +630,10 @@ class _Build:
         lanes = np.zeros((ns, 2), np.uint64)
         self.reasons: dict[str, int] = {}
         self.num_inputs = self.num_dropped = self.num_failed_before = 0
+        self.holds = np.zeros((len(self.parts), ns), bool)  # partition p holds rows of shard s
         for r in res:
             if len(r["shards"]):
+                self.holds[r["index"], r["shards"]] = True
                 counts[r["shards"]] += r["counts"]
                 P.add_lanes(lanes, r["shards"].astype(np.int64), r["lanes"])
             for k, v in r["reasons"].items():
@@ -683,7 +685,8 @@ class _Build:
         t, c = time.perf_counter(), time.process_time()
         if todo:
             log.stage("execute", total)
-            tasks = [{"out": str(self.out), "shard": self.shard_names[s], "index": s, "plan_files": self.plan_files,
+            tasks = [{"out": str(self.out), "shard": self.shard_names[s], "index": s,
+                      "plan_files": [self.plan_files[p] for p in np.flatnonzero(self.holds[:, s])],
                       "opts": self.opts, "plan_hash": self.shard_hashes[s], "src": self.src,
                       "label_columns": self.label_cols} for s in todo]
 
