@@ -19,7 +19,7 @@ import re
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -368,23 +368,28 @@ class _Build:
         us = units(self.src)
         tasks = [{"src": self.src, "unit": u, "index": i, "path": str(self.work / "scan" / f"u-{i:05d}.parquet")}
                  for i, u in enumerate(us)]
-        # A local Ray takes seconds to start: scan units here meanwhile (one unit's rows at a
-        # time, written to its part like a task would), the rest as tasks once Ray is up.
-        # (Ray starts in the main thread: it installs signal handlers.)
+        # A local Ray takes seconds to start: meanwhile a helper process scans units (as a task
+        # would: part written, counts returned; the driver neither holds their rows nor spends
+        # CPU on them), the rest run as tasks once Ray is up. (Ray starts in the main thread:
+        # it installs signal handlers.)
         early: dict[int, pa.Table] = {}
         ray_up = threading.Event()
 
         def scan_early() -> None:
-            while not cfg.ray_address and not ray_up.is_set() and len(early) < len(tasks):
-                early[len(early)] = scan_task(tasks[len(early)])
+            import multiprocessing
+
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                while not ray_up.is_set() and len(early) < len(tasks):
+                    early[len(early)] = pool.submit(scan_task, tasks[len(early)]).result()
 
         with ThreadPoolExecutor(1, thread_name_prefix="maskgen-scan") as ex:
-            scanning = ex.submit(scan_early)
+            scanning = ex.submit(scan_early) if not cfg.ray_address else None
             try:
                 self._start_ray()
             finally:
                 ray_up.set()
-            scanning.result()
+            if scanning is not None:
+                scanning.result()
         t_ray = self.timings["ray_start"]
         rest, errors = self._map(scan_task, tasks[len(early):])
         self._fatal("scan", errors)
