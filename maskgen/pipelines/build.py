@@ -355,8 +355,9 @@ class _Build:
                 closer.join()
 
     def _start_ray(self) -> None:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         started, how = start_ray(self.cfg.workers, self.cfg.ray_address)
+        self.cpu["ray_start"] = time.process_time() - c
         self.ray_started = started and not self.cfg.ray_address
         self.window = self.cfg.workers or cluster_cpus()
         self.timings["ray_start"] = time.perf_counter() - t
@@ -432,6 +433,7 @@ class _Build:
         self.parts = ids.partitions()
         self._stage("scan", t, c)
         self.timings["scan"] -= min(t_ray, self.timings["scan"])  # the overlap is counted once, as ray_start
+        self.cpu["scan"] -= min(self.cpu["ray_start"], self.cpu["scan"])
 
     def _prepare(self) -> None:
         cfg = self.cfg
