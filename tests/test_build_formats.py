@@ -187,6 +187,30 @@ def test_no_usable_image_is_an_error_with_a_manifest(tmp_path: Path) -> None:
         build(str(tmp_path / "empty"), tmp_path / "o2", report=False, progress=False)
 
 
+def test_cli_exits_non_zero_when_nothing_is_usable(tmp_path: Path) -> None:
+    """From the command line: an empty ``.rec`` and a folder of broken files each end with one
+    ``Error:`` line and exit 1, no traceback; the broken files still get their manifest rows."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "empty.rec").write_bytes(b"")
+    bad = tmp_path / "bad" / "someone"
+    bad.mkdir(parents=True)
+    (bad / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    for src, out, want in ((f"recordio:{tmp_path / 'empty.rec'}", "o1", "no image found in"),
+                           (str(tmp_path / "bad"), "o2", "no usable image in")):
+        r = subprocess.run([sys.executable, "-m", "maskgen", "build", src, "-o", str(tmp_path / out), "--workers", "1",
+                            "--no-report", "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 1, r.stdout + r.stderr
+        err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+        assert len(err) == 1 and want in err[0], r.stderr
+        assert "Traceback" not in r.stderr
+    rows = pq.read_table(tmp_path / "o2" / "manifest.parquet").to_pylist()
+    assert [(r["status"], bool(r["reason"])) for r in rows] == [("failed", True)]
+
+
 def test_classes_tsv_escapes_names(crops_rec, tmp_path: Path) -> None:
     from maskgen.pipelines.merge import _escape
 
