@@ -74,6 +74,12 @@ def test_first_build_outputs(lfw_build: Path) -> None:
     assert all(r["reason"] == "no face detected" for r in failed)
     assert {r["reason"] for r in rows if r["status"] == "dropped"} == {f"beyond max_identities ({N_IDS})"}
     assert all(len(r["landmarks"]) == 136 and r["shard"] and r["label"] >= 0 for r in ok)
+    # landmarks_crop: the same 68 points in the written 112x112 crop, whose eyes sit where the
+    # ArcFace template puts them (38.3, 51.7) and (73.5, 51.5); landmarks: in the photo's pixels
+    crop = np.array([r["landmarks_crop"] for r in ok], np.float64).reshape(len(ok), 68, 2)
+    eyes = np.stack([crop[:, 36:42].mean(1), crop[:, 42:48].mean(1)], 1)
+    assert np.abs(np.median(eyes, 0) - [[38.3, 51.7], [73.5, 51.5]]).max() < 3
+    assert np.median(np.array([r["landmarks"] for r in ok])[:, 0::2]) > 90  # 250x250 photos, not the crop
     assert all(r["ita"] is not None and r["skin_tone"] for r in ok)  # audit attributes per sample
     assert (out / "build.yaml").is_file() and list((out / "landmarks").glob("*.parquet"))
     assert (out / "DATA_CARD.md").is_file()  # written by the audit at the merge step
