@@ -19,9 +19,11 @@ too, from each process's last sample.
     MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py            # 1 and 2 workers
     MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py --workers 1 2 2 1   # ABBA, averaged
     python benchmarks/build_lfw.py --workers 2 --max-identities 500             # a quick look
+    MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py --workers 2 2 --detector dlib
 
 Targets (2-core machine): < 90 s wall with both cores, >= 1.8x from 1 to 2 workers,
-peak memory < 1.5 GB. Reference: MaskTheFace needs ~7 min for the same images on both cores
+peak memory < 1.5 GB; the scale work's: < 20 s wall with 2 workers once the landmark model
+has been prepared (the one-time `model_prep` stage is subtracted). Reference: MaskTheFace needs ~7 min for the same images on both cores
 and writes loose files only.
 """
 
@@ -101,21 +103,16 @@ def _lowest_priority() -> None:
         pass
 
 
-def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "maskgen", "build", args.source, "-o", str(out), "--ratio", str(args.ratio),
-           "--workers", str(workers), "--mode", "overwrite", "--seed", "0"]
-    if args.max_identities:
-        cmd += ["--max-identities", str(args.max_identities)]
-    if not args.report:
-        cmd.append("--no-report")
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    peak = {"main": 0, "daemons": 0, "total": 0, "pss_main": 0, "pss_total": 0}
-    load = []
+def run_sampled(cmd: list[str], env: dict) -> tuple:
+    """Run ``cmd`` while sampling its process tree at nice 19: RSS every ``SAMPLE_S`` (the root
+    process's own too), PSS every ``PSS_EVERY_S``. Returns (process, output, wall seconds, peaks
+    in bytes, the sampler (CPU seconds per part), load averages seen)."""
+    peak = {"main": 0, "daemons": 0, "total": 0, "pss_main": 0, "pss_total": 0, "root_rss": 0}
+    load: list[float] = []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
     stop = threading.Event()
-
     sampler = TreeSampler(root)
 
     def sample() -> None:
@@ -126,6 +123,10 @@ def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
             pss = now - last_pss >= PSS_EVERY_S
             if pss:
                 last_pss = now
+            try:
+                peak["root_rss"] = max(peak["root_rss"], root.memory_info().rss)
+            except psutil.Error:
+                pass
             mem = sampler.sample(pss)
             peak["main"] = max(peak["main"], mem["main"])
             peak["daemons"] = max(peak["daemons"], mem["daemons"])
@@ -142,6 +143,20 @@ def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
     wall = time.perf_counter() - t0
     stop.set()
     th.join()
+    return proc, output, wall, peak, sampler, load
+
+
+def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "maskgen", "build", args.source, "-o", str(out), "--ratio", str(args.ratio),
+           "--workers", str(workers), "--mode", "overwrite", "--seed", "0"]
+    if args.max_identities:
+        cmd += ["--max-identities", str(args.max_identities)]
+    if args.detector:
+        cmd += ["--detector", args.detector]
+    if not args.report:
+        cmd.append("--no-report")
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    proc, output, wall, peak, sampler, load = run_sampled(cmd, env)
     if proc.returncode != 0:
         print(output[-4000:], file=sys.stderr)
         raise SystemExit(f"build with {workers} worker(s) failed (exit {proc.returncode})")
@@ -177,6 +192,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.1)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--max-identities", type=int, default=None)
+    ap.add_argument("--detector", default=None, help="landmark backend (default: the build's default)")
     ap.add_argument("--report", action="store_true", help="also write the balance report and data card")
     ap.add_argument("--out", type=Path, default=None, help="keep the builds here (default: a temp folder)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
@@ -225,6 +241,10 @@ def main() -> None:
             + f"peak memory (PSS, everything incl. Ray daemons) {peak2 / gb:.2f} GB < 1.5 GB: "
             f"{'met' if peak2 < 1.5 * gb else 'not met'}"
         )
+        # the model preparation is once per machine (a cache under ~/.cache/maskgen/models)
+        prep = sum(r["timings"].get("model_prep", 0.0) for r in by[2]) / len(by[2])
+        print(f"  wall less the one-time model preparation ({prep:.1f} s): {wall2 - prep:.1f} s < 20 s: "
+              f"{'met' if wall2 - prep < 20 else 'not met'}")
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
 

@@ -74,8 +74,14 @@ def test_first_build_outputs(lfw_build: Path) -> None:
     assert all(r["reason"] == "no face detected" for r in failed)
     assert {r["reason"] for r in rows if r["status"] == "dropped"} == {f"beyond max_identities ({N_IDS})"}
     assert all(len(r["landmarks"]) == 136 and r["shard"] and r["label"] >= 0 for r in ok)
+    # landmarks_crop: the same 68 points in the written 112x112 crop, whose eyes sit where the
+    # ArcFace template puts them (38.3, 51.7) and (73.5, 51.5); landmarks: in the photo's pixels
+    crop = np.array([r["landmarks_crop"] for r in ok], np.float64).reshape(len(ok), 68, 2)
+    eyes = np.stack([crop[:, 36:42].mean(1), crop[:, 42:48].mean(1)], 1)
+    assert np.abs(np.median(eyes, 0) - [[38.3, 51.7], [73.5, 51.5]]).max() < 3
+    assert np.median(np.array([r["landmarks"] for r in ok])[:, 0::2]) > 90  # 250x250 photos, not the crop
     assert all(r["ita"] is not None and r["skin_tone"] for r in ok)  # audit attributes per sample
-    assert (out / "build.yaml").is_file() and (out / "landmarks.parquet").is_file()
+    assert (out / "build.yaml").is_file() and list((out / "landmarks").glob("*.parquet"))
     assert (out / "DATA_CARD.md").is_file()  # written by the audit at the merge step
     log = (out / "build.log").read_text()
     assert "[execute] shards 3/3" in log and "img/s" in log and "masked" in log and "ETA" in log
@@ -416,3 +422,119 @@ def test_output_folder_is_owned(lfw_build: Path, tmp_path: Path) -> None:
         with pytest.raises(OutputError, match="is a link"):
             build("lfw", out, mode=mode, samples_per_shard=30, **kw)
     assert {p.name: p.read_bytes() for p in (user / "shards").iterdir()} == mine
+
+
+class _Cluster:
+    """A real two-node Ray cluster on this machine (``ray start --head`` + ``ray start
+    --address``), in its own temp dir; stopped by the process groups it started, never by
+    ``ray stop`` (which would stop every cluster on the machine)."""
+
+    def __init__(self, tmp: Path):
+        import socket
+
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+                    "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env.pop("RAY_ADDRESS", None)
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.address = f"127.0.0.1:{self.port}"
+        self.tmp = tmp
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.nodes: list[subprocess.Popen] = []
+        ray_exe = str(Path(sys.executable).with_name("ray"))
+        common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block",
+                  f"--object-store-memory={100 * 1024**2}"]
+        self._start([ray_exe, "start", "--head", f"--port={self.port}", f"--temp-dir={tmp}",
+                     "--include-dashboard=false", *common], "head")
+        self._wait(1)
+        self._start([ray_exe, "start", f"--address={self.address}", *common], "worker")
+        self._wait(2)
+
+    def _start(self, cmd: list[str], name: str) -> None:
+        log = open(self.tmp.parent / f"ray-{name}.log", "w")
+        self.nodes.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def _wait(self, n_nodes: int, timeout: float = 90) -> None:
+        code = (f"import ray; ray.init(address={self.address!r}, log_to_driver=False); "
+                "print(sum(1 for n in ray.nodes() if n['Alive']))")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True)
+            if r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == [str(n_nodes)]:
+                return
+            if any(p.poll() is not None for p in self.nodes):
+                break
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"the test cluster did not reach {n_nodes} node(s); see {self.tmp.parent}/ray-*.log")
+
+    def kill_worker(self) -> None:
+        os.killpg(self.nodes[1].pid, signal.SIGKILL)
+        self.nodes[1].wait()
+
+    def stop(self) -> None:
+        for p in reversed(self.nodes):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in reversed(self.nodes):
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_two_node_cluster_same_bytes_and_survives_a_dead_node(lfw_build: Path, tmp_path: Path) -> None:
+    """A build on a real two-node cluster (--ray-address) gives the bytes of a local build; a
+    worker node killed mid-build costs nothing but time. A plain build next to that running
+    cluster still starts its own local Ray and says so."""
+    args = ["lfw", "--ratio", "0.5", "--twins", "--max-identities", str(N_IDS), "--samples-per-shard", "6",
+            "--landmarks-from", str(lfw_build), "--no-report", "--seed", "5", "--attributes", "all"]
+    ref = build("lfw", tmp_path / "local", ratio=0.5, twins=True, max_identities=N_IDS, samples_per_shard=6,
+                landmarks_from=str(lfw_build), report=False, progress=False, seed=5, workers=2)
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="mgray-"))  # short: Ray's socket paths must fit 107 bytes
+    cluster = _Cluster(ray_tmp / "t")
+    try:
+        env = {**cluster.env, "RAY_ADDRESS": cluster.address}  # a plain build must ignore it
+        plain = subprocess.run([sys.executable, "-m", "maskgen", "build", *args, "--workers", "1", "-o",
+                                str(tmp_path / "plain")], env=env, capture_output=True, text=True, timeout=600)
+        assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-2000:]
+        assert "started a local Ray" in (tmp_path / "plain" / "build.log").read_text()
+
+        on = subprocess.run([sys.executable, "-m", "maskgen", "build", *args, "--ray-address", cluster.address,
+                             "-o", str(tmp_path / "cluster")], env=cluster.env, capture_output=True, text=True, timeout=600)
+        assert on.returncode == 0, on.stdout[-2000:] + on.stderr[-2000:]
+        assert "joined the Ray cluster" in (tmp_path / "cluster" / "build.log").read_text()
+
+        out = tmp_path / "killed"
+        proc = subprocess.Popen([sys.executable, "-m", "maskgen", "build", *args, "--ray-address", cluster.address,
+                                 "-o", str(out)], env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None:
+                if (out / "stats").is_dir() and len(list((out / "stats").glob("*.json"))) >= 2:
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, "the build finished before a node could be killed"
+            cluster.kill_worker()
+            log = proc.communicate(timeout=600)[0]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == 0, log[-3000:]
+    finally:
+        cluster.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    for d in ("plain", "cluster", "killed"):
+        shards = sorted((tmp_path / d / "shards").glob("*.tar"))
+        assert [p.name for p in shards] == [p.name for p in ref.shards], d
+        for x, y in zip(ref.shards, shards):
+            assert x.read_bytes() == y.read_bytes(), (d, x.name)
+    info = json.loads((tmp_path / "killed" / "dataset.json").read_text())
+    assert info["num_samples"] == ref.num_samples and not any("shard task failed" in k for k in info["reasons"])

@@ -79,15 +79,46 @@ def test_largest_remainder_bounds() -> None:
 
 
 def test_shards_and_keys() -> None:
-    keys = [f"{i:06d}-0000" for i in range(25)]
-    order = P.shard_order(keys, seed=0, shuffle=True)
-    assert sorted(order) == list(range(25)) and order != list(range(25))
-    assert P.shard_order(keys, seed=0, shuffle=False) == list(range(25))
-    shards = P.split_shards(order, 10)
-    assert [len(s) for s in shards] == [10, 10, 5]
+    ranks = np.arange(25)
+    sh = P.shard_of(ranks, 25, seed=0, shuffle=True, per_shard=10)
+    assert np.bincount(sh).tolist() == [10, 10, 5]
+    assert (sh != ranks // 10).any()  # identities mixed across shards
+    assert (P.shard_of(ranks, 25, seed=0, shuffle=False, per_shard=10) == ranks // 10).all()
+    assert P.num_shards(25, 10) == 3
     assert P.shard_name("train", 3) == "train-000003.tar"
     assert P.brace_pattern("train", 3) == "train-{000000..000002}.tar"
     assert P.key_seed(0, "a") == P.key_seed(0, "a") != P.key_seed(1, "a")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 257, 10_000, 70_001])
+@pytest.mark.parametrize("explicit", [True, False])
+def test_shuffle_is_a_permutation_any_task_can_compute(n: int, explicit: bool, monkeypatch) -> None:
+    """The shard order is a bijection of the global ranks; a task holding only some ranks
+    gets the same positions as one holding all (the Feistel form beyond EXPLICIT_ORDER)."""
+    if not explicit:
+        monkeypatch.setattr(P, "EXPLICIT_ORDER", 0)
+    pos = P.permute(np.arange(n), n, seed=5)
+    assert sorted(pos.tolist()) == list(range(n))
+    part = np.arange(n)[n // 3 : n // 2]
+    assert (P.permute(part, n, seed=5) == pos[part]).all()
+    if n >= 257:
+        assert not (P.permute(np.arange(n), n, seed=6) == pos).all()
+        # a shuffle, not a rotation: neighbouring ranks land far apart
+        assert np.median(np.abs(np.diff(pos))) > n / 20
+
+
+def test_cells_match_the_per_sample_allocation() -> None:
+    """allocate_cells over (group, identity) cells gives floor/ceil per cell, exact overall."""
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(1, 30, 500)
+    groups = rng.integers(0, 4, 500)
+    order = np.lexsort((np.arange(500), groups))
+    m = P.allocate_cells(groups[order], sizes[order], 0.3, seed=2)
+    assert m.sum() == P.masked_count(int(sizes.sum()), 0.3)
+    for g in range(4):
+        sel = groups[order] == g
+        q = m.sum() * sizes[order][sel].sum() / sizes.sum()
+        assert np.floor(q) <= m[sel].sum() <= np.ceil(q)
 
 
 def test_landmark_cache_tag_names_the_aligned_model(tmp_path, monkeypatch) -> None:

@@ -258,7 +258,7 @@ def fill_attributes(df: pd.DataFrame, root: Path | None, only_failed: bool = Fal
 
     wanted = ["failed"] if only_failed else ["ok", "failed"]
     todo = df.index[df["status"].isin(wanted) & df["ita"].isna()
-                    & df["path"].notna() & df["offset"].isna() & df["member"].isna()]
+                    & df["path"].notna() & (df["offset"].isna() | (df["offset"] < 0)) & df["member"].isna()]
     if len(todo) == 0:
         return 0
     # rows that already had attributes: measured by whoever wrote the manifest

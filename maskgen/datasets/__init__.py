@@ -11,8 +11,19 @@ data = src.read_bytes(path, offset, nbytes, member)   # the encoded bytes of one
 
 from __future__ import annotations
 
-from maskgen.datasets.lfw import lfw_dir, lfw_names, pair_image_path, read_pairs, read_people
-from maskgen.datasets.manifest import CORE_SCHEMA, conform, read_manifest, write_manifest
+from maskgen.datasets.lfw import (
+    lfw_dir,
+    lfw_names,
+    pair_image_path,
+    read_pairs,
+    read_people,
+)
+from maskgen.datasets.manifest import (
+    CORE_SCHEMA,
+    conform,
+    read_manifest,
+    write_manifest,
+)
 from maskgen.datasets.recordio import RecordIOReader, image_bytes_at, write_recordio
 from maskgen.datasets.sources import Source, parse_source
 from maskgen.datasets.tarwriter import tar_bytes, write_tar

@@ -1,17 +1,30 @@
 """Landmarks stage: decode each kept image once, find its face, hash it; cached by source file.
 
-The result per image (68 landmarks, box, pose, size, pHash, or the reason it failed) lands in
-``<out>/landmarks.parquet``, keyed by source location + size + mtime, so a rebuild with another
-ratio or mask mix — or another build pointed at it with ``landmarks_from`` — skips detection.
+One task per chunk (a row group of a partition): the result per image (68 landmarks, box,
+pose, size, pHash, or the reason it failed) lands in a Parquet part of the landmark cache,
+``<out>/landmarks/<tag>-<digest>.parquet``, named by the detector tag and the chunk's cache
+keys (source location + size + mtime). Chunks depend only on the scan, so a rebuild with
+another ratio, mask mix or filter — or another build pointed at it with ``landmarks_from`` —
+finds its parts by name and skips detection; a killed build keeps every finished chunk. The
+task returns counts only.
+
+Aligned crops (the ``aligned`` backends) are decoded and hashed here, but their landmark fit
+is deferred to the shard task, and made only for the samples whose pixels are needed there
+(masked, twins, sampled for attributes): at ratio 0.1 most aligned crops pass through
+untouched (``backend`` in the cache says which fit a deferred row gets).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from maskgen.outputs import replacing
@@ -32,9 +45,12 @@ CACHE_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("phash", pa.int64()),
         pa.field("n_faces", pa.int32()),
+        pa.field("backend", pa.string()),  # set when the landmark fit is deferred (aligned crops)
     ]
 )
-CACHE_FILE = "landmarks.parquet"
+CACHE_FILE = "landmarks.parquet"  # the single-file cache of earlier versions (still read)
+CACHE_DIR = "landmarks"
+DEFERRED = ("aligned", "aligned-full")  # backends whose fit waits for the shard task
 
 
 def choose_backend(detector: str, img: np.ndarray) -> str:
@@ -61,12 +77,14 @@ def cache_tag(detector: str) -> str:
 BATCH_PIXELS = 24 * 1024 * 1024
 
 
-def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None, src=None) -> list[dict]:
+def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None, read=None,
+                 defer: bool = False) -> list[dict]:
     """Per image: decode, detect (the most central face), pose, pHash. Never raises for one
     bad image: the failure is the row's result. Rows are tagged ``tag`` (default: the
-    detector's :func:`cache_tag`). Bytes are read through ``src`` (the build's
-    :class:`maskgen.datasets.sources.Source`; None: ``path`` is a file path). Images for the ``dlib`` backend are detected in batches
-    (:func:`maskgen.masks.landmarks.detect_faces_many`: their landmark fits run together)."""
+    detector's :func:`cache_tag`). Images for the ``dlib`` backend are detected in batches
+    (:func:`maskgen.masks.landmarks.detect_faces_many`: their landmark fits run together).
+    ``read(row)`` returns a row's bytes (default: ``path`` is a file path); ``defer``:
+    aligned crops get no fit here (see the module doc)."""
     from maskgen.datasets.dedup import phash
     from maskgen.datasets.sources import ReadError, read_file
     from maskgen.masks import decode_image, detect_faces
@@ -97,15 +115,17 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
     for i, r in enumerate(rows):
         res: dict = {"_cache_key": r["_cache_key"], "detector": tag}
         try:
-            if src is None:
-                data = read_file(r["path"])
-            else:
-                data = src.read_bytes(r["path"], r["offset"], r["nbytes"], r.get("member"))
-        except ReadError as exc:
+            data = read(r) if read is not None else read_file(r["path"])
+        except ReadError as exc:  # the source's stable reason (not a regular file, too large, ...)
             out[i] = _failed(res, exc.reason)
             continue
         except OSError as exc:
             out[i] = _failed(res, f"unreadable: {exc.strerror or exc}")
+            continue
+        quick = _quick_aligned(data, detector) if defer else None
+        if quick is not None:
+            res.update(a_status="ok", a_reason=None, backend=quick[0], width=quick[1], height=quick[2])
+            out[i] = res
             continue
         try:
             img, reason = decode_image(data)
@@ -124,11 +144,58 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
                 if held >= BATCH_PIXELS:
                     flush()
                 continue
+            if defer and backend in DEFERRED:
+                res.update(a_status="ok", a_reason=None, backend=backend)
+                out[i] = res
+                continue
             out[i] = _face_result(res, detect_faces(img, backend=backend, select="center"))
         except Exception as exc:  # one odd image must not stop the other rows
             out[i] = _failed(res, f"analysis error: {type(exc).__name__}: {exc}")
     flush()
     return out  # type: ignore[return-value]
+
+
+def jpeg_info(data: bytes) -> tuple[int, int, int] | None:
+    """``(width, height, components)`` of a complete JPEG that can be passed through as is,
+    read from its headers only; None for anything else (not JPEG, EXIF present (its
+    orientation would disagree with the decoded frame), no SOF, no end marker)."""
+    if len(data) < 4 or data[:2] != b"\xff\xd8" or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        seg = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
+            return None
+        if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
+            if i + 10 > n:
+                return None
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h, data[i + 9]
+        if marker in (0xDA, 0xD9):  # scan data before a frame header: not a usable file
+            return None
+        i += 2 + seg
+    return None
+
+
+def _quick_aligned(data: bytes, detector: str) -> tuple[str, int, int] | None:
+    """An aligned crop recognised from its JPEG headers (``(backend, width, height)``), its
+    entropy data checked by a 1/8-scale decode: no full decode is needed to defer its fit."""
+    info = jpeg_info(data)
+    if info is None or info[2] != 3:
+        return None
+    w, h, _ = info
+    backend = detector if detector in DEFERRED else ("aligned" if detector == "auto" and w == h and h <= 128 else None)
+    if backend is None:
+        return None
+    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+        return None  # the full decode says why
+    return backend, w, h
 
 
 def _failed(res: dict, reason: str) -> dict:
@@ -153,41 +220,113 @@ def _face_result(res: dict, faces: list) -> dict:
     return res
 
 
-def compact(row: dict) -> dict:
-    """Hold landmarks and box as float32 arrays: a million cached rows as Python floats would
-    cost gigabytes in the driver, as arrays a tenth of that."""
-    for k in ("landmarks", "box"):
-        v = row.get(k)
-        if v is not None and not isinstance(v, np.ndarray):
-            row[k] = np.asarray(v, np.float32)
-    return row
-
-
 def results_table(results: list[dict]) -> pa.Table:
     cols = {f.name: [r.get(f.name) for r in results] for f in CACHE_SCHEMA}
     return pa.Table.from_pydict(cols, schema=CACHE_SCHEMA)
 
 
-def load_cache(paths: list[str | os.PathLike], detector: str) -> dict[str, dict]:
-    """Cached results by cache key, from landmarks.parquet files or build folders (missing
-    files are skipped: the first build has no cache)."""
-    cache: dict[str, dict] = {}
+def chunk_name(tag: str, cache_keys: list[str]) -> str:
+    """The cache part of a chunk: named by the detector tag and the chunk's cache keys."""
+    h = hashlib.blake2b(tag.encode(), digest_size=12)
+    for k in cache_keys:
+        h.update(k.encode("utf-8", "surrogateescape") + b"\0")
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in tag)
+    return f"{safe}-{h.hexdigest()}.parquet"
+
+
+def read_part(path: Path, keys: set[str] | None = None) -> pa.Table | None:
+    """Rows of one cache file (of any version), optionally only those of ``keys``."""
+    if not path.is_file():
+        return None
+    try:
+        t = pq.read_table(path)
+    except (OSError, pa.ArrowException):
+        return None  # a damaged cache part is recomputed, never fatal
+    if "_cache_key" not in t.column_names:
+        return None
+    if "backend" not in t.column_names:
+        t = t.append_column("backend", pa.nulls(t.num_rows, pa.string()))
+    t = t.select([f.name for f in CACHE_SCHEMA]).cast(CACHE_SCHEMA)
+    if keys is not None:
+        t = t.filter(pc.is_in(t.column("_cache_key"), pa.array(sorted(keys), pa.string())))
+    return t
+
+
+def chunks_task(task: dict) -> list[dict]:
+    """:func:`chunk_task` for several consecutive chunks of one partition (``task["chunks"]``):
+    one Ray task for many cheap chunks (aligned crops) keeps the driver's per-task cost small;
+    each chunk still writes its own cache part as soon as it is done."""
+    from maskgen.pipelines.runner import one_thread
+
+    one_thread()
+    part = pq.ParquetFile(task["part"])
+    return [chunk_task({**task, "chunk": j}, part) for j in task["chunks"]]
+
+
+def chunk_task(task: dict, part: pq.ParquetFile | None = None) -> dict:
+    """Landmarks of one chunk's pending rows: reuse the chunk's cache part (here, then in each
+    ``landmarks_from`` folder, then legacy single-file caches), analyze what is missing, write
+    the part, return counts."""
+    from maskgen.pipelines.scan import read_bytes
+
+    part = part or pq.ParquetFile(task["part"])
+    rows = part.read_row_group(task["chunk"], columns=["source", "path", "offset", "member", "nbytes", "_cache_key", "status"])
+    all_keys = rows.column("_cache_key").to_pylist()
+    name = chunk_name(task["tag"], all_keys)
+    pend = rows.filter(pc.equal(rows.column("status"), "pending"))
+    want = set(pend.column("_cache_key").to_pylist())
+    found: list[pa.Table] = []
+    have: set[str] = set()
+    own = Path(task["out"]) / CACHE_DIR / name
+    changed = False
+    own_rows = read_part(own)
+    if own_rows is not None:  # keep what the part holds, also rows pending another time
+        own_rows = own_rows.filter(pc.equal(own_rows.column("detector"), task["tag"]))
+        found.append(own_rows)
+        have = set(own_rows.column("_cache_key").to_pylist()) & want
+    foreign = [Path(d) / CACHE_DIR / name for d in task["from_dirs"]] + [Path(f) for f in task["legacy"]]
+    for p in foreign:
+        if not want - have:
+            break
+        t = read_part(p, want - have)
+        if t is None:
+            continue
+        t = t.filter(pc.equal(t.column("detector"), task["tag"]))
+        if t.num_rows:
+            found.append(t)
+            have |= set(t.column("_cache_key").to_pylist())
+            changed = True
+    todo = [r for r in pend.to_pylist() if r["_cache_key"] not in have]
+    if todo:
+        src = task["src"]
+        res = analyze_rows(todo, task["detector"], task["tag"], read=lambda r: read_bytes(src, r), defer=task["defer"])
+        found.append(results_table(res))
+        changed = True
+    table = pa.concat_tables(found) if found else results_table([])
+    if changed:
+        table = _unique_sorted(table)
+        with replacing(own) as tmp:
+            pq.write_table(table, tmp)
+    st = pc.is_in(table.column("_cache_key"), pa.array(sorted(want), pa.string()))
+    sel = table.filter(st)
+    n_ok = int(pc.sum(pc.equal(sel.column("a_status"), "ok")).as_py() or 0)
+    return {"chunk": task["chunk"], "part_index": task["part_index"], "name": name, "rows": len(want),
+            "computed": len(todo), "ok": n_ok, "failed": len(want) - n_ok}
+
+
+def _unique_sorted(t: pa.Table) -> pa.Table:
+    """One row per cache key (the last given wins), sorted by key."""
+    t = t.append_column("_i", pa.array(np.arange(t.num_rows)))
+    last = t.group_by("_cache_key").aggregate([("_i", "max")]).column("_i_max")
+    return t.take(last).drop_columns(["_i"]).sort_by("_cache_key")
+
+
+def legacy_caches(paths: list[str | os.PathLike]) -> list[str]:
+    """Single-file caches (``landmarks.parquet``) among build folders / files given."""
+    out = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
-            p = p / CACHE_FILE
-        if not p.is_file():
-            continue
-        t = pq.read_table(p)
-        if "_cache_key" not in t.column_names:
-            continue
-        for row in t.to_pylist():
-            if row.get("detector") == detector:
-                cache[row["_cache_key"]] = compact(row)
-    return cache
-
-
-def write_cache(cache: dict[str, dict], path: str | os.PathLike) -> None:
-    keys = sorted(cache)
-    with replacing(path) as tmp:
-        pq.write_table(results_table([cache[k] for k in keys]), tmp)
+        f = p / CACHE_FILE if p.is_dir() else p
+        if f.is_file():
+            out.append(str(f))
+    return out

@@ -1,13 +1,17 @@
 """``maskgen build``: a face dataset -> WebDataset shards with an exact mask ratio.
 
-Stages (one-way): scan -> filter -> landmarks (cached) -> filter again (failures, duplicates)
--> plan -> execute shard by shard on Ray -> merge (manifest, dataset.json, report).
-The driver holds only metadata (one manifest row per image); pixels live in the workers.
+Stages (one-way): scan -> identity filters -> prepare -> landmarks (cached) -> join (failures,
+duplicates) -> plan -> execute shard by shard -> merge (manifest, dataset.json, report).
+
+The driver is a coordinator. From the scan on, rows live on disk as Parquet parts under
+``<out>/work/`` (scan parts, partition parts, the landmark cache, plan parts, per-shard
+results) and every per-row step is a Ray task that reads and writes those parts and returns
+counts. The driver keeps per-identity arrays (:class:`~maskgen.pipelines.scan.Identities`)
+and per-shard arrays only: never a Python object per image, never a stage's rows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -15,40 +19,36 @@ import re
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 from maskgen.datasets import filters as F
-from maskgen.datasets.labels import attach_labels
-from maskgen.datasets.manifest import (
-    CORE_NAMES,
-    STATUS_DROPPED,
-    STATUS_FAILED,
-    STATUS_OK,
-    STATUS_PENDING,
-    conform,
-    write_manifest,
-)
-from maskgen.datasets.sources import Source, parse_source
+from maskgen.datasets.manifest import CORE_NAMES
+from maskgen.datasets.sources import parse_source
 from maskgen.datasets.tarwriter import write_atomic
-from maskgen.errors import OutputError
+from maskgen.errors import InputError, MaskgenError, OutputError
 from maskgen.outputs import OutputClaim, claim, is_tmp_of
 from maskgen.pipelines import analyze as A
 from maskgen.pipelines import plan as P
 from maskgen.pipelines.config import BuildConfig, resolve, write_yaml
-from maskgen.pipelines.execute import RESULT_SCHEMA, run_shard, shard_done
+from maskgen.pipelines.execute import run_shard, shard_done, verify_task
 from maskgen.pipelines.maskmix import MaskMix
+from maskgen.pipelines.merge import classes_tsv, manifest_task
+from maskgen.pipelines.parts import join_task, part_path, plan_task, prepare_task
 from maskgen.pipelines.progress import Progress
-from maskgen.pipelines.runner import cluster_cpus, run_window, start_ray
+from maskgen.pipelines.runner import cluster_cpus, error_line, run_window, start_ray
+from maskgen.pipelines.scan import Identities, scan_notes, scan_task, units
 
-FORMAT_VERSION = 1  # bump when the bytes written for the same plan change
-CACHE_CHECKPOINT_S = 60.0  # how often the landmark cache is saved during detection
+FORMAT_VERSION = 2  # bump when the bytes written for the same plan change
+ATTRIBUTE_SAMPLE_RATE = 0.1  # share of pass-through samples measured by attributes="sample"/"auto"
+VERIFY_BATCH = 64  # finished shards whose digest one task re-checks on resume
+CHUNKS_PER_TASK = 16  # at most this many landmark chunks per task
 
 
 @dataclass
@@ -107,6 +107,8 @@ def build(
     shard_bytes: int | None = None,
     name: str = "train",
     shuffle: bool = True,
+    attributes: Literal["auto", "all", "sample", "none"] = "auto",
+    record_root: bool = False,
     workers: int | None = None,
     ray_address: str | None = None,
     mode: Literal["resume", "overwrite"] = "resume",
@@ -133,23 +135,14 @@ def build(
     return run_build(resolve(config, given))
 
 
-def _plan_hash(rows: list[dict], opts: dict) -> str:
-    h = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "opts": opts}, sort_keys=True).encode())
-    for r in rows:
-        h.update(
-            json.dumps(
-                [r["key"], r["label"], r["masked"], r["seed"], r["spec"], r["_cache_key"], r["demographics"]],
-                sort_keys=True,
-            ).encode()
-        )
-        h.update(np.asarray(r["landmarks"], np.float32).tobytes())
-    return h.hexdigest()[:16]
-
+# ---- the output folder: only files its own records name are ever deleted ----
 
 # Files a build writes at the top of its folder (the landmark cache is kept on overwrite: it is
 # keyed by file identity and detector, so it is never stale).
 TOP_OUTPUTS = ("manifest.parquet", "dataset.json", "build.yaml", "classes.tsv", "timings.json")
+WORK_STAGES = ("scan", "part", "joined", "plan")
 _SHARD_RE = re.compile(r"[^/.]+-\d{6}\.tar")
+_PART_RE = re.compile(r"(u|p)-\d{5}\.parquet")
 
 
 def _recorded_shards(out: Path) -> set[str]:
@@ -157,20 +150,22 @@ def _recorded_shards(out: Path) -> set[str]:
     task and the previous ``dataset.json``. Only these are ever deleted (never a user's
     ``.tar`` that happens to sit in ``shards/``)."""
     names: set[str] = set()
-    stats = out / "stats"
-    if _real_dir(stats):
-        for p in stats.iterdir():
-            if p.suffix == ".json" and _SHARD_RE.fullmatch(p.stem + ".tar") and p.is_file() and not p.is_symlink():
+    stats_dir = out / "stats"
+    if _real_dir(stats_dir):
+        for p in stats_dir.iterdir():
+            if p.suffix == ".json" and _SHARD_RE.fullmatch(p.stem + ".tar") and _real_file(p):
                 try:
                     rec = json.loads(p.read_bytes()[:1_000_000])
                 except ValueError:
                     continue
                 if isinstance(rec, dict) and rec.get("shard") == p.stem + ".tar":
                     names.add(rec["shard"])
-    try:
-        info = json.loads((out / "dataset.json").read_bytes()[:50_000_000]) if (out / "dataset.json").is_file() else {}
-    except ValueError:
-        info = {}
+    info = {}
+    if _real_file(out / "dataset.json"):
+        try:
+            info = json.loads((out / "dataset.json").read_bytes()[:200_000_000])
+        except ValueError:
+            info = {}
     for s in info.get("shards", []) if isinstance(info, dict) else []:
         n = s.get("name") if isinstance(s, dict) else None
         if isinstance(n, str) and _SHARD_RE.fullmatch(n):
@@ -182,6 +177,13 @@ def _real_dir(p: Path) -> bool:
     """A folder that is not a symlink (a linked folder is never listed for deletion)."""
     try:
         return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _real_file(p: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(p).st_mode)
     except OSError:
         return False
 
@@ -203,8 +205,21 @@ def _temp_files(out: Path, finals: set[str]) -> list[str]:
         if not _real_dir(folder):
             continue
         for p in folder.iterdir():
-            if any(p.name == n + ".tmp" or is_tmp_of(p.name, n) for n in names):
+            if p.name.endswith(".tmp") and any(p.name == n + ".tmp" or is_tmp_of(p.name, n) for n in names):
                 found.append(f"{d}/{p.name}" if d else p.name)
+    return found
+
+
+def _work_files(out: Path) -> list[str]:
+    """The build's own intermediate parts (names it gives them, in folders it made)."""
+    found = []
+    for stage in WORK_STAGES:
+        d = out / "work" / stage
+        if _real_dir(out / "work") and _real_dir(d):
+            for p in d.iterdir():
+                base = p.name.split(".parquet")[0] + ".parquet" if ".parquet" in p.name else p.name
+                if _PART_RE.fullmatch(base) and (p.name == base or is_tmp_of(p.name, base)):
+                    found.append(f"work/{stage}/{p.name}")
     return found
 
 
@@ -213,7 +228,20 @@ def _clean_outputs(c: OutputClaim) -> None:
     finals = set(TOP_OUTPUTS)
     for s in _recorded_shards(c.out):
         finals.update(_shard_files(s))
-    c.remove(sorted(finals) + _temp_files(c.out, finals))
+    c.remove(sorted(finals) + _temp_files(c.out, finals) + _work_files(c.out))
+
+
+def _remove_stale(c: OutputClaim, names: set[str]) -> None:
+    """Shards of an earlier, larger plan (named by this folder's records) would be picked up
+    by a glob: remove them, and temp files of killed runs. Nothing the records do not name."""
+    stale = _recorded_shards(c.out) - names
+    finals: set[str] = set()
+    for s in stale | names:
+        finals.update(_shard_files(s))
+    c.remove(sorted(f for s in stale for f in _shard_files(s)) + _temp_files(c.out, finals | set(TOP_OUTPUTS)))
+
+
+# ---- the build ----
 
 
 def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
@@ -223,228 +251,641 @@ def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
     t_start = time.perf_counter()
     with claim(cfg.out, "build", mode=cfg.mode) as owned:
         out = owned.out
-        for d in ("shards", "stats"):
+        for d in ("shards", "stats", "work", A.CACHE_DIR):
             if os.path.lexists(out / d) and not _real_dir(out / d):
                 raise OutputError(f"{out / d} is a link or a file; a build writes only into folders it made (remove it)")
         if cfg.mode == "overwrite":
             _clean_outputs(owned)
         log = Progress(out / "build.log", echo=cfg.progress)
-        log.timings = {}
-        log.ray_started = False  # set when this build starts a local Ray
-        log.claim = owned
         try:
-            return _run(cfg, out, log, t_start, shutdown_ray)
+            return _Build(cfg, owned, log, t_start, shutdown_ray).run()
         finally:
             log.close()
 
 
-def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ray: bool) -> BuildResult:
-    mix = MaskMix.resolve(cfg.mask_mix, mask_types=cfg.mask_types, wear=cfg.wear, texture_prob=cfg.texture_prob)
-    # Eval name sets are read before any work so a missing protocol file fails fast.
-    eval_sets = {e: F.eval_names(e) for e in (cfg.exclude_eval or [])}
-    log.line(f"build {cfg.source} -> {out} (ratio {cfg.ratio}, seed {cfg.seed}, mode {cfg.mode})")
+class _Build:
+    """One build's driver state: options, the identity table, per-shard arrays."""
 
-    # 1. scan
-    src: Source = parse_source(cfg.source, cfg.identity_depth)
+    def __init__(self, cfg: BuildConfig, owned: OutputClaim, log: Progress, t_start: float, shutdown_ray: bool):
+        self.cfg = cfg
+        self.owned = owned
+        self.out = owned.out
+        self.work = self.out / "work"
+        self.log = log
+        self.t_start = t_start
+        self.shutdown_ray = shutdown_ray
+        self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.ray_started = False
+        self.user_error: Exception | None = None
 
-    def scan() -> tuple[pa.Table, list[str]]:
-        t = time.perf_counter()
-        table = F.assign_keys(src.scan())
-        if cfg.labels:
-            table, cols = attach_labels(table, cfg.labels, src.root)
-        else:
-            cols = []
-        log.timings["scan"] = time.perf_counter() - t
-        return table, cols
+    # -- helpers --
 
-    if _cold(cfg, out):
-        # every image needs landmarks, so Ray will be needed: start it while the files are
-        # listed (the scan waits on the file system, Ray's start on its new processes)
-        with ThreadPoolExecutor(1, thread_name_prefix="maskgen-scan") as ex:
-            scanned = ex.submit(scan)
-            _timed_ray_start(cfg, log, "ray_start")
-            table, label_cols = scanned.result()
-    else:
-        table, label_cols = scan()
-    log.line(f"[scan] {table.num_rows:,} images, {len(set(table.column('identity').to_pylist())):,} identities in {src.describe()}")
-    for note, count in src.notes.items():  # what the scan skipped without a row
-        log.line(f"[scan] {note} ({count:,})")
-    ws = F.WorkSet(table)
-    t_filters = time.perf_counter()
+    def _stage(self, name: str, t: float, c: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
+        self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
 
-    # 2. filters that need no pixels
-    F.drop_scan_errors(ws)
-    F.filter_names(ws, F.read_names(cfg.include), F.read_names(cfg.exclude), eval_sets)
-    F.filter_min_images(ws, cfg.min_images)
-    F.filter_max_images(ws, cfg.max_images, cfg.seed)
-    F.filter_max_identities(ws, cfg.max_identities)
-    log.timings["scan"] += time.perf_counter() - t_filters
+    def _map(self, fn, tasks: list, window: int | None = None, on_done=None) -> tuple[list, dict[int, str]]:
+        """Run ``fn`` over ``tasks`` on Ray (bounded window); results in task order, and the
+        error of each task that failed after Ray's retries."""
+        results: list = [None] * len(tasks)
+        errors: dict[int, str] = {}
+        order = {id(t): i for i, t in enumerate(tasks)}
 
-    # 3. landmarks, from the cache where possible
-    t_an = time.perf_counter()
-    analysis, t_ray = _analyze(cfg, out, ws, log, src)
-    log.timings["landmarks"] = time.perf_counter() - t_an - t_ray
-    a_status = np.array([a.get("a_status") if a else None for a in analysis], dtype=object)
-    a_reason = np.array([a.get("a_reason") if a else None for a in analysis], dtype=object)
-    ws.mark(a_status == "failed", STATUS_FAILED, a_reason)
-
-    # 4. filters that need the analysis
-    if cfg.dedup:
-        F.filter_duplicates(ws, np.array([a.get("phash") if a else None for a in analysis], dtype=object), cfg.dedup_threshold)
-    F.filter_min_images(ws, cfg.min_images, stage=" after failures")
-    F.filter_min_masked(ws, cfg.min_masked, cfg.ratio)
-    strat = cfg.stratify if cfg.stratify is not None else label_cols
-    missing = [c for c in strat if c not in ws.table.column_names]
-    if missing:
-        raise ValueError(f"stratify: no label column(s) {missing}; the labels give {label_cols}")
-    if cfg.cap_per_group is not None:
-        _cap_groups(ws, strat, cfg.cap_per_group, cfg.seed)
-
-    # 5. plan
-    t_plan = time.perf_counter()
-    kept = np.flatnonzero(ws.pending)
-    keys = ws.col("key")
-    idents = ws.col("identity")
-    classes = sorted({idents[i] for i in kept})
-    label_of = {n: i for i, n in enumerate(classes)}
-    groups = None
-    if strat:
-        cols = {c: ws.col(c) for c in strat}
-        groups = ["|".join(f"{c}={cols[c][i]}" for c in strat) for i in kept]
-    masked = P.allocate_masked([keys[i] for i in kept], [idents[i] for i in kept], cfg.ratio, cfg.seed, groups)
-    rows = _plan_rows(cfg, src, ws, kept, masked, analysis, label_of, label_cols, mix)
-    order = P.shard_order([r["key"] for r in rows], cfg.seed, cfg.shuffle)
-    opts = {"output": cfg.output, "image_size": cfg.image_size, "jpeg_quality": cfg.jpeg_quality, "twins": cfg.twins}
-    per_shard = cfg.samples_per_shard
-    if cfg.shard_bytes and rows:
-        per_shard = _samples_for_bytes(cfg, rows, order, opts, log, src)
-    shards_idx = P.split_shards(order, per_shard)
-    tasks = []
-    for si, idx in enumerate(shards_idx):
-        srows = sorted((rows[i] for i in idx), key=lambda r: r["key"])
-        name = P.shard_name(cfg.name, si)
-        tasks.append({"out": str(out), "shard": name, "opts": opts, "rows": srows, "plan_hash": _plan_hash(srows, opts), "src": src})
-    log.line(
-        f"[plan] {len(rows):,} samples of {len(classes):,} identities, {int(masked.sum()):,} masked "
-        f"({(masked.mean() if len(masked) else 0):.4f}), {len(tasks)} shards; dropped/failed so far: {ws.reasons()}"
-    )
-    write_yaml(cfg, out / "build.yaml")
-    _remove_stale(log.claim, {t["shard"] for t in tasks})
-    log.timings["plan"] = time.perf_counter() - t_plan
-
-    # 6. execute
-    t_exec = time.perf_counter()
-    results = _execute(cfg, out, tasks, log)
-    log.timings["execute"] = time.perf_counter() - t_exec - log.timings.get("ray_start_execute", 0.0)
-
-    closer = None
-    if shutdown_ray and log.ray_started:
-        closer = threading.Thread(target=_shutdown_ray, name="maskgen-ray-shutdown", daemon=True)
-        closer.start()
-
-    # 7. merge
-    try:
-        return _merge(cfg, out, src, ws, kept, rows, tasks, results, analysis, label_of, log, t_start)
-    finally:
-        if closer is not None:
-            closer.join()
-
-
-def _cap_groups(ws: F.WorkSet, columns: list[str], cap: int, seed: int) -> None:
-    """Rebalance: keep at most ``cap`` usable images per group of the label ``columns``
-    (a seeded choice, maskgen.audit.balance.cap_per_group); the rest are dropped with a reason."""
-    from maskgen.audit.balance import CAP_REASON, cap_per_group
-
-    if not columns:
-        raise ValueError("cap_per_group needs demographic labels (--labels) to group by")
-    cols = {c: ws.col(c) for c in columns}
-    groups = ["|".join(f"{c}={cols[c][i]}" for c in columns) for i in range(len(ws.status))]
-    keep = cap_per_group(groups, cap, seed, eligible=ws.pending)
-    ws.mark(ws.pending & ~keep, STATUS_DROPPED, f"{CAP_REASON} ({cap})")
-
-
-def _cold(cfg: BuildConfig, out: Path) -> bool:
-    """A build with no landmark cache to read: every image is detected on Ray."""
-    return not cfg.landmarks_from and not (out / A.CACHE_FILE).is_file()
-
-
-def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress, src: Source) -> tuple[list[dict | None], float]:
-    """Landmarks for every pending row: cached rows are reused, the rest run on Ray. Also
-    returns the seconds spent starting Ray here (0 when it was already running)."""
-    cache_path = out / A.CACHE_FILE
-    sources = [cache_path] + ([cfg.landmarks_from] if cfg.landmarks_from else [])
-    tag = A.cache_tag(cfg.detector)
-    cache = A.load_cache(sources, tag)
-    t_ray = 0.0
-    ck = ws.col("_cache_key")
-    pend = np.flatnonzero(ws.pending)
-    todo = [i for i in pend if ck[i] not in cache]
-    log.line(f"[landmarks] {len(pend):,} images: {len(pend) - len(todo):,} cached, {len(todo):,} to detect")
-    if todo:
-        t = ws.table
-        cols = {c: t.column(c).to_pylist() for c in ("source", "path", "offset", "nbytes", "member", "_cache_key")}
-        chunks = [todo[i : i + cfg.chunk_size] for i in range(0, len(todo), cfg.chunk_size)]
-        payloads = ({"rows": [{c: cols[c][i] for c in cols} for i in ch], "detector": cfg.detector, "tag": tag, "src": src} for ch in chunks)
-        if cfg.detector in ("auto", "dlib"):
-            _prepare_batch_model(log)
-        t_ray = _timed_ray_start(cfg, log, "ray_start")
-        window = cfg.workers or cluster_cpus()
-        log.stage("landmarks", len(todo))
-        counts = {"done": 0, "ok": 0, "failed": 0}
-        saved = [time.perf_counter()]
-
-        def on_done(task, result, error):
+        def done(task, result, error):
+            i = order[id(task)]
             if error is not None:
-                result = [
-                    {"_cache_key": r["_cache_key"], "detector": tag, "a_status": "failed",
-                     "a_reason": f"worker error: {type(error).__name__}"}
-                    for r in task["rows"]
-                ]
-                # not cached: a crashed worker is retried by the next run
-                for r in result:
-                    transient[r["_cache_key"]] = r
+                errors[i] = error_line(error)
+                cause = getattr(error, "cause", None) or error
+                if isinstance(cause, MaskgenError) and self.user_error is None:
+                    self.user_error = cause  # e.g. a full disk: the build stops with its one line
             else:
-                for r in result:
-                    cache[r["_cache_key"]] = A.compact(r)
-            n_ok = sum(r["a_status"] == "ok" for r in result)
-            counts["done"] += len(result)
-            counts["ok"] += n_ok
-            counts["failed"] += len(result) - n_ok
-            if time.perf_counter() - saved[0] > CACHE_CHECKPOINT_S:  # a killed run keeps most of its work
-                A.write_cache(cache, cache_path)
-                saved[0] = time.perf_counter()
+                results[i] = result
+            if on_done is not None:
+                on_done(i, result, error)
+
+        run_window(fn, tasks, window or self.window, done)
+        return results, errors
+
+    def _fatal(self, what: str, errors: dict[int, str]) -> None:
+        self._user_error()
+        if errors:
+            i, e = next(iter(sorted(errors.items())))
+            self.log.line(f"[{what}] {len(errors)} task(s) failed, e.g. #{i}: {e}")
+            raise OutputError(f"{what} failed: {e} (rerun to resume)") from None
+
+    def _user_error(self) -> None:
+        """Stop on an error of the environment a task met (disk full, read-only, permission):
+        every other task would meet it too; the message names the file."""
+        if self.user_error is not None:
+            self.log.line(f"[error] {self.user_error}")
+            raise type(self.user_error)(str(self.user_error))
+
+    # -- stages --
+
+    def run(self) -> BuildResult:
+        cfg, log = self.cfg, self.log
+        self.mix = MaskMix.resolve(cfg.mask_mix, mask_types=cfg.mask_types, wear=cfg.wear, texture_prob=cfg.texture_prob)
+        eval_sets = {e: F.eval_names(e) for e in (cfg.exclude_eval or [])}  # fail fast on a missing file
+        self.label_cols = _label_columns(cfg.labels)
+        strat = cfg.stratify if cfg.stratify is not None else self.label_cols
+        missing = [c for c in strat if c not in self.label_cols]
+        if missing:
+            raise ValueError(f"stratify: no label column(s) {missing}; the labels give {self.label_cols}")
+        if cfg.cap_per_group is not None and not strat:
+            raise ValueError("cap_per_group needs demographic labels (--labels) to group by")
+        self.strat = list(strat)
+        log.line(f"build {cfg.source} -> {self.out} (ratio {cfg.ratio}, seed {cfg.seed}, mode {cfg.mode})")
+        self.src = parse_source(cfg.source, cfg.identity_depth)
+        self._scan(eval_sets)
+        self._prepare()
+        self._landmarks()
+        self._join()
+        self._plan()
+        results = self._execute()
+        man = self._manifest(results)  # the last Ray task
+        closer = None
+        if self.shutdown_ray and self.ray_started:
+            closer = threading.Thread(target=_shutdown_ray, name="maskgen-ray-shutdown", daemon=True)
+            closer.start()
+        try:
+            return self._merge(results, man)
+        finally:
+            if closer is not None:
+                closer.join()
+
+    def _start_ray(self) -> None:
+        t, c = time.perf_counter(), time.process_time()
+        started, how = start_ray(self.cfg.workers, self.cfg.ray_address)
+        self.cpu["ray_start"] = time.process_time() - c
+        self.ray_started = started and not self.cfg.ray_address
+        self.window = self.cfg.workers or cluster_cpus()
+        self.timings["ray_start"] = time.perf_counter() - t
+        self.log.line(f"[ray] {how} in {self.timings['ray_start']:.1f} s; {self.window} tasks at a time")
+
+    def _scan(self, eval_sets: dict[str, set[str]]) -> None:
+        cfg = self.cfg
+        t, c = time.perf_counter(), time.process_time()
+        us = units(self.src)
+        tasks = [{"src": self.src, "unit": u, "index": i, "path": str(self.work / "scan" / f"u-{i:05d}.parquet")}
+                 for i, u in enumerate(us)]
+        # A local Ray takes seconds to start: meanwhile a helper process scans units (as a task
+        # would: part written, counts returned; the driver neither holds their rows nor spends
+        # CPU on them), the rest run as tasks once Ray is up. (Ray starts in the main thread:
+        # it installs signal handlers.)
+        early: dict[int, pa.Table] = {}
+        ray_up = threading.Event()
+
+        def scan_early() -> None:
+            import multiprocessing
+
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                while not ray_up.is_set() and len(early) < len(tasks):
+                    early[len(early)] = pool.submit(scan_task, tasks[len(early)]).result()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="maskgen-scan") as ex:
+            scanning = ex.submit(scan_early) if not cfg.ray_address else None
+            try:
+                self._start_ray()
+            finally:
+                ray_up.set()
+            if scanning is not None:
+                scanning.result()
+        t_ray = self.timings["ray_start"]
+        rest, errors = self._map(scan_task, tasks[len(early):])
+        self._fatal("scan", errors)
+        counts = [early[i] for i in range(len(early))] + rest
+        self.scan_files = [tk["path"] for tk, ct in zip(tasks, counts) if ct.num_rows]
+        ids = Identities.from_counts(counts)
+        self.ids = ids
+        n_rows = int(ids.n_rows.sum())
+        self.log.line(f"[scan] {n_rows:,} images, {len(ids):,} identities in {self.src.describe()} ({len(us)} unit(s))")
+        for note, count in sorted(scan_notes(counts).items()):  # what the scan skipped without a row
+            self.log.line(f"[scan] {note} ({count:,})")
+        if n_rows == 0:
+            raise InputError(f"no image found in {self.src.describe()}: nothing to build")
+        # identity filters that need no pixels (vectorized over the identity table)
+        n = len(ids)
+        pre = np.full(n, None, dtype=object)
+
+        def mark(arr, mask, why):
+            m = mask & np.array([r is None for r in arr], bool)
+            arr[m] = why if isinstance(why, str) else why[m]
+
+        names = ids.names
+        if cfg.include:
+            mark(pre, ~_isin(names, F.read_names(cfg.include)), "not in include list")
+        if cfg.exclude:
+            mark(pre, _isin(names, F.read_names(cfg.exclude)), "in exclude list")
+        for e, s in eval_sets.items():
+            mark(pre, _isin(names, s), f"evaluation identity ({e})")
+        usable = ids.n_usable
+        if cfg.min_images > 1:
+            few = (usable > 0) & (usable < cfg.min_images)
+            why = np.full(n, None, dtype=object)
+            for i in np.flatnonzero(few):  # strings for the identities concerned only
+                why[i] = f"identity has fewer than min_images ({usable[i]} < {cfg.min_images})"
+            mark(pre, few, why)
+        alive = np.array([r is None for r in pre], bool) & (usable > 0)
+        post = np.full(n, None, dtype=object)
+        if cfg.max_identities and alive.sum() > cfg.max_identities:
+            beyond = alive & (np.cumsum(alive) > cfg.max_identities)
+            post[beyond] = f"beyond max_identities ({cfg.max_identities})"
+        self.reason_pre, self.reason_post = pre, post
+        self.parts = ids.partitions()
+        self._stage("scan", t, c)
+        self.timings["scan"] -= min(t_ray, self.timings["scan"])  # the overlap is counted once, as ray_start
+        self.cpu["scan"] -= min(self.cpu["ray_start"], self.cpu["scan"])
+
+    def _prepare(self) -> None:
+        cfg = self.cfg
+        t, c = time.perf_counter(), time.process_time()
+        names = self.ids.names
+        tasks = []
+        for p, (lo, hi) in enumerate(self.parts):
+            tasks.append({
+                "index": p, "lo": lo, "hi": hi, "names": names[lo:hi].to_pylist(),
+                "reason_pre": self.reason_pre[lo:hi].tolist(), "reason_post": self.reason_post[lo:hi].tolist(),
+                "scan_files": self.scan_files, "key_width": self.ids.key_width, "max_images": cfg.max_images,
+                "seed": cfg.seed, "labels": str(Path(cfg.labels).resolve()) if cfg.labels else None,
+                "chunk_size": cfg.chunk_size, "path": str(part_path(self.work, "part", p)),
+            })
+        res, errors = self._map(prepare_task, tasks)
+        self._fatal("prepare", errors)
+        self.pending_chunks = [r["pending_per_chunk"] for r in res]
+        self._stage("prepare", t, c)
+
+    def _landmarks(self) -> None:
+        cfg, log = self.cfg, self.log
+        t, c = time.perf_counter(), time.process_time()
+        self.tag = A.cache_tag(cfg.detector)
+        from_dirs = [str(Path(cfg.landmarks_from).resolve())] if cfg.landmarks_from and Path(cfg.landmarks_from).is_dir() else []
+        legacy = A.legacy_caches([self.out] + ([cfg.landmarks_from] if cfg.landmarks_from else []))
+        chunks = [(p, j) for p, per in enumerate(self.pending_chunks) for j, k in enumerate(per) if k]
+        # cheap chunks (aligned crops) travel several per task; the outputs do not depend on it
+        group = int(np.clip(len(chunks) // (16 * self.window), 1, CHUNKS_PER_TASK))
+        tasks = []
+        for p in range(len(self.parts)):
+            mine = [j for q, j in chunks if q == p]
+            for a in range(0, len(mine), group):
+                tasks.append({"part": str(part_path(self.work, "part", p)), "part_index": p, "chunks": mine[a : a + group],
+                              "tag": self.tag, "detector": cfg.detector, "out": str(self.out),
+                              "from_dirs": from_dirs, "legacy": legacy, "src": self.src, "defer": not cfg.dedup})
+        total = sum(sum(per) for per in self.pending_chunks)
+        log.line(f"[landmarks] {total:,} images in {len(chunks):,} chunks ({len(tasks):,} tasks)")
+        if cfg.detector in ("auto", "dlib") and tasks and not (cfg.detector == "auto" and self._looks_aligned(tasks[0])):
+            self._stage("landmarks", t, c)
+            t, c = time.perf_counter(), time.process_time()
+            _prepare_batch_model(log)  # one-time model preparation: its own line in the timings
+            self._stage("model_prep", t, c)
+            t, c = time.perf_counter(), time.process_time()
+        log.stage("landmarks", total)
+        counts = {"done": 0, "ok": 0, "failed": 0, "computed": 0}
+
+        def on_done(i, r, error):
+            task = tasks[i]
+            per = self.pending_chunks[task["part_index"]]
+            counts["done"] += sum(per[j] for j in task["chunks"])
+            if error is None:
+                for x in r:
+                    counts["ok"] += x["ok"]
+                    counts["failed"] += x["failed"]
+                    counts["computed"] += x["computed"]
+            else:
+                counts["failed"] += sum(per[j] for j in task["chunks"])
             log.update(counts["done"], counts["ok"], counts["failed"])
 
-        transient: dict[str, dict] = {}
-        run_window(_analyze_task, payloads, 2 * window, on_done)
+        res, errors = self._map(A.chunks_task, tasks, window=2 * self.window, on_done=on_done)
+        self._user_error()
         log.update(counts["done"], counts["ok"], counts["failed"], force=True)
-        A.write_cache(cache, cache_path)
-        cache = {**cache, **transient}
-    elif not cache_path.is_file() and cache:
-        A.write_cache(cache, cache_path)
-    out_rows: list[dict | None] = [None] * ws.table.num_rows
-    for i in pend:
-        out_rows[i] = cache.get(ck[i])
-    return out_rows, t_ray
+        log.line(f"[landmarks] {counts['done'] - counts['computed']:,} from the cache, {counts['computed']:,} analyzed")
+        self.chunk_names: list[list[str]] = [[] for _ in self.parts]
+        self.chunk_errors: list[dict[int, str]] = [{} for _ in self.parts]
+        for i, task in enumerate(tasks):
+            p = task["part_index"]
+            if i in errors:
+                log.line(f"[landmarks] chunks {p}/{task['chunks'][0]}.. failed: {errors[i]} (rerun to retry)")
+                for j in task["chunks"]:
+                    self.chunk_errors[p][j] = errors[i]
+            else:
+                self.chunk_names[p].extend(x["name"] for x in res[i])
+        self._stage("landmarks", t, c)
 
+    def _looks_aligned(self, task: dict) -> bool:
+        """Whether the first images are aligned crops (square, <= 128 px, from their headers
+        only): then no chunk needs dlib's detector, and its model is not prepared."""
+        import io
 
-def _samples_for_bytes(cfg: BuildConfig, rows: list[dict], order: list[int], opts: dict, log: Progress, src: Source) -> int:
-    """Samples per shard for a ``shard_bytes`` target: the mean size of the first (seeded
-    shuffle order) 32 samples as they will be written, tar headers included. The estimate is
-    a pure function of the inputs, so the shard split stays reproducible."""
-    from maskgen.pipelines.execute import _face_attributes, process_sample
+        import pyarrow.parquet as pq
+        from PIL import Image
 
-    sizes = []
-    for i in order[:32]:
+        from maskgen.pipelines.scan import read_bytes
+
+        rows = pq.ParquetFile(task["part"]).read_row_group(task["chunks"][0]).to_pylist()
+        rows = [r for r in rows if r["status"] == "pending"][:4]
         try:
-            members, _ = process_sample(rows[i], opts, _face_attributes(), src)
-        except Exception:  # a failing sample just does not count
-            continue
-        sizes.append(sum(512 + -(-len(b) // 512) * 512 for b in members.values()))
-    mean = float(np.mean(sizes)) if sizes else 16384.0
-    n = max(1, int(cfg.shard_bytes // mean))
-    log.line(f"[plan] shard_bytes {cfg.shard_bytes:,}: ~{mean:,.0f} bytes per sample -> {n:,} samples per shard")
-    return n
+            sizes = [Image.open(io.BytesIO(read_bytes(self.src, r))).size for r in rows]
+        except Exception:  # an unreadable first image: prepare the model, as for photos
+            return False
+        return bool(sizes) and all(w == h and w <= 128 for w, h in sizes)
+
+    def _join(self) -> None:
+        cfg = self.cfg
+        t, c = time.perf_counter(), time.process_time()
+        tasks = [{"index": p, "lo": lo, "hi": hi, "part": str(part_path(self.work, "part", p)),
+                  "path": str(part_path(self.work, "joined", p)), "out": str(self.out), "tag": self.tag,
+                  "chunk_names": self.chunk_names[p], "chunk_errors": self.chunk_errors[p],
+                  "chunk_size": cfg.chunk_size, "dedup": cfg.dedup, "threshold": cfg.dedup_threshold,
+                  "stratify": self.strat, "cap": cfg.cap_per_group is not None, "seed": cfg.seed}
+                 for p, (lo, hi) in enumerate(self.parts)]
+        res, errors = self._map(join_task, tasks)
+        self._fatal("join", errors)
+        n = len(self.ids)
+        usable = np.zeros(n, np.int64)
+        for (lo, hi), r in zip(self.parts, res):
+            usable[lo:hi] = r["usable"]
+        # identity filters after failures and duplicates
+        late = np.full(n, None, dtype=object)
+        if cfg.min_images > 1:
+            few = (usable > 0) & (usable < cfg.min_images)
+            for i in np.flatnonzero(few):
+                late[i] = f"identity has fewer than min_images ({usable[i]} < {cfg.min_images} after failures)"
+        if cfg.min_masked > 0:
+            got = np.floor(cfg.ratio * usable + 1e-9).astype(np.int64)
+            low = (usable > 0) & (got < cfg.min_masked) & np.array([r is None for r in late], bool)
+            for i in np.flatnonzero(low):
+                late[i] = f"identity keeps fewer than min_masked masked images ({got[i]} < {cfg.min_masked})"
+        alive = np.array([r is None for r in late], bool) & (usable > 0)
+        # cells: (group, identity) -> usable count, for the allocation
+        cap = None
+        if self.strat:
+            cells = pa.concat_tables([r["cells"] for r in res])
+            cells = cells.filter(pa.array(alive[cells.column("_id").to_numpy()]))
+            if cfg.cap_per_group is not None:
+                cap, cells = _cap(res, alive, cfg.cap_per_group)
+            groups = cells.column("group").to_pylist()
+            gnames = sorted(set(groups), key=P.group_sort_key)
+            grank = {g: i for i, g in enumerate(gnames)}
+            cell_group = np.array([grank[g] for g in groups], np.int64)
+            cell_id = cells.column("_id").to_numpy().astype(np.int64)
+            cell_n = cells.column("n").to_numpy().astype(np.int64)
+            cell_g = groups
+        else:
+            cell_id = np.flatnonzero(alive)
+            cell_n = usable[cell_id]
+            cell_group = np.zeros(len(cell_id), np.int64)
+            cell_g = None
+        order = np.lexsort((cell_id, cell_group))
+        cell_id, cell_n, cell_group = cell_id[order], cell_n[order], cell_group[order]
+        if cell_g is not None:
+            cell_g = [cell_g[i] for i in order]
+        m = P.allocate_cells(cell_group, cell_n, cfg.ratio, cfg.seed)
+        n_plan = np.bincount(cell_id, weights=cell_n, minlength=n).astype(np.int64)
+        kept = n_plan > 0
+        self.labels = np.where(kept, np.cumsum(kept) - 1, -1).astype(np.int64)
+        self.kept = kept
+        self.n_plan = n_plan
+        self.reason_late = late
+        self.cap = cap
+        # masked count per cell, grouped by partition for the plan tasks
+        # (arrays, not a dict of cells: the driver's state stays a few bytes per identity)
+        nz = np.flatnonzero(m)
+        los = np.array([lo for lo, _ in self.parts], np.int64)
+        part_of = np.searchsorted(los, cell_id[nz], side="right") - 1
+        by_part = np.argsort(part_of, kind="stable")  # cells come by group first when stratified
+        nz, part_of = nz[by_part], part_of[by_part]
+        bounds = np.searchsorted(part_of, np.arange(len(self.parts) + 1))
+        self.cell_m = []
+        for p in range(len(self.parts)):
+            sel = nz[bounds[p] : bounds[p + 1]]
+            self.cell_m.append({"ids": cell_id[sel].astype(np.int64), "m": m[sel].astype(np.int64),
+                                "groups": None if cell_g is None else [cell_g[k] for k in sel]})
+        self.n_total = int(n_plan.sum())
+        self.n_masked_planned = int(m.sum())
+        self._stage("join", t, c)
+
+    def _plan(self) -> None:
+        cfg, log = self.cfg, self.log
+        t, c = time.perf_counter(), time.process_time()
+        base = np.cumsum(self.n_plan) - self.n_plan
+        attributes = _attribute_mode(cfg.attributes)
+        opts = {"output": cfg.output, "image_size": cfg.image_size, "jpeg_quality": cfg.jpeg_quality, "twins": cfg.twins}
+        self.opts = opts
+        self.head = json.dumps({"v": FORMAT_VERSION, "opts": opts}, sort_keys=True)
+
+        def task(p: int, per_shard: int, estimate: int = 0) -> dict:
+            lo, hi = self.parts[p]
+            return {"index": p, "lo": lo, "hi": hi, "part": str(part_path(self.work, "joined", p)),
+                    "path": str(part_path(self.work, "plan", p)), "reason_late": self.reason_late[lo:hi].tolist(),
+                    "cap": self.cap, "cell_m": self.cell_m[p], "labels": self.labels[lo:hi].tolist(),
+                    "rank_base": int(base[lo]) if lo < len(base) else 0, "n_total": self.n_total,
+                    "per_shard": per_shard, "seed": cfg.seed, "shuffle": cfg.shuffle, "mix": self.mix,
+                    "twins": cfg.twins, "attributes": attributes, "stratify": self.strat,
+                    "label_columns": self.label_cols, "opts": opts, "src": self.src, "estimate": estimate}
+
+        per_shard = cfg.samples_per_shard
+        if cfg.shard_bytes and self.n_total:
+            first = next(p for p, (lo, hi) in enumerate(self.parts) if self.n_plan[lo:hi].sum())
+            (mean,), errors = self._map(plan_task, [task(first, per_shard, estimate=32)], window=1)
+            self._fatal("shard size estimate", errors)
+            per_shard = max(1, int(cfg.shard_bytes // (mean or 16384.0)))
+            log.line(f"[plan] shard_bytes {cfg.shard_bytes:,}: ~{mean or 16384.0:,.0f} bytes per sample -> {per_shard:,} samples per shard")
+        self.per_shard = per_shard
+        res, errors = self._map(plan_task, [task(p, per_shard) for p in range(len(self.parts))])
+        self._fatal("plan", errors)
+        self.plan_files = [str(part_path(self.work, "plan", p)) for p in range(len(self.parts))]
+        ns = P.num_shards(self.n_total, per_shard)
+        counts = np.zeros(ns, np.int64)
+        lanes = np.zeros((ns, 2), np.uint64)
+        self.reasons: dict[str, int] = {}
+        self.num_inputs = self.num_dropped = self.num_failed_before = 0
+        self.holds = np.zeros((len(self.parts), ns), bool)  # partition p holds rows of shard s
+        for r in res:
+            if len(r["shards"]):
+                self.holds[r["index"], r["shards"]] = True
+                counts[r["shards"]] += r["counts"]
+                P.add_lanes(lanes, r["shards"].astype(np.int64), r["lanes"])
+            for k, v in r["reasons"].items():
+                self.reasons[k] = self.reasons.get(k, 0) + v
+            self.num_inputs += r["rows"]
+            self.num_dropped += r["dropped"]
+            self.num_failed_before += r["failed"]
+        self.shard_counts = counts
+        self.shard_hashes = [P.shard_hash(self.head, counts[s], lanes[s]) for s in range(ns)]
+        self.shard_names = [P.shard_name(cfg.name, s) for s in range(ns)]
+        log.line(
+            f"[plan] {self.n_total:,} samples of {int(self.kept.sum()):,} identities, {self.n_masked_planned:,} masked "
+            f"({self.n_masked_planned / self.n_total if self.n_total else 0:.4f}), {ns} shards; "
+            f"dropped/failed so far: {dict(sorted(self.reasons.items()))}"
+        )
+        write_yaml(cfg, self.out / "build.yaml")
+        _remove_stale(self.owned, set(self.shard_names))
+        self._stage("plan", t, c)
+
+    def _execute(self) -> dict[int, dict]:
+        log = self.log
+        t, c = time.perf_counter(), time.process_time()
+        results: dict[int, dict] = {}
+        candidates = {}
+        for s, (name, h) in enumerate(zip(self.shard_names, self.shard_hashes)):
+            st = shard_done(self.out, name, h)
+            if st is not None:
+                candidates[s] = st
+        if candidates:  # a finished shard is reused only if its tar still has its digest
+            items = sorted(candidates)
+            batches = [items[i : i + VERIFY_BATCH] for i in range(0, len(items), VERIFY_BATCH)]
+            vt = [{"out": str(self.out), "shards": [(self.shard_names[s], candidates[s]["sha256"]) for s in b]} for b in batches]
+            good, _ = self._map(verify_task, vt)
+            ok = {n for g in good if g for n in g}
+            for s, st in candidates.items():
+                if self.shard_names[s] in ok:
+                    results[s] = {**st, "reused": True}
+            bad = len(candidates) - len(results)
+            if bad:
+                log.line(f"[execute] {bad} finished shard(s) do not match their recorded size/digest: rebuilt")
+        todo = [s for s in range(len(self.shard_names)) if s not in results]
+        total = int(self.shard_counts.sum())
+        cnt = {"done": int(sum(self.shard_counts[s] for s in results)),
+               "ok": sum(r["num_samples"] for r in results.values()),
+               "failed": sum(r["num_failed"] for r in results.values()),
+               "masked": sum(r["num_masked"] for r in results.values()), "shards": len(results)}
+        log.line(f"[execute] {len(self.shard_names)} shards: {len(results)} already done, {len(todo)} to build")
+        self._stage("execute_check", t, c)
+        t, c = time.perf_counter(), time.process_time()
+        if todo:
+            log.stage("execute", total)
+            tasks = [{"out": str(self.out), "shard": self.shard_names[s], "index": s,
+                      "plan_files": [self.plan_files[p] for p in np.flatnonzero(self.holds[:, s])],
+                      "opts": self.opts, "plan_hash": self.shard_hashes[s], "src": self.src,
+                      "label_columns": self.label_cols} for s in todo]
+
+            def on_done(i, r, error):
+                s = todo[i]
+                if error is not None:
+                    msg = error_line(error)
+                    log.line(f"[execute] shard {self.shard_names[s]} failed: {msg} (rerun to retry)")
+                    r = {"shard": self.shard_names[s], "error": msg, "num_samples": 0, "num_masked": 0,
+                         "num_failed": int(self.shard_counts[s]), "failures": {"failed: shard task failed": int(self.shard_counts[s])}}
+                results[s] = r
+                cnt["done"] += int(self.shard_counts[s])
+                cnt["ok"] += r["num_samples"]
+                cnt["failed"] += r["num_failed"]
+                cnt["masked"] += r["num_masked"]
+                cnt["shards"] += 1
+                log.update(cnt["done"], cnt["ok"], cnt["failed"], shards=(cnt["shards"], len(self.shard_names)),
+                           masked=cnt["masked"], force=True)
+
+            # one shard per worker at a time: memory is a few shards at most
+            self._map(run_shard, tasks, on_done=on_done)
+            self._user_error()
+        self._stage("execute", t, c)
+        return results
+
+    def _manifest(self, results: dict[int, dict]) -> dict:
+        """``manifest.parquet``, written by one task from the parts (never gathered here)."""
+        t, c = time.perf_counter(), time.process_time()
+        shards = [(s, self.shard_names[s], results[s].get("error")) for s in range(len(self.shard_names))]
+        (man,), errors = self._map(manifest_task, [{"out": str(self.out), "plan_files": self.plan_files, "shards": shards,
+                                                    "label_columns": self.label_cols}], window=1)
+        self._fatal("manifest", errors)
+        self._stage("merge", t, c)
+        return man
+
+    def _merge(self, results: dict[int, dict], man: dict) -> BuildResult:
+        cfg, log = self.cfg, self.log
+        t, c = time.perf_counter(), time.process_time()
+        ns = len(self.shard_names)
+        reasons = dict(self.reasons)
+        for r in results.values():
+            for k, v in r.get("failures", {}).items():
+                reasons[k] = reasons.get(k, 0) + v
+        reasons = dict(sorted(reasons.items()))
+        num_samples = sum(r.get("num_samples", 0) for r in results.values())
+        num_masked = sum(r.get("num_masked", 0) for r in results.values())
+        num_failed = self.num_failed_before + sum(r.get("num_failed", 0) for r in results.values())
+        n_attr = sum(r.get("num_attributes", 0) for r in results.values())
+        n_pass = sum(r.get("num_passthrough", 0) for r in results.values())
+        shard_list = [{"name": self.shard_names[s], "num_samples": results[s].get("num_samples", 0),
+                       "num_masked": results[s].get("num_masked", 0), "bytes": results[s].get("bytes"),
+                       "sha256": results[s].get("sha256")} for s in range(ns)]
+        pattern = P.brace_pattern(cfg.name, ns) if ns else None
+        mode, rate = _attribute_mode(cfg.attributes)
+        info = {
+            "format": "webdataset",
+            "version": FORMAT_VERSION,
+            "source": self.src.describe(),
+            "num_samples": num_samples,
+            "num_classes": int(self.kept.sum()),
+            "num_classes_written": int(man["classes_written"]),
+            "num_masked": num_masked,
+            "ratio_requested": cfg.ratio,
+            "ratio_realized": (num_masked / num_samples) if num_samples else 0.0,
+            "twins": cfg.twins,
+            "output": cfg.output,
+            "image_size": cfg.image_size if cfg.output == "aligned" else None,
+            "seed": cfg.seed,
+            "members": ["jpg", "cls", "json"] + (["orig.jpg", "masked.jpg"] if cfg.twins else []),
+            "pattern": f"shards/{pattern}" if pattern else None,
+            "shards": shard_list,
+            "num_inputs": self.num_inputs,
+            "num_ok": num_samples,
+            "num_dropped": self.num_dropped,
+            "num_failed": num_failed,
+            "reasons": reasons,
+            "label_columns": list(self.label_cols),
+            "attributes": {"mode": mode, "sample_rate": rate if mode in ("sample", "auto") else None,
+                           "measured": n_attr, "of": num_samples,
+                           "note": _ATTR_NOTE[mode]},
+            "passthrough": n_pass,
+            "landmarks_layout": "68 iBUG points, flat [x0, y0, ..., x67, y67]: 'landmarks' in source pixels, "
+                                "'landmarks_crop' in the written image's pixels",
+            "paths": "relative to the source root",
+        }
+        if cfg.record_root:
+            info["source_root"] = str(Path(self.src.root))
+        write_atomic(self.out / "dataset.json", (json.dumps(info, indent=1, ensure_ascii=False) + "\n").encode())
+        write_atomic(self.out / "classes.tsv", classes_tsv(self.ids.names, self.kept))
+        self._stage("merge", t, c)
+        if cfg.report:
+            t_rep = time.perf_counter()
+            _write_report(self.out, log)
+            self.timings["report"] = time.perf_counter() - t_rep
+        secs = time.perf_counter() - self.t_start
+        self.timings["total"] = secs
+        timings = {k: round(v, 3) for k, v in self.timings.items()}
+        timings["driver_cpu"] = {k: round(v, 3) for k, v in self.cpu.items()}
+        write_atomic(self.out / "timings.json", (json.dumps(timings, indent=1) + "\n").encode())
+        log.line("[timings] " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if not isinstance(v, dict)))
+        log.line(
+            f"[done] {num_samples:,} samples ({num_masked:,} masked, ratio {info['ratio_realized']:.4f}) in "
+            f"{ns} shards; inputs {self.num_inputs:,}: ok {num_samples:,}, dropped {self.num_dropped:,}, "
+            f"failed {num_failed:,}; {secs:.1f} s"
+        )
+        res = BuildResult(
+            out=self.out,
+            num_samples=num_samples,
+            num_classes=int(self.kept.sum()),
+            num_masked=num_masked,
+            ratio=info["ratio_realized"],
+            ratio_requested=cfg.ratio,
+            num_inputs=self.num_inputs,
+            num_dropped=self.num_dropped,
+            num_failed=num_failed,
+            shards=[self.out / "shards" / s["name"] for s in shard_list],
+            pattern=str(self.out / "shards" / pattern) if pattern else None,
+            manifest=self.out / "manifest.parquet",
+            dataset_json=self.out / "dataset.json",
+            shards_built=sum(1 for r in results.values() if not r.get("reused") and "error" not in r),
+            shards_reused=sum(1 for r in results.values() if r.get("reused")),
+            shards_failed=sum(1 for r in results.values() if "error" in r),
+            seconds=secs,
+            reasons=reasons,
+            timings=timings,
+        )
+        if num_samples == 0:
+            raise InputError(
+                f"no usable image in {self.src.describe()}: all {self.num_inputs:,} inputs were dropped or failed "
+                f"({', '.join(f'{k} {v:,}' for k, v in list(reasons.items())[:3])}); see {self.out / 'manifest.parquet'}")
+        return res
+
+
+_ATTR_NOTE = {
+    "all": "every written sample",
+    "sample": "a seeded uniform sample of the written samples",
+    "auto": "every sample whose pixels are decoded anyway; a seeded sample of those whose bytes pass through",
+    "none": "not measured",
+}
+
+
+def _attribute_mode(mode: str) -> tuple[str, float]:
+    return mode, ATTRIBUTE_SAMPLE_RATE
+
+
+def _label_columns(labels: str | None) -> list[str]:
+    """The label columns of a labels CSV, from its header (the file is joined in the tasks)."""
+    if not labels:
+        return []
+    import csv
+
+    from maskgen.datasets.labels import JOIN_COLUMNS
+
+    with open(labels, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    if not any(c in header for c in JOIN_COLUMNS):
+        raise ValueError(f"{labels}: needs an 'identity', 'file' or 'path' column to join on")
+    cols = [c for c in header if c not in JOIN_COLUMNS]
+    clash = [c for c in cols if c in CORE_NAMES or c in ("key",)]
+    if clash:
+        raise ValueError(f"{labels}: label column(s) {clash} clash with manifest columns")
+    return cols
+
+
+def _isin(names: pa.Array, values: set[str]) -> np.ndarray:
+    if not values:
+        return np.zeros(len(names), bool)
+    return pc.is_in(names, value_set=pa.array(sorted(values), pa.string())).to_numpy(zero_copy_only=False)
+
+
+def _cap(res: list[dict], alive: np.ndarray, cap: int):
+    """Rebalancing: keep at most ``cap`` usable images per label group, the ones with the
+    smallest seeded priority. Returns ``(cap, {group: threshold})`` and the recounted cells.
+    (Per-image priorities come back from the join tasks: 8 bytes per usable image.)"""
+    g = np.concatenate([r["cap"]["group"] for r in res]) if res else np.zeros(0, object)
+    ids = np.concatenate([r["cap"]["_id"] for r in res]) if res else np.zeros(0, np.int64)
+    prio = np.concatenate([r["cap"]["prio"] for r in res]) if res else np.zeros(0, np.int64)
+    keep = alive[ids]
+    g, ids, prio = g[keep], ids[keep], prio[keep]
+    thr: dict[str, int] = {}
+    kept = np.ones(len(g), bool)
+    for name in set(g.tolist()):
+        m = np.flatnonzero(g == name)
+        if len(m) > cap:
+            t = int(np.sort(prio[m])[cap - 1])
+            thr[name] = t
+            kept[m] = prio[m] <= t
+    cells = pa.table({"group": pa.array(g[kept].tolist(), pa.string()), "_id": pa.array(ids[kept])})
+    cells = cells.group_by(["group", "_id"]).aggregate([("_id", "count")]).rename_columns(["group", "_id", "n"])
+    return (cap, thr), cells
 
 
 def _prepare_batch_model(log: Progress) -> None:
@@ -464,231 +905,6 @@ def _shutdown_ray() -> None:
     ray.shutdown()
 
 
-def _timed_ray_start(cfg: BuildConfig, log: Progress, name: str) -> float:
-    """Start (or join) Ray unless it is running; the seconds it took (0 when it was running)."""
-    t = time.perf_counter()
-    if start_ray(cfg.workers, cfg.ray_address):
-        log.ray_started = not cfg.ray_address  # a cluster joined is left to its owner
-        log.timings[name] = time.perf_counter() - t
-        log.line(f"[ray] started locally with {cfg.workers or os.cpu_count()} CPUs in {log.timings[name]:.1f} s")
-        return log.timings[name]
-    return 0.0
-
-
-def _analyze_task(payload: dict) -> list[dict]:
-    from maskgen.pipelines.runner import one_thread
-
-    one_thread()
-    return A.analyze_rows(payload["rows"], payload["detector"], payload.get("tag"), payload["src"])
-
-
-def _plan_rows(cfg, src, ws, kept, masked, analysis, label_of, label_cols, mix) -> list[dict]:
-    t = ws.table
-    cols = {c: t.column(c).to_pylist() for c in ("key", "identity", "source", "path", "offset", "member", "nbytes", "_cache_key")}
-    labs = {c: t.column(c).to_pylist() for c in label_cols}
-    rows = []
-    for j, i in enumerate(kept):
-        a = analysis[i]
-        key = cols["key"][i]
-        s = P.key_seed(cfg.seed, key)
-        need_spec = bool(masked[j]) or cfg.twins
-        rows.append(
-            {
-                **{c: cols[c][i] for c in cols},
-                "label": label_of[cols["identity"][i]],
-                "masked": bool(masked[j]),
-                "seed": s,
-                "spec": mix.draw(np.random.default_rng(s)) if need_spec else None,
-                "landmarks": a["landmarks"],
-                "box": a["box"],
-                "det_score": a["det_score"],
-                "yaw": a["yaw"],
-                "pitch": a["pitch"],
-                "roll": a["roll"],
-                "relpath": src.relative_path(cols["path"][i], cols["member"][i], cols["offset"][i]),
-                "demographics": {c: labs[c][i] for c in label_cols if labs[c][i] is not None},
-            }
-        )
-    return rows
-
-
-def _remove_stale(c: OutputClaim, names: set[str]) -> None:
-    """Shards of an earlier, larger plan (named by this folder's records) would be picked up
-    by a glob: remove them, and temp files of killed runs. Nothing the records do not name."""
-    stale = _recorded_shards(c.out) - names
-    finals: set[str] = set()
-    for s in stale | names:
-        finals.update(_shard_files(s))
-    c.remove(sorted(f for s in stale for f in _shard_files(s)) + _temp_files(c.out, finals))
-
-
-def _execute(cfg: BuildConfig, out: Path, tasks: list[dict], log: Progress) -> dict[str, dict]:
-    results: dict[str, dict] = {}
-    todo = []
-    for t in tasks:
-        st = shard_done(out, t["shard"], t["plan_hash"])
-        if st is not None:
-            results[t["shard"]] = {**st, "reused": True}
-        else:
-            todo.append(t)
-    total = sum(len(t["rows"]) for t in tasks)
-    done_rows = sum(len(t["rows"]) for t in tasks if t["shard"] in results)
-    c = {
-        "done": done_rows,
-        "ok": sum(r["num_samples"] for r in results.values()),
-        "failed": sum(r["num_failed"] for r in results.values()),
-        "masked": sum(r["num_masked"] for r in results.values()),
-        "shards": len(results),
-    }
-    log.line(f"[execute] {len(tasks)} shards: {len(results)} already done, {len(todo)} to build")
-    if not todo:
-        return results
-    _timed_ray_start(cfg, log, "ray_start_execute")
-    window = cfg.workers or cluster_cpus()
-    log.stage("execute", total)
-
-    def on_done(task, result, error):
-        if error is not None:
-            log.line(f"[execute] shard {task['shard']} failed: {type(error).__name__}: {error} (rerun to retry)")
-            results[task["shard"]] = {"shard": task["shard"], "error": f"{type(error).__name__}: {error}",
-                                      "num_samples": 0, "num_masked": 0, "num_failed": len(task["rows"])}
-        else:
-            results[task["shard"]] = result
-        r = results[task["shard"]]
-        c["done"] += len(task["rows"])
-        c["ok"] += r["num_samples"]
-        c["failed"] += r["num_failed"]
-        c["masked"] += r["num_masked"]
-        c["shards"] += 1
-        log.update(c["done"], c["ok"], c["failed"], shards=(c["shards"], len(tasks)), masked=c["masked"], force=True)
-
-    # The window is the worker count: one shard per worker, so memory is a few shards at most.
-    run_window(run_shard, todo, window, on_done)
-    return results
-
-
-def _merge(cfg, out, src, ws, kept, rows, tasks, results, analysis, label_of, log, t_start) -> BuildResult:
-    t_merge = time.perf_counter()
-    n = ws.table.num_rows
-    row_of = {k: i for i, k in enumerate(ws.col("key"))}
-    # per-sample results of every shard (reused ones included) from their parquet files
-    res_cols = {f.name: np.full(n, None, dtype=object) for f in RESULT_SCHEMA}
-    for t in tasks:
-        p = out / "stats" / (t["shard"][: -len(".tar")] + ".parquet")
-        if "error" in results.get(t["shard"], {}) or not p.is_file():
-            for r in t["rows"]:
-                i = row_of[r["key"]]
-                res_cols["status"][i] = STATUS_FAILED
-                res_cols["reason"][i] = "shard task failed: " + results.get(t["shard"], {}).get("error", "missing")
-            continue
-        for r in pq.read_table(p).to_pylist():
-            i = row_of[r["key"]]
-            for k, v in r.items():
-                res_cols[k][i] = v
-    status = ws.status.copy()
-    reason = ws.reason.copy()
-    for i in kept:
-        status[i] = res_cols["status"][i] or STATUS_FAILED
-        reason[i] = res_cols["reason"][i]
-    assert not (status == STATUS_PENDING).any()
-    plan_by_key = {r["key"]: r for r in rows}
-    t = ws.table
-    cols: dict[str, Any] = {c: t.column(c) for c in t.column_names if not c.startswith("_")}
-    cols["status"] = pa.array(status.tolist(), pa.string())
-    cols["reason"] = pa.array(reason.tolist(), pa.string())
-    idents = ws.col("identity")
-    kept_mask = np.zeros(n, dtype=bool)
-    kept_mask[kept] = True
-    cols["label"] = pa.array([label_of[idents[i]] if kept_mask[i] else -1 for i in range(n)], pa.int32())
-    keys = ws.col("key")
-    plan = [plan_by_key.get(k) for k in keys]
-    cols["shard"] = pa.array(res_cols["shard"].tolist(), pa.string())
-    cols["masked"] = pa.array([p["masked"] if p else None for p in plan], pa.bool_())
-    for col, sk in (("mask_type", "type"), ("mask_color", "color"), ("mask_texture", "texture"), ("wear", "wear")):
-        cols[col] = pa.array([(p["spec"] or {}).get(sk) if p and p["spec"] else None for p in plan], pa.string())
-    cols["seed"] = pa.array([p["seed"] if p else None for p in plan], pa.int64())
-    for k in ("fit_score", "ita", "skin_tone", "sharpness", "brightness", "face_size"):
-        cols[k] = pa.array(res_cols[k].tolist())
-    for k in ("landmarks", "box", "det_score", "yaw", "pitch", "roll", "width", "height", "phash"):
-        cols[k] = pa.array([a.get(k) if a else None for a in analysis], A.CACHE_SCHEMA.field(k).type)
-    manifest = conform(pa.table(cols))
-    manifest_path = write_manifest(manifest, out / "manifest.parquet")
-
-    num_samples = sum(r.get("num_samples", 0) for r in results.values())
-    num_masked = sum(r.get("num_masked", 0) for r in results.values())
-    st = np.asarray(status)
-    reason_counts = F.count_reasons(st, reason)
-    shard_list = [
-        {"name": t["shard"], "num_samples": results[t["shard"]].get("num_samples", 0),
-         "num_masked": results[t["shard"]].get("num_masked", 0), "bytes": results[t["shard"]].get("bytes")}
-        for t in tasks
-    ]
-    pattern = P.brace_pattern(cfg.name, len(tasks)) if tasks else None
-    written_classes = sorted({plan_by_key[k]["label"] for k, s in zip(keys, status) if s == STATUS_OK})
-    info = {
-        "format": "webdataset",
-        "version": FORMAT_VERSION,
-        "source": src.describe(),
-        "num_samples": num_samples,
-        "num_classes": len(label_of),
-        "num_classes_written": len(written_classes),
-        "num_masked": num_masked,
-        "ratio_requested": cfg.ratio,
-        "ratio_realized": (num_masked / num_samples) if num_samples else 0.0,
-        "twins": cfg.twins,
-        "output": cfg.output,
-        "image_size": cfg.image_size if cfg.output == "aligned" else None,
-        "seed": cfg.seed,
-        "members": ["jpg", "cls", "json"] + (["orig.jpg", "masked.jpg"] if cfg.twins else []),
-        "pattern": f"shards/{pattern}" if pattern else None,
-        "shards": shard_list,
-        "num_inputs": n,
-        "num_ok": int((st == STATUS_OK).sum()),
-        "num_dropped": int((st == "dropped").sum()),
-        "num_failed": int((st == STATUS_FAILED).sum()),
-        "reasons": reason_counts,
-        "label_columns": [c for c in manifest.column_names if c not in CORE_NAMES],
-    }
-    write_atomic(out / "dataset.json", (json.dumps(info, indent=1) + "\n").encode())
-    write_atomic(out / "classes.tsv", "".join(f"{i}\t{n_}\n" for n_, i in sorted(label_of.items(), key=lambda x: x[1])).encode())
-    log.timings["merge"] = time.perf_counter() - t_merge
-    if cfg.report:
-        t_rep = time.perf_counter()
-        _write_report(out, log)
-        log.timings["report"] = time.perf_counter() - t_rep
-    secs = time.perf_counter() - t_start
-    log.timings["total"] = secs
-    timings = {k: round(v, 3) for k, v in log.timings.items()}
-    write_atomic(out / "timings.json", (json.dumps(timings, indent=1) + "\n").encode())
-    log.line("[timings] " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    log.line(
-        f"[done] {num_samples:,} samples ({num_masked:,} masked, ratio {info['ratio_realized']:.4f}) in "
-        f"{len(tasks)} shards; inputs {n:,}: ok {info['num_ok']:,}, dropped {info['num_dropped']:,}, "
-        f"failed {info['num_failed']:,}; {secs:.1f} s"
-    )
-    return BuildResult(
-        out=out,
-        num_samples=num_samples,
-        num_classes=len(label_of),
-        num_masked=num_masked,
-        ratio=info["ratio_realized"],
-        ratio_requested=cfg.ratio,
-        num_inputs=n,
-        num_dropped=info["num_dropped"],
-        num_failed=info["num_failed"],
-        shards=[out / "shards" / s["name"] for s in shard_list],
-        pattern=str(out / "shards" / pattern) if pattern else None,
-        manifest=manifest_path,
-        dataset_json=out / "dataset.json",
-        shards_built=sum(1 for r in results.values() if not r.get("reused") and "error" not in r),
-        shards_reused=sum(1 for r in results.values() if r.get("reused")),
-        shards_failed=sum(1 for r in results.values() if "error" in r),
-        seconds=secs,
-        reasons=reason_counts,
-        timings=timings,
-    )
-
-
 def _write_report(out: Path, log: Progress) -> None:
     """The audit's balance report and data card, when the audit module provides them."""
     try:
@@ -696,6 +912,6 @@ def _write_report(out: Path, log: Progress) -> None:
     except ImportError:
         return
     try:
-        write_build_report(out, reproduce=f"maskgen build --config {out / 'build.yaml'}")
+        write_build_report(out, reproduce="maskgen build --config build.yaml")
     except Exception as exc:  # the shards are done; a report problem must not undo them
         log.line(f"[report] not written: {type(exc).__name__}: {exc}")

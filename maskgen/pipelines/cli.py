@@ -51,8 +51,11 @@ def _csv(ctx, param, value):
 @click.option("--shard-bytes", type=click.IntRange(1024), help="Target shard size in bytes (overrides --samples-per-shard, estimated from 32 samples).")
 @click.option("--name", default="train", help="Shard name prefix: shards/<name>-000000.tar.")
 @click.option("--shuffle/--no-shuffle", default=True, help="Seeded shuffle of samples across shards.")
+@click.option("--attributes", type=click.Choice(["auto", "all", "sample", "none"]), default="auto",
+              help="Per-image skin tone / quality: all, a seeded 10% sample, none; auto: all where pixels are decoded anyway, a sample where bytes pass through.")
+@click.option("--record-root/--no-record-root", default=False, help="Write the source's root folder (a path of this machine) into dataset.json.")
 @click.option("--workers", type=click.IntRange(1), help="Parallel tasks (default: all CPUs of the Ray instance).")
-@click.option("--ray-address", help="Join an existing Ray cluster instead of starting a local one.")
+@click.option("--ray-address", help="Run on a Ray cluster: 'auto' or HOST:PORT (default: always a new local Ray).")
 @click.option("--mode", type=click.Choice(["resume", "overwrite"]), default="resume")
 @click.option("--detector", type=click.Choice(["auto", "dlib", "aligned", "aligned-full", "fan"]), default="auto", help="Landmark backend.")
 @click.option("--landmarks-from", type=click.Path(exists=True), help="Reuse landmarks of a previous build folder or landmarks.parquet.")
@@ -67,8 +70,8 @@ def build(ctx: click.Context, **kwargs) -> None:
     """
     from click.core import ParameterSource
 
-    from maskgen.pipelines.config import resolve
     from maskgen.pipelines.build import run_build
+    from maskgen.pipelines.config import resolve
 
     config = kwargs.pop("config")
     given = {

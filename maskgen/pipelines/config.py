@@ -16,6 +16,7 @@ import yaml
 
 MODES = ("resume", "overwrite")
 OUTPUTS = ("aligned", "original")
+ATTRIBUTES = ("auto", "all", "sample", "none")
 
 
 @dataclass
@@ -52,6 +53,8 @@ class BuildConfig:
     shard_bytes: int | None = None  # target shard size; sets samples_per_shard from measured samples
     name: str = "train"
     shuffle: bool = True
+    attributes: Literal["auto", "all", "sample", "none"] = "auto"  # per-image attributes (skin tone, quality)
+    record_root: bool = False  # write the source's root folder (a path of this machine) into dataset.json
     # execution
     workers: int | None = None
     ray_address: str | None = None
@@ -73,6 +76,8 @@ class BuildConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.attributes not in ATTRIBUTES:
+            raise ValueError(f"attributes must be one of {ATTRIBUTES}, got {self.attributes!r}")
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise ValueError("jpeg_quality must be within [1, 100]")
         if int(self.image_size) < 16:

@@ -1,43 +1,47 @@
-"""Execute one shard: decode, mask, align, encode, write the tar; stats last.
+"""Execute one shard: read its own rows, decode where needed, mask, align, encode, write.
 
-The shard is the unit of work and of resume. A shard is done exactly when
-``stats/<shard>.json`` exists with the plan hash of the current plan: the tar is renamed into
-place first, the per-sample results (``stats/<shard>.parquet``) next, the stats file last.
-Everything written depends only on the task (plan rows + output options), never on which
-worker ran it or when, so tars are byte-identical for any worker count.
+The shard is the unit of work and of resume. A shard task receives its shard index, reads its
+rows from the plan parts (``work/plan/*.parquet``, sorted by shard, so only a few row groups
+are read), and writes, in order: the tar (temp name, renamed), ``stats/<shard>.parquet`` (the
+manifest rows of its samples, results included), ``stats/<shard>.json`` last (plan hash, tar
+size and SHA-256: its presence with the current plan hash and a matching tar means done).
+Everything written depends only on the rows and the output options, never on which worker
+ran it or when, so tars are byte-identical for any worker count, locally or on a cluster.
+
+Pixels are touched only where needed. An unmasked sample whose output frame is its input
+frame (``--output original``, or an aligned crop already at the output size) is written as
+its source bytes when they are a plain baseline/progressive 3-channel JPEG (no EXIF): no
+decode, no re-encode. Its 68 landmarks are then fitted only if attributes are measured for
+it (``attr_measured``); otherwise they stay null.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from maskgen.datasets.tarwriter import write_atomic, write_tar
+from maskgen.datasets.filters import _reason_class
+from maskgen.datasets.manifest import STATUS_FAILED, STATUS_OK, to_manifest
+from maskgen.datasets.tarwriter import tar_bytes, write_atomic
 from maskgen.outputs import replacing
+from maskgen.pipelines.analyze import DEFERRED, jpeg_info
 
-RESULT_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string()),
-        pa.field("status", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("shard", pa.string()),
-        pa.field("masked", pa.bool_()),
-        pa.field("fit_score", pa.float32()),
-        pa.field("ita", pa.float32()),
-        pa.field("skin_tone", pa.string()),
-        pa.field("sharpness", pa.float32()),
-        pa.field("brightness", pa.float32()),
-        pa.field("face_size", pa.float32()),
-    ]
-)
 ATTRIBUTE_KEYS = ("ita", "skin_tone", "sharpness", "brightness", "face_size")
+UPDATED = ("landmarks", "box", "det_score", "yaw", "pitch", "roll")  # set by a deferred fit
+RESULT_TYPES = {
+    "fit_score": pa.float32(), "ita": pa.float32(), "skin_tone": pa.string(), "sharpness": pa.float32(),
+    "brightness": pa.float32(), "face_size": pa.float32(), "landmarks_crop": pa.list_(pa.float32()),
+    "passthrough": pa.bool_(),
+}
 
 
 class SampleError(Exception):
@@ -65,79 +69,124 @@ def _round(v, nd=3):
     return None if v is None else round(float(v), nd)
 
 
-def process_sample(row: dict, opts: dict, face_attributes, src) -> tuple[dict[str, bytes], dict]:
-    """The members and result of one sample (its bytes read through ``src``, the build's
-    :class:`maskgen.datasets.sources.Source`). Raises on failure (the caller records it as the
+def _flat(lm: np.ndarray | None) -> list[float] | None:
+    return None if lm is None else np.round(np.asarray(lm, np.float64).reshape(-1), 2).tolist()
+
+
+def process_sample(row: dict, ctx: dict) -> tuple[dict[str, bytes], dict]:
+    """The members and results of one sample. Raises on failure (the caller records it as the
     sample's reason: a :class:`SampleError` message, else the exception type and message)."""
-    from maskgen.datasets.sources import ReadError
     from maskgen.masks import align_face, alignment_matrix, decode_image
+    from maskgen.masks.align import transform_points
+    from maskgen.pipelines.scan import read_bytes, sample_name
+
+    opts = ctx["opts"]
+    size = opts["image_size"]
+    twins = opts["twins"]
+    from maskgen.datasets.sources import ReadError
 
     try:
-        data = src.read_bytes(row["path"], row["offset"], row["nbytes"], row.get("member"))
+        data = read_bytes(ctx["src"], row)
     except ReadError as exc:
         raise SampleError(exc.reason) from exc
-    img, reason = decode_image(data)
-    if img is None:
-        raise SampleError(f"decode: {reason}")
-    lm = np.asarray(row["landmarks"], np.float32).reshape(68, 2)
+    deferred = row.get("backend") in DEFERRED
+    frame_is_input = opts["output"] == "original" or (
+        opts["output"] == "aligned" and deferred and row.get("width") == size and row.get("height") == size)
+    info = jpeg_info(data) if frame_is_input else None
+    pass_ok = info is not None and info[2] == 3 and (opts["output"] == "original" or info[:2] == (size, size))
+    masked = bool(row["masked"])
+    need_pixels = masked or twins or bool(row.get("attr_measured")) or not pass_ok
+    upd: dict = {}
+    lm = None if row.get("landmarks") is None else np.asarray(row["landmarks"], np.float32).reshape(68, 2)
+    img = None
+    if need_pixels:
+        img, reason = decode_image(data)
+        if img is None:
+            raise SampleError(f"decode: {reason}")
+        if lm is None:
+            from maskgen.masks import detect_faces
+
+            faces = detect_faces(img, backend=row.get("backend") or "aligned", select="center")
+            if not faces:
+                raise SampleError("no face detected")
+            f = faces[0]
+            lm = np.asarray(f.landmarks, np.float32).reshape(68, 2)
+            upd = {"landmarks": lm.reshape(-1).tolist(), "box": [float(v) for v in f.box], "det_score": float(f.score),
+                   "yaw": float(f.pose[0]), "pitch": float(f.pose[1]), "roll": float(f.pose[2])}
     attrs = {}
-    if face_attributes is not None:
-        attrs = face_attributes(img, lm) or {}
-    twins = opts["twins"]
+    fa = ctx["face_attributes"]
+    if img is not None and fa is not None and row.get("attr_measured"):
+        attrs = fa(img, lm) or {}
+    spec = None
+    if row.get("mask_type") is not None:
+        spec = {"type": row["mask_type"], "color": row["mask_color"], "texture": row["mask_texture"],
+                "wear": row["wear"], "valve": bool(row.get("mask_valve"))}
     masked_img = None
     fit = None
-    spec = row.get("spec")
-    if row["masked"] or twins:
+    if masked or twins:
         from maskgen.masks import MaskSpec, faces_from_landmarks, mask_face
 
-        faces = faces_from_landmarks(lm, img.shape)
-        result = mask_face(img, MaskSpec(**spec), seed=int(row["seed"]), faces=faces)
+        result = mask_face(img, MaskSpec(**spec), seed=int(row["seed"]), faces=faces_from_landmarks(lm, img.shape))
         if getattr(result, "status", "ok") != "ok" or result.image is None:
             raise SampleError(f"mask: {getattr(result, 'status', 'failed')}")
         masked_img = result.image
         fit = getattr(result, "fit", None)
-
-    matrix = alignment_matrix(lm, opts["image_size"]) if opts["output"] == "aligned" else None
+    matrix = None if frame_is_input or lm is None else alignment_matrix(lm, size)
 
     def out_image(im: np.ndarray) -> np.ndarray:
         if matrix is not None:  # the original and its masked twin share one alignment
-            return align_face(im, lm, size=opts["image_size"], matrix=matrix)
+            return align_face(im, lm, size=size, matrix=matrix)
         return im
 
     q = opts["jpeg_quality"]
-    # a masked sample without twins writes only its masked image
-    orig_jpg = encode_jpeg(out_image(img), q) if twins or not row["masked"] else None
+    orig_jpg = None
+    if twins or not masked:  # a masked sample without twins writes only its masked image
+        orig_jpg = data if pass_ok else encode_jpeg(out_image(img), q)
     masked_jpg = encode_jpeg(out_image(masked_img), q) if masked_img is not None else None
+    lm_crop = None if lm is None else (lm if matrix is None else transform_points(lm, matrix))
     key = row["key"]
+    b = upd.get("box", row.get("box"))
     meta = {
         "key": key,
         "identity": row["identity"],
         "label": int(row["label"]),
         "source": row["source"],
-        "source_path": row["relpath"],
-        "masked": bool(row["masked"]),
-        "mask": ({**spec, "fit_score": _round(fit)} if spec and (row["masked"] or twins) else None),
+        "source_path": sample_name(ctx["src"], row),
+        "masked": masked,
+        "mask": ({**spec, "fit_score": _round(fit)} if spec and (masked or twins) else None),
         "seed": int(row["seed"]),
         "output": opts["output"],
-        "size": [int(img.shape[1]), int(img.shape[0])],
-        "landmarks": np.round(lm.astype(np.float64), 2).tolist(),
-        "box": [_round(v, 2) for v in row["box"]],
-        "det_score": _round(row.get("det_score")),
-        "pose": {k: _round(row.get(k), 2) for k in ("yaw", "pitch", "roll")},
+        "size": [int(row["width"]), int(row["height"])] if img is None else [int(img.shape[1]), int(img.shape[0])],
+        "landmarks": _flat(lm),
+        "landmarks_crop": _flat(lm_crop),
+        "box": None if b is None else [_round(v, 2) for v in b],
+        "det_score": _round(upd.get("det_score", row.get("det_score"))),
+        "pose": {k: _round(upd.get(k, row.get(k)), 2) for k in ("yaw", "pitch", "roll")},
         "quality": {k: _round(attrs.get(k)) for k in ("sharpness", "brightness", "face_size")},
         "skin_tone": {"ita": _round(attrs.get("ita")), "label": attrs.get("skin_tone")},
-        "demographics": row.get("demographics") or {},
+        "passthrough": bool(pass_ok and orig_jpg is data),
     }
+    if ctx["label_columns"]:  # never an empty struct (Parquet cannot store one)
+        meta["demographics"] = {c: row.get(c) for c in ctx["label_columns"]}
     members = {
-        f"{key}.jpg": masked_jpg if row["masked"] else orig_jpg,
+        f"{key}.jpg": masked_jpg if masked else orig_jpg,
         f"{key}.cls": str(int(row["label"])).encode(),
-        f"{key}.json": json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(),
+        f"{key}.json": json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "surrogateescape"),
     }
     if twins:
         members[f"{key}.orig.jpg"] = orig_jpg
         members[f"{key}.masked.jpg"] = masked_jpg
-    result = {"fit_score": fit, **{k: attrs.get(k) for k in ATTRIBUTE_KEYS}}
+    result = {"fit_score": fit, **{k: attrs.get(k) for k in ATTRIBUTE_KEYS},
+              "landmarks_crop": None if lm_crop is None else np.asarray(lm_crop, np.float32).reshape(-1).tolist(),
+              "passthrough": meta["passthrough"], **upd}
     return members, result
+
+
+def read_shard_rows(plan_files: list[str], index: int) -> pa.Table:
+    """A shard's rows from the plan parts (sorted by shard: row-group statistics prune)."""
+    t = pads.dataset(plan_files, format="parquet").to_table(filter=pc.field("_shard") == index)
+    return t.sort_by("key")
 
 
 def run_shard(task: dict) -> dict:
@@ -148,55 +197,101 @@ def run_shard(task: dict) -> dict:
     t0 = time.perf_counter()
     out = Path(task["out"])
     shard = task["shard"]
-    opts = task["opts"]
-    face_attributes = _face_attributes()
+    rows_t = read_shard_rows(task["plan_files"], task["index"])
+    ctx = {"opts": task["opts"], "src": task["src"], "face_attributes": _face_attributes(),
+           "label_columns": task["label_columns"]}
     members: list[tuple[str, bytes]] = []
-    results = []
-    reasons: dict[str, int] = {}
-    n_ok = n_masked = 0
-    for row in sorted(task["rows"], key=lambda r: r["key"]):
-        res = {"key": row["key"], "shard": shard, "masked": bool(row["masked"])}
+    n = rows_t.num_rows
+    status, reason, shard_col = [STATUS_OK] * n, [None] * n, [shard] * n
+    results: dict[str, list] = {k: [None] * n for k in (*RESULT_TYPES, *UPDATED)}
+    failures: dict[str, int] = {}
+    n_ok = n_masked = n_pass = n_attr = 0
+    for i, row in enumerate(rows_t.to_pylist()):
+        for k in UPDATED:
+            results[k][i] = row.get(k)
         try:
-            mem, info = process_sample(row, opts, face_attributes, task["src"])
-            members.extend(mem.items())
-            res.update(status="ok", reason=None, **info)
-            n_ok += 1
-            n_masked += bool(row["masked"])
+            mem, res = process_sample(row, ctx)
         except Exception as exc:  # per-sample failures are data, never fatal
-            reason = str(exc) if isinstance(exc, SampleError) else f"{type(exc).__name__}: {exc}"
-            res.update(status="failed", reason=reason, shard=None)
-            cls = reason.split(":")[0]
-            reasons[cls] = reasons.get(cls, 0) + 1
-        results.append(res)
-    nbytes = write_tar(out / "shards" / shard, members)
-    stats_dir = out / "stats"
+            why = str(exc) if isinstance(exc, SampleError) else f"{type(exc).__name__}: {exc}"
+            status[i], reason[i], shard_col[i] = STATUS_FAILED, why, None
+            k = f"{STATUS_FAILED}: {_reason_class(why)}"
+            failures[k] = failures.get(k, 0) + 1
+            continue
+        members.extend(mem.items())
+        for k, v in res.items():
+            results[k][i] = v
+        n_ok += 1
+        n_masked += bool(row["masked"])
+        n_pass += bool(res["passthrough"])
+        n_attr += res.get("ita") is not None or res.get("sharpness") is not None
+    data = tar_bytes(members)
+    write_atomic(out / "shards" / shard, data)
+    digest = hashlib.sha256(data).hexdigest()
+    table = rows_t
+    for k, v in (("status", status), ("reason", reason), ("shard", shard_col)):
+        table = _put(table, k, pa.array(v, pa.string()))
+    for k in RESULT_TYPES:
+        table = _put(table, k, pa.array(results[k], RESULT_TYPES[k]))
+    for k in UPDATED:
+        table = _put(table, k, pa.array(results[k], table.schema.field(k).type))
+    table = _put(table, "attr_measured", pa.array([bool(a) and s == STATUS_OK and (r is not None)
+                                                    for a, s, r in zip(table.column("attr_measured").to_pylist(), status,
+                                                                       results["sharpness"])], pa.bool_()))
     stem = shard[: -len(".tar")]
-    table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in results] for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
-    with replacing(stats_dir / f"{stem}.parquet") as tmp:
-        pq.write_table(table, tmp)
+    with replacing(out / "stats" / f"{stem}.parquet") as tmp:
+        pq.write_table(to_manifest(table, task["label_columns"]), tmp)
     stats = {
         "shard": shard,
         "plan_hash": task["plan_hash"],
         "num_samples": n_ok,
         "num_masked": n_masked,
-        "num_failed": len(results) - n_ok,
-        "failures": dict(sorted(reasons.items())),
-        "bytes": nbytes,
+        "num_failed": n - n_ok,
+        "num_passthrough": n_pass,
+        "num_attributes": n_attr,
+        "failures": dict(sorted(failures.items())),
+        "bytes": len(data),
+        "sha256": digest,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    write_atomic(stats_dir / f"{stem}.json", json.dumps(stats, indent=1, sort_keys=True).encode())
+    write_atomic(out / "stats" / f"{stem}.json", json.dumps(stats, indent=1, sort_keys=True).encode())
     return stats
 
 
-def shard_done(out: str | os.PathLike, shard: str, plan_hash: str) -> dict | None:
-    """The stats of a finished shard of the current plan, else None (to be (re)built)."""
+def _put(t: pa.Table, name: str, arr: pa.Array) -> pa.Table:
+    i = t.schema.get_field_index(name)
+    return t.set_column(i, name, arr) if i >= 0 else t.append_column(name, arr)
+
+
+def shard_done(out: str | Path, shard: str, plan_hash: str) -> dict | None:
+    """The stats of a finished shard of the current plan whose tar has the recorded size,
+    else None (to be (re)built). The digest is checked by :func:`verify_task`."""
     out = Path(out)
     stem = shard[: -len(".tar")]
     p = out / "stats" / f"{stem}.json"
-    if not (p.is_file() and (out / "shards" / shard).is_file() and (out / "stats" / f"{stem}.parquet").is_file()):
+    tar = out / "shards" / shard
+    if not (p.is_file() and tar.is_file() and (out / "stats" / f"{stem}.parquet").is_file()):
         return None
     try:
-        stats = json.loads(p.read_text())
+        stats = json.loads(p.read_bytes()[:1_000_000])
     except ValueError:
         return None
-    return stats if stats.get("plan_hash") == plan_hash else None
+    if not isinstance(stats, dict) or stats.get("plan_hash") != plan_hash or "sha256" not in stats:
+        return None
+    return stats if tar.stat().st_size == stats.get("bytes") else None
+
+
+def verify_task(task: dict) -> list[str]:
+    """The shards (of ``task["shards"]``: name, sha256) whose tar still has its recorded
+    digest; a truncated or altered tar is rebuilt by the caller."""
+    good = []
+    for name, digest in task["shards"]:
+        h = hashlib.sha256()
+        try:
+            with open(Path(task["out"]) / "shards" / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            continue
+        if h.hexdigest() == digest:
+            good.append(name)
+    return good

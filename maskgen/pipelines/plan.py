@@ -7,21 +7,34 @@ the identities inside each group, so every group and every identity gets ``floor
 so a thousand one-image identities at ratio 0.1 give exactly a hundred masked ones, chosen
 reproducibly. Per-sample draws (which images, which mask) use a generator seeded by
 ``(seed, key)``, so a sample's mask does not change when other samples are filtered out.
+
+Everything here works on *cells* (one per group x identity: its size) and on global sample
+ranks, never on per-sample Python objects: the driver allocates counts per cell
+(O(identities)); a partition task picks which samples of its cells are masked and computes
+each sample's shard from its rank with a seeded permutation (:func:`permute`), so no global
+sort of the samples is ever needed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+
+ORDER_ROUNDS = 6  # Feistel rounds of the shard shuffle
+EXPLICIT_ORDER = 1 << 22  # up to this many samples the shuffle is an explicit seeded permutation
 
 
 def key_seed(seed: int, key: str) -> int:
     """A per-sample 63-bit seed, the same in every process and on every machine."""
     h = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "big") >> 1
+
+
+def key_seeds(seed: int, keys: Sequence[str], prefix: str = "") -> np.ndarray:
+    """:func:`key_seed` of ``prefix + key`` for many keys, as int64."""
+    return np.fromiter((key_seed(seed, prefix + k) for k in keys), dtype=np.int64, count=len(keys))
 
 
 def largest_remainder(quotas: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
@@ -45,6 +58,44 @@ def masked_count(n: int, ratio: float) -> int:
     return int(np.floor(ratio * n + 0.5 + 1e-9))
 
 
+def allocate_cells(cell_group: np.ndarray, cell_size: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """Masked count per cell. Cells are (group, identity) pairs given in order: groups by
+    their sort rank ``cell_group`` (int, ascending = the order groups are served), identities
+    in key order inside a group. Exact overall; floor/ceil of its share per group, and per
+    identity inside its group."""
+    cell_group = np.asarray(cell_group, dtype=np.int64)
+    cell_size = np.asarray(cell_size, dtype=np.int64)
+    out = np.zeros(len(cell_size), dtype=np.int64)
+    n = int(cell_size.sum())
+    if n == 0 or ratio <= 0:
+        return out
+    if ratio >= 1:
+        return cell_size.copy()
+    total = masked_count(n, ratio)
+    rng = np.random.default_rng([seed, 0x6D61736B])  # one stream for tie-breaking
+    order = np.argsort(cell_group, kind="stable")
+    g_sorted = cell_group[order]
+    starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    gsizes = np.add.reduceat(cell_size[order], starts).astype(np.float64) if len(order) else np.zeros(0)
+    gtotals = largest_remainder(gsizes * total / n, total, rng)
+    for a, b, size, m_g in zip(starts, ends, gsizes, gtotals):
+        if m_g == 0:
+            continue
+        idx = order[a:b]
+        out[idx] = largest_remainder(cell_size[idx] * (m_g / size), int(m_g), rng)
+    return out
+
+
+def pick_in_cell(seed: int, first_key: str, size: int, m: int) -> np.ndarray:
+    """Which of a cell's ``size`` samples (in key order) are masked: ``m`` of them, from a
+    generator seeded by the cell's first key (stable when other cells change)."""
+    sel = np.zeros(size, dtype=bool)
+    if m:
+        sel[np.random.default_rng(key_seed(seed, first_key)).permutation(size)[:m]] = True
+    return sel
+
+
 def allocate_masked(
     keys: Sequence[str],
     identities: Sequence[str],
@@ -52,55 +103,80 @@ def allocate_masked(
     seed: int,
     groups: Sequence[str | None] | None = None,
 ) -> np.ndarray:
-    """Boolean ``masked`` per sample: exact overall, spread per group, then per identity."""
+    """Boolean ``masked`` per sample: exact overall, spread per group, then per identity.
+    (The build does the same per partition; this form serves small in-memory uses.)"""
     n = len(keys)
     masked = np.zeros(n, dtype=bool)
-    if n == 0 or ratio <= 0:
+    if n == 0:
         return masked
-    if ratio >= 1:
-        masked[:] = True
-        return masked
-    total = masked_count(n, ratio)
-    rng = np.random.default_rng([seed, 0x6D61736B])  # one stream for tie-breaking
-    grp = list(groups) if groups is not None else [None] * n
-    by_group: dict[object, list[int]] = defaultdict(list)
-    for i, g in enumerate(grp):
-        by_group[g].append(i)
-    gnames = sorted(by_group, key=lambda g: (g is None, str(g)))
-    gsizes = np.array([len(by_group[g]) for g in gnames], dtype=np.float64)
-    gtotals = largest_remainder(gsizes * ratio * total / (ratio * n), total, rng)
-    for g, m_g in zip(gnames, gtotals):
-        idx = by_group[g]
-        if m_g == 0:
-            continue
-        by_id: dict[str, list[int]] = defaultdict(list)
-        for i in idx:
-            by_id[identities[i]].append(i)
-        inames = sorted(by_id)
-        isizes = np.array([len(by_id[k]) for k in inames], dtype=np.float64)
-        itotals = largest_remainder(isizes * m_g / len(idx), int(m_g), rng)
-        for name, m_i in zip(inames, itotals):
-            if m_i == 0:
-                continue
-            cell = sorted(by_id[name], key=lambda i: keys[i])
-            # which images of the identity: seeded by the identity's first key, so stable
-            r = np.random.default_rng(key_seed(seed, keys[cell[0]]))
-            for j in r.permutation(len(cell))[: int(m_i)]:
-                masked[cell[j]] = True
+    grp = [None] * n if groups is None else list(groups)
+    gnames = sorted(set(grp), key=group_sort_key)
+    grank = {g: i for i, g in enumerate(gnames)}
+    cells: dict[tuple[int, str], list[int]] = {}
+    for i in sorted(range(n), key=lambda i: (grank[grp[i]], identities[i], keys[i])):
+        cells.setdefault((grank[grp[i]], identities[i]), []).append(i)
+    cell_list = list(cells.items())
+    m = allocate_cells(np.array([c[0][0] for c in cell_list]), np.array([len(c[1]) for c in cell_list]), ratio, seed)
+    for (_, idx), m_i in zip(cell_list, m):
+        masked[np.asarray(idx)[pick_in_cell(seed, keys[idx[0]], len(idx), int(m_i))]] = True
     return masked
 
 
-def shard_order(keys: Sequence[str], seed: int, shuffle: bool) -> list[int]:
-    """The order samples are cut into shards: a seeded shuffle mixes identities across shards
-    (a streaming trainer's shuffle buffer then sees many identities); else key order."""
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
-    if shuffle:
-        order = sorted(order, key=lambda i: key_seed(seed, "order:" + keys[i]))
-    return order
+def group_sort_key(g: str | None) -> tuple[bool, str]:
+    """Groups are served in this order (no-label group last)."""
+    return (g is None, str(g))
 
 
-def split_shards(order: list[int], samples_per_shard: int) -> list[list[int]]:
-    return [order[i : i + samples_per_shard] for i in range(0, len(order), samples_per_shard)]
+# ---- shard order: a seeded permutation of ranks (no global sort) ----
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a fast, well-mixing function of uint64 (vectorized)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def permute(ranks: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded bijection of ``[0, n)`` applied to ``ranks``: an explicit seeded permutation
+    up to ``EXPLICIT_ORDER`` samples, beyond a Feistel network on the smallest even bit width
+    covering ``n``, cycle-walking values that land outside (no table of ``n`` entries).
+    Any task computes the shuffled position of its own samples from their global ranks."""
+    if n <= EXPLICIT_ORDER:  # small enough for every task to hold the whole permutation
+        perm = np.random.default_rng([seed, 0x6F72646572]).permutation(int(n))
+        return perm[np.asarray(ranks, dtype=np.int64)]
+    x = np.asarray(ranks, dtype=np.uint64).copy()
+    half = max(1, (int(n - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    keys = [np.uint64(key_seed(seed, f"shard-order:{r}") & 0xFFFFFFFFFFFFFFFF) for r in range(ORDER_ROUNDS)]
+    todo = np.ones(len(x), dtype=bool)
+    with np.errstate(over="ignore"):
+        while todo.any():
+            v = x[todo]
+            left, right = v >> np.uint64(half), v & mask
+            for k in keys:
+                left, right = right, left ^ (_mix(right ^ k) & mask)
+            v = (left << np.uint64(half)) | right
+            x[todo] = v
+            todo[todo] = v >= np.uint64(n)
+    return x.astype(np.int64)
+
+
+def shard_of(ranks: np.ndarray, n: int, seed: int, shuffle: bool, per_shard: int) -> np.ndarray:
+    """The shard index of samples by global rank in key order: a seeded shuffle mixes
+    identities across shards (a streaming trainer's shuffle buffer then sees many); else
+    shards are cut in key order."""
+    pos = permute(ranks, n, seed) if shuffle else np.asarray(ranks, dtype=np.int64)
+    return (pos // int(per_shard)).astype(np.int32)
+
+
+def num_shards(n: int, per_shard: int) -> int:
+    return -(-int(n) // int(per_shard))
 
 
 def shard_name(name: str, index: int) -> str:
@@ -111,3 +187,26 @@ def brace_pattern(name: str, n_shards: int) -> str:
     if n_shards <= 1:
         return shard_name(name, 0)
     return f"{name}-{{{0:06d}..{n_shards - 1:06d}}}.tar"
+
+
+# ---- plan hash of a shard from its rows, combined across partitions ----
+
+
+def row_digests(parts: Sequence[bytes]) -> np.ndarray:
+    """Two uint64 lanes per row (blake2b of its plan fields): summed per shard, they give a
+    plan hash independent of which partition contributed which row."""
+    buf = b"".join(hashlib.blake2b(p, digest_size=16).digest() for p in parts)
+    return np.frombuffer(buf, dtype="<u8").reshape(-1, 2) if parts else np.zeros((0, 2), np.uint64)
+
+
+def add_lanes(acc: np.ndarray, shard: np.ndarray, lanes: np.ndarray) -> None:
+    """``acc[shard] += lanes`` modulo 2**64 (uint64 wraps)."""
+    with np.errstate(over="ignore"):
+        np.add.at(acc, shard, lanes.astype(np.uint64))
+
+
+def shard_hash(head: str, count: int, lanes: np.ndarray) -> str:
+    h = hashlib.blake2b(head.encode(), digest_size=8)
+    h.update(int(count).to_bytes(8, "little"))
+    h.update(np.asarray(lanes, dtype="<u8").tobytes())
+    return h.hexdigest()

@@ -38,7 +38,12 @@ class Progress:
         if self.echo:
             print(text, file=sys.stderr, flush=True)
         if self.log:
-            self.log.write(text + "\n")
+            try:
+                self.log.write(text + "\n")
+            except OSError as exc:  # e.g. the disk is full: keep going, say it once on stderr
+                self.log = None
+                print(f"{time.strftime('%H:%M:%S')} [log] cannot append to the build log: {exc.strerror or exc}",
+                      file=sys.stderr, flush=True)
 
     def stage(self, name: str, total: int) -> None:
         self._stage, self._total = name, total
@@ -76,5 +81,8 @@ class Progress:
 
     def close(self) -> None:
         if self.log:
-            self.log.close()
+            try:
+                self.log.close()
+            except OSError:
+                pass
             self.log = None

@@ -11,28 +11,42 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-OBJECT_STORE_BYTES = 200 * 1024 * 1024  # task payloads are small: plan rows and stats only
+OBJECT_STORE_BYTES = 200 * 1024 * 1024  # task payloads are small: part paths, per-identity slices, counts
 
 
-def start_ray(workers: int | None, ray_address: str | None) -> bool:
-    """Initialise Ray unless it already is; returns True when this call started it."""
+def start_ray(workers: int | None, ray_address: str | None) -> tuple[bool, str]:
+    """Initialise Ray unless it already is; returns (this call started it, what it did).
+
+    Without ``ray_address`` a build always starts its own local instance
+    (``address="local"``): it never attaches to a ``ray start`` cluster that happens to run
+    on the machine, nor follows ``RAY_ADDRESS`` or a stale address file. With
+    ``ray_address`` (``auto`` or ``HOST:PORT``) it joins that cluster and runs every stage
+    there; then inputs and outputs must be on a file system every node sees.
+    """
     import ray
 
     if ray.is_initialized():
-        return False
+        return False, f"using the Ray instance already initialised in this process ({cluster_cpus()} CPUs)"
     # Workers must import maskgen from the same install; no runtime-env packaging needed.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if ray_address:
         ray.init(address=ray_address, log_to_driver=True, configure_logging=False)
-    else:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return True, f"joined the Ray cluster at {ray_address} ({cluster_cpus()} CPUs on {len(nodes)} node(s))"
+    saved = os.environ.pop("RAY_ADDRESS", None)  # "local" must not be overridden by the environment
+    try:
         ray.init(
+            address="local",
             num_cpus=workers or os.cpu_count() or 1,
             include_dashboard=False,
             object_store_memory=OBJECT_STORE_BYTES,
             log_to_driver=True,
             configure_logging=False,
         )
-    return True
+    finally:
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
+    return True, f"started a local Ray with {workers or os.cpu_count()} CPUs (not attached to any running cluster)"
 
 
 def one_thread() -> None:
@@ -85,3 +99,10 @@ def run_window(
                 result, error = None, exc
             on_done(task, result, error)
             submit()
+
+
+def error_line(error: BaseException) -> str:
+    """One line naming what went wrong in a task (the cause inside Ray's wrapper)."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]
