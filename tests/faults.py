@@ -1,0 +1,181 @@
+"""Real hostile inputs for fault-injection tests (and ``benchmarks/bad_inputs.py``).
+
+Everything here is a real file of its kind, not a mock: a valid JPEG and PNG of 20000x20000
+pixels written without ever holding those pixels, FIFOs, links to devices, truncated files,
+pickles whose ``__reduce__`` runs a command, mounts of small or read-only tmpfs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+BOMB_SIDE = 20000
+
+
+def jpeg_bomb(width: int = BOMB_SIDE, height: int = BOMB_SIDE) -> bytes:
+    """A valid baseline grayscale JPEG of ``width`` x ``height`` uniform grey pixels.
+
+    Written block by block: one-code Huffman tables make every 8x8 block two zero bits (DC
+    difference 0, end of block), so 20000x20000 takes 1.6 MB and no pixel buffer. Any JPEG
+    decoder gives a mid-grey image of the declared size.
+    """
+    blocks = ((width + 7) // 8) * ((height + 7) // 8)
+    nbits = 2 * blocks
+    scan = bytes(nbits // 8)
+    if nbits % 8:
+        scan += bytes([0xFF >> (nbits % 8)])  # pad the last byte with 1 bits
+        # a padded byte of 0xFF would need stuffing; 0xFF >> k < 0xFF for k >= 1
+    out = bytearray(b"\xff\xd8")
+    out += b"\xff\xdb" + struct.pack(">H", 67) + b"\x00" + bytes([1] * 64)  # DQT: all ones
+    out += b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"  # SOF0
+    counts = bytes([1] + [0] * 15)  # one code of length 1
+    out += b"\xff\xc4" + struct.pack(">H", 2 + 1 + 16 + 1) + b"\x00" + counts + b"\x00"  # DC: cat 0
+    out += b"\xff\xc4" + struct.pack(">H", 2 + 1 + 16 + 1) + b"\x10" + counts + b"\x00"  # AC: EOB
+    out += b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00" + b"\x00\x3f\x00"  # SOS
+    out += scan
+    out += b"\xff\xd9"
+    return bytes(out)
+
+
+def with_exif(jpeg: bytes) -> bytes:
+    """The same JPEG with an EXIF APP1 segment (orientation 1), which sends it to Pillow."""
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + struct.pack(">H", 1) + struct.pack(">HHII", 0x0112, 3, 1, 1 << 16) + b"\x00" * 4
+    app1 = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", 2 + len(app1)) + app1 + jpeg[2:]
+
+
+def png_bomb(width: int = BOMB_SIDE, height: int = BOMB_SIDE) -> bytes:
+    """A valid 8-bit grayscale PNG of ``width`` x ``height`` black pixels (about 400 KB),
+    compressed row by row so the raw pixels never exist at once."""
+    comp = zlib.compressobj(9)
+    row = bytes(1 + width)  # filter byte 0 + zero pixels
+    idat = bytearray()
+    for _ in range(height):
+        idat += comp.compress(row)
+    idat += comp.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", bytes(idat)) + chunk(b"IEND", b"")
+
+
+def header_bombs(side: int = BOMB_SIDE) -> dict[str, bytes]:
+    """Small files of other formats whose headers declare ``side`` x ``side`` pixels."""
+    bmp_pixels = 0
+    bmp = (b"BM" + struct.pack("<IHHI", 54 + bmp_pixels, 0, 0, 54)
+           + struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24, 0, 0, 2835, 2835, 0, 0))
+    gif = (b"GIF89a" + struct.pack("<HHBBB", side, side, 0, 0, 0)
+           + b"\x2c" + struct.pack("<HHHHB", 0, 0, side, side, 0) + b"\x02\x02\x44\x01\x00\x3b")
+    ppm = f"P6\n{side} {side}\n255\n".encode() + bytes(64)
+    return {"bomb.bmp": bmp, "bomb.gif": gif, "bomb.ppm": ppm}
+
+
+class Payload:
+    """An object whose unpickling runs ``func(*args)``: the classic pickle attack."""
+
+    def __init__(self, func, args: tuple) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def malicious_pickles(marker: Path) -> dict[str, bytes]:
+    """Pickles that create ``marker`` when loaded by a plain ``pickle.load`` (each a real
+    attack: a shell command, ``eval``, a subprocess), shaped like an insightface ``.bin``."""
+    m = str(marker)
+    shell = Payload(os.system, (f"touch {m}",))
+    evil_eval = Payload(eval, (f"open({m!r}, 'w').write('pwned')",))
+    proc = Payload(subprocess.call, ([sys.executable, "-c", f"open({m!r}, 'w').close()"],))
+    out = {}
+    for name, payload in (("os_system", shell), ("eval", evil_eval), ("subprocess", proc)):
+        # the payload as an image of the pair list, and as the whole file
+        out[f"{name}_in_bins"] = pickle.dumps(([b"\xff\xd8", payload], [True]), protocol=2)
+        out[f"{name}_whole"] = pickle.dumps(payload, protocol=4)
+    out["numpy_object_array"] = pickle.dumps(
+        ([np.array([b"x", shell], dtype=object), b"y"], [True]), protocol=4)
+    return out
+
+
+def make_fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "4m", readonly: bool = False) -> Iterator[Path]:
+    """Mount a real tmpfs at ``path`` (size-limited, optionally read-only); unmounted after.
+
+    Raises ``OSError`` when mounting is not possible here (not root, no mount namespace
+    rights): callers skip the test."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if readonly else "")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "maskgen-test", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise OSError(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def readonly_dir(path: Path) -> Iterator[Path]:
+    """A folder no process can write into, even as root: a read-only tmpfs mount, else an
+    immutable (``chattr +i``) folder. Raises ``OSError`` when neither works here."""
+    try:
+        with tmpfs(path, "1m", readonly=True) as p:
+            yield p
+        return
+    except OSError:
+        pass
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise OSError(f"cannot make a read-only folder here: {res.stderr.strip()}")
+    try:
+        probe = path / ".probe"
+        try:
+            probe.write_bytes(b"")
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            raise OSError("chattr +i did not stop writes here")
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+def peak_rss_of(code: str, env: dict | None = None, timeout: float = 120) -> tuple[str, int, int]:
+    """Run ``code`` in a fresh Python; return (its stdout, RSS before the last statement in KiB,
+    peak RSS in KiB). ``code``'s last line is the measured statement; earlier lines set up."""
+    *setup, last = code.strip().splitlines()
+    script = "\n".join([
+        "import resource, sys",
+        *setup,
+        "_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
+        last,
+        "_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
+        "print(f'RSS {_before} {_peak}')",
+    ])
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr)
+    lines = res.stdout.strip().splitlines()
+    _, before, peak = lines[-1].split()
+    return "\n".join(lines[:-1]), int(before), int(peak)
