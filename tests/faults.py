@@ -179,3 +179,35 @@ def peak_rss_of(code: str, env: dict | None = None, timeout: float = 120) -> tup
     lines = res.stdout.strip().splitlines()
     _, before, peak = lines[-1].split()
     return "\n".join(lines[:-1]), int(before), int(peak)
+
+
+def maskgen_cmd() -> list[str]:
+    """The installed ``maskgen`` console script of this interpreter (``python -m maskgen``
+    where the script is absent)."""
+    script = Path(sys.executable).with_name("maskgen")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "maskgen"]
+
+
+def run_maskgen(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,
+                **kw) -> subprocess.CompletedProcess:
+    """Run the real ``maskgen`` command in ``cwd`` (its own Ray temp folder under ``cwd``)."""
+    env = {**os.environ, "RAY_TMPDIR": str(cwd / "ray"), **(env or {})}
+    (cwd / "ray").mkdir(parents=True, exist_ok=True)
+    return subprocess.run(maskgen_cmd() + [str(a) for a in args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env, **kw)
+
+
+def error_line(res: subprocess.CompletedProcess) -> str:
+    """The one ``Error:`` line a failed command ends with; asserts the CLI contract: non-zero
+    exit, no traceback, exactly one error line and it is the last line of stderr."""
+    assert res.returncode != 0, f"exit 0\n{res.stdout}\n{res.stderr}"
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], res.stderr
+    return errors[0]
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> bytes): to show a run changed nothing."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

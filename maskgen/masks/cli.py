@@ -20,7 +20,7 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
 
 def iter_inputs(src: Path, recursive: bool = True) -> Iterator[Path]:
     """The image files of a file or folder, sorted (every file with an image extension)."""
-    if src.is_file():
+    if not src.is_dir():  # a file, or a FIFO/device that load_image refuses with its reason
         yield src
         return
     pattern = "**/*" if recursive else "*"
@@ -31,7 +31,7 @@ def iter_inputs(src: Path, recursive: bool = True) -> Iterator[Path]:
 
 def image_seed(seed: int, rel: str) -> int:
     """A per-image seed from the run seed and the image's relative path (order-independent)."""
-    return (int(seed) * 1_000_003 + zlib.crc32(rel.encode("utf-8"))) % (2**32)
+    return (int(seed) * 1_000_003 + zlib.crc32(rel.encode("utf-8", "surrogateescape"))) % (2**32)
 
 
 GROUP_IMAGES = 64  # images loaded and detected together by the dlib backend
@@ -128,11 +128,15 @@ def mask(
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    out.mkdir(parents=True, exist_ok=True)
+    from maskgen.masks.outfiles import RESULTS, alpha_name, check_apart, claim_output, output_names, write_file
+
+    check_apart(src, out)
+    inputs = list(iter_inputs(src))
+    names = output_names([_rel(p, src) for p in inputs], fmt, alpha=save_alpha)
     counts: Counter[str] = Counter()
-    n = 0
-    with open(out / "results.jsonl", "w", encoding="utf-8") as log:
-        for p, img, reason, faces in load_with_faces(iter_inputs(src), backend, select):
+    n = written = 0
+    with claim_output(out), open(out / RESULTS, "w", encoding="utf-8") as log:
+        for p, img, reason, faces in load_with_faces(inputs, backend, select):
             rel = _rel(p, src)
             s = image_seed(seed, rel)
             rec: dict = {"path": rel, "seed": s}
@@ -155,23 +159,26 @@ def mask(
                 res = mask_face(img, spec, seed=s, faces=faces, backend=backend, select=select)
                 rec.update(res.to_json())
                 if res.ok:
-                    dst = out / Path(rel).with_suffix(f".{fmt}")
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    bgr = cv2.cvtColor(res.image, cv2.COLOR_RGB2BGR)
                     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpg" else []
-                    cv2.imwrite(str(dst), bgr, params)
-                    rec["output"] = dst.relative_to(out).as_posix()
-                    if save_alpha:
-                        a = np.clip(res.alpha * 255 + 0.5, 0, 255).astype(np.uint8)
-                        cv2.imwrite(str(dst.with_suffix(".alpha.png")), a)
-                    rec["reason"] = None
+                    ok, enc = cv2.imencode(f".{fmt}", cv2.cvtColor(res.image, cv2.COLOR_RGB2BGR), params)
+                    if ok:
+                        dst = out / names[rel]
+                        write_file(dst, enc.tobytes())  # an OSError (disk full, read-only) ends the run
+                        written += 1
+                        rec["output"] = names[rel]
+                        rec["reason"] = None
+                        if save_alpha:
+                            a = np.clip(res.alpha * 255 + 0.5, 0, 255).astype(np.uint8)
+                            write_file(out / alpha_name(names[rel], fmt), cv2.imencode(".png", a)[1].tobytes())
+                    else:
+                        rec.update(status="failed", reason=f"encode failed: {fmt}")
                 else:
                     rec.update(status="failed", reason=res.status)
             counts[rec["status"] if rec["status"] == "ok" else str(rec["reason"])] += 1
             n += 1
             log.write(json.dumps(rec) + "\n")
     summary = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
-    click.echo(f"{n} images -> {out} ({summary})", err=True)
+    click.echo(f"{n} images, {written} written -> {out} ({summary})", err=True)
 
 
 @click.command("landmarks")

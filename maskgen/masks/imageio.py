@@ -130,6 +130,13 @@ def load_image(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[n
 
 def decode_image(data: bytes, max_side: int = MAX_SIDE) -> tuple[np.ndarray | None, str]:
     """Decode encoded image bytes into RGB uint8 (H, W, 3), or ``(None, reason)``."""
+    try:
+        return _decode(data, max_side)
+    except MemoryError:  # an image within the caps on a machine short of memory: this one only
+        return None, "too large: out of memory while decoding"
+
+
+def _decode(data: bytes, max_side: int) -> tuple[np.ndarray | None, str]:
     if not data:
         return None, "empty file"
     if len(data) > MAX_FILE_BYTES:
@@ -161,7 +168,10 @@ def _decode_jpeg_cv2(data: bytes, frame: tuple[int, int, int]) -> np.ndarray | N
         return None  # truncated: let Pillow report it
     if frame[2] != 3 and frame[2] != 1:
         return None  # CMYK/YCCK: Pillow converts those
-    rgb = imdecode_rgb(np.frombuffer(data, np.uint8))
+    try:
+        rgb = imdecode_rgb(np.frombuffer(data, np.uint8))
+    except cv2.error:
+        return None
     if rgb is None or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != (frame[1], frame[0]):
         return None
     return rgb
