@@ -74,7 +74,7 @@ def test_a_users_folder_is_never_written_into(tmp_path: Path, photos: Path) -> N
     mine.mkdir()
     (mine / "x.jpg.jpg").write_bytes(b"my own file")
     res = faults.run_maskgen(["mask", photos, "-o", mine], cwd=tmp_path)
-    assert "not empty and was not written by maskgen" in faults.error_line(res)
+    assert "is not empty and was not made by maskgen" in faults.error_line(res)
     assert _regular(mine) == {"x.jpg.jpg": b"my own file"}
 
 
@@ -84,10 +84,16 @@ def test_rerun_into_its_own_folder_gives_the_same_files(tmp_path: Path, photos: 
     for _ in range(2):
         res = faults.run_maskgen(["mask", photos / "x.jpg", "-o", out, "--seed", "4"], cwd=tmp_path)
         assert res.returncode == 0, res.stderr
-        now = _regular(out)
+        now = {k: v for k, v in _regular(out).items() if k != ".maskgen-output.lock"}  # holds the pid
         assert first is None or now == first
         first = now
     assert sorted(first) == [".maskgen-output.json", RESULTS, "x.jpg"]
+    from maskgen.outputs import claim
+
+    with claim(tmp_path / "b", "build"):  # another kind of maskgen output: not mixed with masks
+        pass
+    res = faults.run_maskgen(["mask", photos / "x.jpg", "-o", tmp_path / "b"], cwd=tmp_path)
+    assert "holds maskgen build output" in faults.error_line(res)
 
 
 def test_disk_full_is_one_line_and_leaves_no_partial_image(tmp_path: Path, astronaut: np.ndarray) -> None:
@@ -109,7 +115,7 @@ def test_disk_full_is_one_line_and_leaves_no_partial_image(tmp_path: Path, astro
         assert written, "the tmpfs should hold a few outputs before it filled"
         for p in written:  # every file under its final name is whole
             assert cv2.imread(str(p)) is not None and cv2.imread(str(p)).shape == bgr.shape
-        assert not list((small / "out").glob(".*.tmp")), "a temp file was left behind"
+        assert not list((small / "out").glob("*.tmp")), "a temp file was left behind"
     finally:
         ctx.__exit__(None, None, None)
 
@@ -126,3 +132,15 @@ def test_output_names_rule() -> None:
     claimed = [n.casefold() for n in names.values()] + [n[:-4].casefold() + ".alpha.png" for n in names.values()]
     assert len(set(claimed)) == 4
     assert output_names(["b.png", "a.jpg"], "png") == output_names(["a.jpg", "b.png"], "png")
+
+
+def test_two_runs_on_one_folder(tmp_path: Path, photos: Path) -> None:
+    """While one run holds the folder, a second stops at once with one line naming its pid."""
+    import os
+
+    from maskgen.outputs import claim
+
+    with claim(tmp_path / "out", "mask"):
+        res = faults.run_maskgen(["mask", photos / "x.jpg", "-o", tmp_path / "out"], cwd=tmp_path)
+    assert faults.error_line(res).endswith(f"is in use by another maskgen run (pid {os.getpid()})")
+    assert not (tmp_path / "out" / "x.jpg").exists()

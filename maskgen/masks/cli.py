@@ -128,14 +128,15 @@ def mask(
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    from maskgen.masks.outfiles import RESULTS, alpha_name, check_apart, claim_output, output_names, write_file
+    from maskgen.masks.outfiles import RESULTS, alpha_name, check_apart, output_names
+    from maskgen.outputs import claim
 
     check_apart(src, out)
     inputs = list(iter_inputs(src))
     names = output_names([_rel(p, src) for p in inputs], fmt, alpha=save_alpha)
     counts: Counter[str] = Counter()
     n = written = 0
-    with claim_output(out), open(out / RESULTS, "w", encoding="utf-8") as log:
+    with claim(out, "mask"), open(out / RESULTS, "w", encoding="utf-8") as log:
         for p, img, reason, faces in load_with_faces(inputs, backend, select):
             rel = _rel(p, src)
             s = image_seed(seed, rel)
@@ -163,13 +164,13 @@ def mask(
                     ok, enc = cv2.imencode(f".{fmt}", cv2.cvtColor(res.image, cv2.COLOR_RGB2BGR), params)
                     if ok:
                         dst = out / names[rel]
-                        write_file(dst, enc.tobytes())  # an OSError (disk full, read-only) ends the run
+                        _write(dst, enc.tobytes())  # disk full, read-only: the run ends with one line
                         written += 1
                         rec["output"] = names[rel]
                         rec["reason"] = None
                         if save_alpha:
                             a = np.clip(res.alpha * 255 + 0.5, 0, 255).astype(np.uint8)
-                            write_file(out / alpha_name(names[rel], fmt), cv2.imencode(".png", a)[1].tobytes())
+                            _write(out / alpha_name(names[rel], fmt), cv2.imencode(".png", a)[1].tobytes())
                     else:
                         rec.update(status="failed", reason=f"encode failed: {fmt}")
                 else:
@@ -179,6 +180,14 @@ def mask(
             log.write(json.dumps(rec) + "\n")
     summary = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
     click.echo(f"{n} images, {written} written -> {out} ({summary})", err=True)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write one output file atomically (temp name unique to this run, then rename)."""
+    from maskgen.outputs import replacing
+
+    with replacing(path, hint="") as tmp:
+        tmp.write_bytes(data)
 
 
 @click.command("landmarks")

@@ -1,24 +1,19 @@
 """Where ``maskgen mask`` writes: an output folder apart from the input, one file per output.
 
 The user's photos are never touched: the output folder may not be (or lie inside) the input
-folder, nor hold it; each input gets output names no other input gets (see
+folder, nor hold it; the folder is claimed (:func:`maskgen.outputs.claim`: a folder of the
+user's is refused, one run at a time); each input gets output names no other input gets (see
 :func:`output_names`); every image is written under a temp name and renamed into place.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import json
-import os
 from collections import Counter
-from typing import Iterator
 from pathlib import Path, PurePosixPath
 
 from maskgen.errors import OutputError
 
 RESULTS = "results.jsonl"
-MARKER = ".maskgen-output.json"
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -68,34 +63,3 @@ def output_names(rels: list[str], fmt: str, alpha: bool = False) -> dict[str, st
         taken.update(c.casefold() for c in claims)
         names[r] = cand
     return names
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` under a temp name of this process, then rename it into place (a crash
-    never leaves a half image under the final name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file, not the temp
-        raise
-
-
-@contextlib.contextmanager
-def claim_output(out: Path) -> Iterator[Path]:
-    """Make ``out`` a folder of maskgen's: create it with a marker file written first; refuse a
-    non-empty folder without the marker (the user's own files must not be overwritten)."""
-    out.mkdir(parents=True, exist_ok=True)
-    marker = out / MARKER
-    if not marker.is_file():
-        if any(out.iterdir()):
-            raise OutputError(f"{out} is not empty and was not written by maskgen: choose a new or empty folder")
-        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        write_file(marker, (json.dumps({"tool": "maskgen", "kind": "mask", "created": stamp}) + "\n").encode())
-    yield out
