@@ -190,11 +190,18 @@ def maskgen_cmd() -> list[str]:
 
 def run_maskgen(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,
                 **kw) -> subprocess.CompletedProcess:
-    """Run the real ``maskgen`` command in ``cwd`` (its own Ray temp folder under ``cwd``)."""
-    env = {**os.environ, "RAY_TMPDIR": str(cwd / "ray"), **(env or {})}
-    (cwd / "ray").mkdir(parents=True, exist_ok=True)
-    return subprocess.run(maskgen_cmd() + [str(a) for a in args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env, **kw)
+    """Run the real ``maskgen`` command in ``cwd``, with a Ray temp folder of its own (short:
+    Ray's socket paths must stay under 108 bytes), removed afterwards."""
+    import shutil
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="mgr")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, **(env or {})}
+    try:
+        return subprocess.run(maskgen_cmd() + [str(a) for a in args], cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout, env=env, **kw)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def error_line(res: subprocess.CompletedProcess) -> str:
@@ -211,3 +218,65 @@ def error_line(res: subprocess.CompletedProcess) -> str:
 def tree_digest(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (relative path -> bytes): to show a run changed nothing."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def make_bad_folder(root: Path, face_bgr: np.ndarray, copies: int = 1) -> dict[str, str]:
+    """A folder-by-identity source of hostile inputs beside good photos.
+
+    Returns {relative path (as a scan names it, undecodable bytes as ``\\xNN``): what it is}.
+    Every hostile kind the reliability docs list: a FIFO, a link to /dev/zero, JPEG and PNG
+    pixel bombs, truncated/empty/corrupt files, hidden files, non-UTF-8 and control-character
+    names, an HTML-injection identity, a symlinked identity folder, a symlink loop, and an
+    output folder of maskgen's inside the source.
+    """
+    import cv2
+
+    root.mkdir(parents=True, exist_ok=True)
+    good = cv2.imencode(".jpg", face_bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    flipped = cv2.imencode(".jpg", face_bgr[:, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    kinds: dict[str, str] = {}
+    rb = os.fsencode(root)
+
+    def put(rel: bytes, data: bytes, kind: str) -> None:
+        p = os.path.join(rb, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(data)
+        kinds[rel.decode("utf-8", "backslashreplace")] = kind
+
+    for c in range(copies):
+        a, b = f"alice{c}".encode(), f"bob{c}".encode()
+        for i in range(3):
+            put(a + b"/%d.jpg" % i, good, "good")
+            put(b + b"/%d.jpg" % i, flipped, "good")
+        put(a + b"/truncated.jpg", good[: len(good) // 2], "truncated")
+        put(a + b"/empty.jpg", b"", "empty")
+        put(a + b"/corrupt.jpg", bytes(range(256)) * 20, "corrupt")
+        put(a + b"/bomb.jpg", jpeg_bomb(), "pixel bomb")
+        put(a + b"/bomb.png", png_bomb(), "pixel bomb")
+        put(a + b"/.hidden.jpg", good, "hidden")
+        put(a + b"/caf\xe9.jpg", good, "non-UTF-8 name")
+        put(a + b"/new\nline.jpg", good, "newline in name")
+        put(a + b"/tab\tname.jpg", good, "tab in name")
+        put(b"jos\xe9%d/0.jpg" % c, good, "non-UTF-8 identity")
+        put(b"<img src=x onerror=alert(%d)>/0.jpg" % c, good, "HTML identity")
+        put(b"evil\nname%d/0.jpg" % c, flipped, "newline identity")
+        os.mkfifo(os.path.join(rb, a + b"/fifo.jpg"))
+        kinds[f"alice{c}/fifo.jpg"] = "FIFO"
+        os.symlink("/dev/zero", os.path.join(rb, a + b"/zero.jpg"))
+        kinds[f"alice{c}/zero.jpg"] = "device link"
+        os.symlink("..", os.path.join(rb, b + b"/loop"))  # a symlink loop back to the root
+        kinds[f"bob{c}/loop"] = "symlink loop"
+    outside = root.parent / f"{root.name}-linked-target"
+    (outside / "x").mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        (outside / "x" / f"{i}.jpg").write_bytes(good)
+    os.symlink(outside / "x", root / "linked")
+    kinds["linked/0.jpg"] = kinds["linked/1.jpg"] = "symlinked identity"
+    owned = root / "previous-build"
+    owned.mkdir(exist_ok=True)
+    (owned / ".maskgen-output.json").write_text('{"tool": "maskgen", "kind": "build", "created": "2026-01-01T00:00:00Z"}\n')
+    (owned / "report").mkdir(exist_ok=True)
+    (owned / "report" / "plot.png").write_bytes(good)
+    kinds["previous-build/report/plot.png"] = "owned output (skipped)"
+    return kinds
