@@ -39,23 +39,13 @@ def _face():
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
-def _hwm_kib(p: psutil.Process) -> int:
+def _kib(pid: int, table: str, field: str) -> int:
+    """A KiB figure of /proc/<pid>/<table>: ``VmHWM`` of ``status`` (the process's peak RSS),
+    ``Pss`` of ``smaps_rollup`` (shared pages such as libraries counted once)."""
     try:
-        with open(f"/proc/{p.pid}/status") as f:
+        with open(f"/proc/{pid}/{table}") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _pss_kib(p: psutil.Process) -> int:
-    """Proportional set size: shared pages (libraries, Ray's object store) counted once."""
-    try:
-        with open(f"/proc/{p.pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -75,8 +65,8 @@ def measure(cmd: list[str], cwd: Path, env: dict) -> dict:
         total = 0
         for p in procs:
             try:
-                total += _pss_kib(p)
-                hwm = _hwm_kib(p)
+                total += _kib(p.pid, "smaps_rollup", "Pss")
+                hwm = _kib(p.pid, "status", "VmHWM")
                 if hwm > peak_proc.get(p.pid, (0, ""))[0]:
                     peak_proc[p.pid] = (hwm, " ".join(p.cmdline()[:3])[:60])
             except psutil.Error:

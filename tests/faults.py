@@ -280,3 +280,16 @@ def make_bad_folder(root: Path, face_bgr: np.ndarray, copies: int = 1) -> dict[s
     (owned / "report" / "plot.png").write_bytes(good)
     kinds["previous-build/report/plot.png"] = "owned output (skipped)"
     return kinds
+
+
+def face_folder(root: Path, face_bgr: np.ndarray, identities: int = 2, per: int = 3) -> Path:
+    """A folder-by-identity dataset of real face photos, each a shifted copy of one face
+    (mirrored for every other identity): ``root/id<k>/<i>.jpg``."""
+    import cv2
+
+    for k in range(identities):
+        (root / f"id{k}").mkdir(parents=True, exist_ok=True)
+        img = face_bgr if k % 2 == 0 else face_bgr[:, ::-1]
+        for i in range(per):
+            cv2.imwrite(str(root / f"id{k}" / f"{i}.jpg"), np.roll(img, 9 * i + 40 * k, axis=1))
+    return root

@@ -86,13 +86,7 @@ def test_the_build_says_what_it_dropped(bad_build) -> None:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
-    d = tmp_path_factory.mktemp("photos")
-    bgr = cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR)
-    for who, img in (("alice", bgr), ("bob", bgr[:, ::-1])):
-        (d / who).mkdir()
-        for i in range(3):
-            cv2.imwrite(str(d / who / f"{i}.jpg"), np.roll(img, 9 * i, axis=1))
-    return d
+    return faults.face_folder(tmp_path_factory.mktemp("photos"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
 
 
 BUILD = ["--workers", "1", "--quiet", "--samples-per-shard", "2", "--no-report", "--output", "original"]

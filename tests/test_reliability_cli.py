@@ -26,13 +26,7 @@ from maskgen.cli import COMMANDS, describe_os_error, main, one_line
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
     """A tiny folder-by-identity dataset: two identities of three real face photos."""
-    d = tmp_path_factory.mktemp("faces")
-    bgr = cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR)
-    for who, img in (("alice", bgr), ("bob", bgr[:, ::-1])):
-        (d / who).mkdir()
-        for i in range(3):
-            cv2.imwrite(str(d / who / f"{i}.jpg"), np.roll(img, 7 * i, axis=1))
-    return d
+    return faults.face_folder(tmp_path_factory.mktemp("faces"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +69,7 @@ def test_bad_option_is_one_line(tmp_path: Path) -> None:
 def test_write_into_read_only_folder(command: str, tmp_path: Path, readonly: Path, faces: Path,
                                      request: pytest.FixtureRequest) -> None:
     src = request.getfixturevalue("built") if command == "card" else faces
-    args = {"mask": ["mask", faces / "alice", "-o", readonly / "out"],
+    args = {"mask": ["mask", faces / "id0", "-o", readonly / "out"],
             "build": ["build", faces, "-o", readonly / "out", "--workers", "1", "--quiet"],
             "audit": ["audit", faces, "-o", readonly / "out"],
             "card": ["card", src, "-o", readonly / "out"]}[command]
@@ -86,10 +80,10 @@ def test_write_into_read_only_folder(command: str, tmp_path: Path, readonly: Pat
 
 
 def test_debug_shows_the_traceback(tmp_path: Path, readonly: Path, faces: Path) -> None:
-    res = faults.run_maskgen(["--debug", "mask", faces / "alice", "-o", readonly / "out"], cwd=tmp_path)
+    res = faults.run_maskgen(["--debug", "mask", faces / "id0", "-o", readonly / "out"], cwd=tmp_path)
     assert res.returncode == 1 and "Traceback (most recent call last)" in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("Error: cannot write")
-    res = faults.run_maskgen(["mask", faces / "alice", "-o", readonly / "out"], cwd=tmp_path,
+    res = faults.run_maskgen(["mask", faces / "id0", "-o", readonly / "out"], cwd=tmp_path,
                              env={"MASKGEN_DEBUG": "1"})
     assert "Traceback" in res.stderr
 
