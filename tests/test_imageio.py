@@ -246,3 +246,13 @@ def test_only_known_formats_are_opened() -> None:
     """Pillow plug-ins outside maskgen's image types (EPS would start Ghostscript) are never used."""
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     assert decode_image(eps) == (None, "corrupt: not a recognised image format")
+
+
+def test_pixel_refusal_for_other_decoders(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """The header-only check other decoders call before ``cv2.imdecode``."""
+    assert mio.pixel_refusal(faults.jpeg_bomb()) == f"too large: 20000x20000 pixels exceeds {mio.MAX_PIXELS}"
+    assert mio.pixel_refusal(faults.png_bomb()).startswith("too large:")
+    assert mio.pixel_refusal(faults.header_bombs()["bomb.bmp"]).startswith("too large:")
+    ok = _save_jpeg(astronaut, tmp_path / "a.jpg").read_bytes()
+    assert mio.pixel_refusal(ok) is None and mio.pixel_refusal(b"junk") is None
+    assert mio.pixel_refusal(ok, max_pixels=1000) == "too large: 512x512 pixels exceeds 1000"

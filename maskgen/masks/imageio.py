@@ -156,8 +156,36 @@ def _decode(data: bytes, max_side: int) -> tuple[np.ndarray | None, str]:
     return _decode_pillow(data, max_side)
 
 
-def _too_many_pixels(w: int, h: int) -> str:
-    return f"too large: {w}x{h} pixels exceeds {MAX_PIXELS}"
+def pixel_refusal(data: bytes, max_pixels: int | None = None) -> str | None:
+    """The reason to refuse ``data`` for its pixel count, read from the header alone (no
+    decode), or None. For decoders outside this module (a trainer's ``cv2.imdecode``), which
+    must not meet a 20000x20000 JPEG unwarned."""
+    cap = MAX_PIXELS if max_pixels is None else max_pixels
+    if data[:3] == _JPEG_MAGIC:
+        frame = jpeg_frame(data)
+        if frame is not None:
+            return _too_many_pixels(frame[0], frame[1], cap) if frame[0] * frame[1] > cap else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as exc:
+        return _bomb_reason(exc)
+    except Exception:  # noqa: BLE001 - unreadable headers are the decoder's to report
+        return None
+    return _too_many_pixels(w, h, cap) if w * h > cap else None
+
+
+def _too_many_pixels(w: int, h: int, cap: int | None = None) -> str:
+    cap = MAX_PIXELS if cap is None else cap
+    return f"too large: {w}x{h} pixels exceeds {cap}"
+
+
+def _bomb_reason(exc: Exception) -> str:
+    """Pillow's own header check fired first (at open, before any pixel is decoded)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"too large: {found.group(1) if found else 'too many'} pixels exceeds {MAX_PIXELS}"
 
 
 def _decode_jpeg_cv2(data: bytes, frame: tuple[int, int, int]) -> np.ndarray | None:
@@ -244,9 +272,7 @@ def _decode_pillow(data: bytes, max_side: int) -> tuple[np.ndarray | None, str]:
                 im.draft("RGB", (max_side, max_side))  # cheap JPEG downscale while decoding
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own header check fired first (at open, before any pixel is decoded)
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        return None, f"too large: {found.group(1) if found else 'too many'} pixels exceeds {MAX_PIXELS}"
+        return None, _bomb_reason(exc)
     except Image.UnidentifiedImageError:
         return None, "corrupt: not a recognised image format"
     except (OSError, SyntaxError, ValueError) as exc:
