@@ -11,6 +11,7 @@ traceback; ``maskgen --debug <command>`` (or ``MASKGEN_DEBUG=1``) shows it above
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -110,8 +111,6 @@ def describe(exc: BaseException, command: str | None = None) -> tuple[str, int]:
     if isinstance(exc, MemoryError):
         return "out of memory (use fewer workers or smaller batches)", 1
     if isinstance(exc, OSError):
-        if exc.errno == errno.EPIPE:
-            return "output closed (broken pipe)", 1
         return describe_os_error(exc), 1
     detail = str(exc).strip()
     name = type(exc).__name__
@@ -175,6 +174,12 @@ class MaskgenGroup(LazyGroup):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.NoArgsIsHelpError, SystemExit, GeneratorExit):
             raise
+        except BrokenPipeError:
+            # the reader of our stdout went away (``maskgen landmarks DIR | head``): nothing to
+            # tell it; point stdout at /dev/null so the interpreter's final flush stays quiet
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(1) from None
         except BaseException as exc:  # noqa: BLE001 - the one place every failure is reported
             code = report(exc, bool(ctx.params.get("debug")) or _debug_env(), ctx.invoked_subcommand)
             raise click.exceptions.Exit(code) from None

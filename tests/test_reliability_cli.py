@@ -165,3 +165,18 @@ def test_messages_stay_on_one_line() -> None:
     assert one_line(msg) == "cannot open bad\\nname\\xff.jpg: Permission denied"
     full = describe_os_error(OSError(28, "No space left on device", "out/x.tar"))
     assert full == "cannot write out/x.tar: No space left on device (free some space and rerun)"
+
+
+def test_closed_stdout_ends_quietly(tmp_path: Path, faces: Path) -> None:
+    """``maskgen landmarks DIR | head -c 10``: the reader leaves; no traceback, no error line."""
+    many = tmp_path / "many"
+    many.mkdir()
+    photos = sorted(faces.rglob("*.jpg"))
+    for i in range(60):  # 60 JSON lines of ~3 KB: more than a pipe's buffer
+        os.link(photos[i % len(photos)], many / f"{i:02d}.jpg")
+    proc = subprocess.Popen(faults.maskgen_cmd() + ["landmarks", str(many)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tmp_path)
+    assert proc.stdout.read(10) == b'{"path": "'
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"Exception ignored" not in err and b"Error:" not in err, err
