@@ -158,13 +158,12 @@ def read_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
 
 
 def write_bin(path: str | os.PathLike, images: list[bytes], issame: np.ndarray | list[bool]) -> None:
-    """Write ``(images, issame)`` as insightface does (atomically: a temp name of this process,
-    then rename)."""
+    """Write ``(images, issame)`` as insightface does, atomically (a temp name unique to this
+    run, then rename); a failed write is one error naming ``path``."""
+    from maskgen.outputs import replacing
+
     issame = [bool(x) for x in issame]
     if len(images) != 2 * len(issame):
         raise ValueError(f"{len(images)} images for {len(issame)} pairs (expected 2 per pair)")
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with replacing(Path(path), hint="") as tmp, open(tmp, "wb") as f:
         pickle.dump(([bytes(b) for b in images], issame), f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
