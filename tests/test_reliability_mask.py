@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -144,3 +145,18 @@ def test_two_runs_on_one_folder(tmp_path: Path, photos: Path) -> None:
         res = faults.run_maskgen(["mask", photos / "x.jpg", "-o", tmp_path / "out"], cwd=tmp_path)
     assert faults.error_line(res).endswith(f"is in use by another maskgen run (pid {os.getpid()})")
     assert not (tmp_path / "out" / "x.jpg").exists()
+
+
+def test_hostile_folder_through_mask(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """The build's hostile folder through ``maskgen mask``: a result line per input, valid
+    UTF-8 JSON (undecodable bytes as \\xNN), maskgen's own output folder inside never read."""
+    kinds = faults.make_bad_folder(tmp_path / "src", cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    res = faults.run_maskgen(["mask", tmp_path / "src", "-o", tmp_path / "out"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "out" / RESULTS).read_bytes().decode("utf-8")  # strict: valid UTF-8
+    recs = {r["path"]: r for r in map(json.loads, text.splitlines())}
+    assert "alice0/caf\\xe9.jpg" in recs and recs["alice0/caf\\xe9.jpg"]["status"] == "ok"
+    assert not any(p.startswith("previous-build/") for p in recs)
+    assert recs["alice0/bomb.jpg"]["reason"].startswith("too large: 20000x20000")
+    assert (tmp_path / "out" / os.fsdecode(b"alice0/caf\xe9.jpg")).is_file()
+    assert all(p in kinds for p in recs)

@@ -23,9 +23,23 @@ def iter_inputs(src: Path, recursive: bool = True) -> Iterator[Path]:
     if not src.is_dir():  # a file, or a FIFO/device that load_image refuses with its reason
         yield src
         return
+    from maskgen.outputs import is_owned
+
+    owned: dict[Path, bool] = {}  # folders holding maskgen's marker: outputs, never inputs
+
+    def in_owned(p: Path) -> bool:
+        for d in p.parents:
+            if d == src.parent:
+                return False
+            if d not in owned:
+                owned[d] = is_owned(d)
+            if owned[d]:
+                return True
+        return False
+
     pattern = "**/*" if recursive else "*"
     for p in sorted(src.glob(pattern)):
-        if p.suffix.lower() in IMAGE_EXTS and not p.is_dir():
+        if p.suffix.lower() in IMAGE_EXTS and not p.is_dir() and not in_owned(p):
             yield p
 
 
@@ -128,7 +142,7 @@ def mask(
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    from maskgen.masks.outfiles import RESULTS, alpha_name, check_apart, output_names
+    from maskgen.masks.outfiles import RESULTS, alpha_name, check_apart, json_name, output_names
     from maskgen.outputs import claim
 
     check_apart(src, out)
@@ -140,7 +154,7 @@ def mask(
         for p, img, reason, faces in load_with_faces(inputs, backend, select):
             rel = _rel(p, src)
             s = image_seed(seed, rel)
-            rec: dict = {"path": rel, "seed": s}
+            rec: dict = {"path": json_name(rel), "seed": s}
             if img is None:
                 rec.update(status="failed", reason=reason)
             else:
@@ -166,7 +180,7 @@ def mask(
                         dst = out / names[rel]
                         _write(dst, enc.tobytes())  # disk full, read-only: the run ends with one line
                         written += 1
-                        rec["output"] = names[rel]
+                        rec["output"] = json_name(names[rel])
                         rec["reason"] = None
                         if save_alpha:
                             a = np.clip(res.alpha * 255 + 0.5, 0, 255).astype(np.uint8)
@@ -198,17 +212,18 @@ def _write(path: Path, data: bytes) -> None:
 def landmarks(src: Path, out: str, backend: str, select: str) -> None:
     """Print (or write) 68 landmarks, box, score and head pose of every face in SRC, one JSON line per image."""
     from maskgen.masks import detect_faces
+    from maskgen.masks.outfiles import json_name
 
     fh = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
     try:
         for p, img, reason, found in load_with_faces(iter_inputs(src), backend, select):
             rel = _rel(p, src)
             if img is None:
-                rec = {"path": rel, "status": "failed", "reason": reason, "faces": []}
+                rec = {"path": json_name(rel), "status": "failed", "reason": reason, "faces": []}
             else:
                 faces = found if found is not None else detect_faces(img, backend=backend, select=select)
                 rec = {
-                    "path": rel,
+                    "path": json_name(rel),
                     "status": "ok" if faces else "failed",
                     "reason": None if faces else "no_face",
                     "width": int(img.shape[1]),

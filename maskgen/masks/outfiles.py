@@ -33,6 +33,14 @@ def check_apart(src: Path, out: Path) -> None:
         raise OutputError(f"input {src} is inside the output folder {out}: choose another output folder")
 
 
+def json_name(rel: str) -> str:
+    """A relative name for ``results.jsonl``: bytes of a non-UTF-8 name (surrogate escapes)
+    written as ``\\xNN``, as the build's manifest writes them, so the JSON stays valid UTF-8."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in rel):
+        return rel
+    return "".join(f"\\x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff" else ch for ch in rel)
+
+
 def alpha_name(name: str, fmt: str) -> str:
     """``x.jpg`` -> ``x.alpha.png``: the mask alpha beside an output image."""
     return name[: -len(fmt) - 1] + ".alpha.png"
