@@ -146,3 +146,113 @@ def test_rgb_decode_matches_bgr_decode_flipped(tmp_path: Path, astronaut: np.nda
     assert got.flags["C_CONTIGUOUS"] and np.array_equal(got, ref)
     img, reason = decode_image(data)
     assert reason == "ok" and np.array_equal(img, ref)
+
+
+# --- untrusted files: only regular files, size and pixel caps before any decode ----------------
+
+import os  # noqa: E402
+import threading  # noqa: E402
+
+import faults  # noqa: E402
+
+
+def _load_within(path: Path, seconds: float = 10.0) -> tuple[np.ndarray | None, str]:
+    """load_image in a thread: a read that blocks (a FIFO) fails the test instead of hanging it."""
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(load_image(path)), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert box, f"load_image({path.name}) blocked for {seconds}s"
+    return box[0]
+
+
+def test_fifo_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = faults.make_fifo(tmp_path / "fifo.jpg")
+    img, reason = _load_within(fifo)
+    assert img is None and reason == "unreadable: not a regular file (a FIFO)"
+    (tmp_path / "link.jpg").symlink_to(fifo)
+    assert _load_within(tmp_path / "link.jpg") == (None, "unreadable: not a regular file (a FIFO)")
+
+
+def test_devices_refused_without_reading(tmp_path: Path) -> None:
+    for dev in ("/dev/zero", "/dev/urandom"):
+        if not os.path.exists(dev):
+            pytest.skip(f"{dev} absent")
+        link = tmp_path / f"{Path(dev).name}.jpg"
+        link.symlink_to(dev)
+        assert _load_within(link) == (None, "unreadable: not a regular file (a character device)")
+
+
+def test_size_cap_checked_before_reading(tmp_path: Path, astronaut: np.ndarray) -> None:
+    p = _save_jpeg(astronaut, tmp_path / "a.jpg")
+    size = p.stat().st_size
+    assert load_image(p, max_bytes=size)[1] == "ok"
+    assert load_image(p, max_bytes=size - 1) == (None, f"too large: {size} bytes exceeds {size - 1}")
+    big = tmp_path / "sparse.jpg"  # 100 GB that occupy no disk: read, it would never finish
+    with open(big, "wb") as f:
+        f.truncate(100 * 1024**3)
+    assert load_image(big) == (None, f"too large: {100 * 1024**3} bytes exceeds {mio.MAX_FILE_BYTES}")
+    data, reason = mio.read_regular_file(p)
+    assert reason == "ok" and data == p.read_bytes()
+
+
+def test_real_jpeg_bomb_is_a_valid_image() -> None:
+    """The 20000x20000 test JPEG is real: a reduced decode (1/8, 2500x2500) gives uniform grey."""
+    data = faults.jpeg_bomb()
+    assert mio.jpeg_frame(data) == (20000, 20000, 1)
+    small = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    assert small.shape == (2500, 2500) and int(small.min()) == int(small.max()) == 128
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "jpeg-exif", "png", "bomb.bmp", "bomb.gif", "bomb.ppm"])
+def test_pixel_bomb_refused_on_every_decoder_path(kind: str) -> None:
+    """cv2's JPEG path (plain JPEG) and Pillow's (EXIF JPEG, PNG, BMP, GIF, PPM) all read the
+    header first and refuse 20000x20000 pixels before decoding."""
+    data = {"jpeg": faults.jpeg_bomb, "jpeg-exif": lambda: faults.with_exif(faults.jpeg_bomb()),
+            "png": faults.png_bomb}.get(kind, lambda: faults.header_bombs()[kind])()
+    img, reason = decode_image(data)
+    assert img is None and reason.startswith("too large:") and "pixels exceeds" in reason
+    if kind == "jpeg":
+        assert reason == f"too large: 20000x20000 pixels exceeds {mio.MAX_PIXELS}"
+
+
+@pytest.mark.parametrize("make", ["jpeg_bomb", "png_bomb"])
+def test_refusing_a_pixel_bomb_allocates_nothing(tmp_path: Path, make: str) -> None:
+    """Peak RSS of refusing a 20000x20000 file (1.2 GB of RGB if decoded) in a fresh process."""
+    p = tmp_path / ("bomb.jpg" if make == "jpeg_bomb" else "bomb.png")
+    p.write_bytes(getattr(faults, make)())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    out, before, peak = faults.peak_rss_of(f"""
+from maskgen.masks import load_image
+print(load_image({str(p)!r})[1])""", env=env)
+    assert out.startswith("too large:")
+    assert (peak - before) < 32 * 1024, f"refusing {p.name} raised peak RSS by {(peak - before) // 1024} MiB"
+
+
+def test_large_jpeg_within_cap_decodes_reduced() -> None:
+    """A 9000x9000 JPEG (within the pixel cap) decodes through Pillow's reduced JPEG decode."""
+    img, reason = decode_image(faults.jpeg_bomb(9000, 9000))
+    assert reason == "ok" and img.shape == (4096, 4096, 3) and int(img.max()) == 128
+
+
+def test_jpeg_frame_reads_sof_after_other_segments(tmp_path: Path, astronaut: np.ndarray) -> None:
+    for kw in ({}, {"progressive": True}, {"exif": Image.Exif().tobytes()}):
+        p = _save_jpeg(astronaut, tmp_path / "a.jpg", **kw)
+        assert mio.jpeg_frame(p.read_bytes()) == (astronaut.shape[1], astronaut.shape[0], 3)
+    assert mio.jpeg_frame(b"\xff\xd8\xff") is None and mio.jpeg_frame(b"\xff\xd8\x00\x00") is None
+
+
+def test_only_known_formats_are_opened() -> None:
+    """Pillow plug-ins outside maskgen's image types (EPS would start Ghostscript) are never used."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    assert decode_image(eps) == (None, "corrupt: not a recognised image format")
+
+
+def test_pixel_refusal_for_other_decoders(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """The header-only check other decoders call before ``cv2.imdecode``."""
+    assert mio.pixel_refusal(faults.jpeg_bomb()) == f"too large: 20000x20000 pixels exceeds {mio.MAX_PIXELS}"
+    assert mio.pixel_refusal(faults.png_bomb()).startswith("too large:")
+    assert mio.pixel_refusal(faults.header_bombs()["bomb.bmp"]).startswith("too large:")
+    ok = _save_jpeg(astronaut, tmp_path / "a.jpg").read_bytes()
+    assert mio.pixel_refusal(ok) is None and mio.pixel_refusal(b"junk") is None
+    assert mio.pixel_refusal(ok, max_pixels=1000) == "too large: 512x512 pixels exceeds 1000"

@@ -20,18 +20,32 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
 
 def iter_inputs(src: Path, recursive: bool = True) -> Iterator[Path]:
     """The image files of a file or folder, sorted (every file with an image extension)."""
-    if src.is_file():
+    if not src.is_dir():  # a file, or a FIFO/device that load_image refuses with its reason
         yield src
         return
+    from maskgen.outputs import is_owned
+
+    owned: dict[Path, bool] = {}  # folders holding maskgen's marker: outputs, never inputs
+
+    def in_owned(p: Path) -> bool:
+        for d in p.parents:
+            if d == src.parent:
+                return False
+            if d not in owned:
+                owned[d] = is_owned(d)
+            if owned[d]:
+                return True
+        return False
+
     pattern = "**/*" if recursive else "*"
     for p in sorted(src.glob(pattern)):
-        if p.suffix.lower() in IMAGE_EXTS and not p.is_dir():
+        if p.suffix.lower() in IMAGE_EXTS and not p.is_dir() and not in_owned(p):
             yield p
 
 
 def image_seed(seed: int, rel: str) -> int:
     """A per-image seed from the run seed and the image's relative path (order-independent)."""
-    return (int(seed) * 1_000_003 + zlib.crc32(rel.encode("utf-8"))) % (2**32)
+    return (int(seed) * 1_000_003 + zlib.crc32(rel.encode("utf-8", "surrogateescape"))) % (2**32)
 
 
 GROUP_IMAGES = 64  # images loaded and detected together by the dlib backend
@@ -128,14 +142,19 @@ def mask(
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    out.mkdir(parents=True, exist_ok=True)
+    from maskgen.masks.outfiles import RESULTS, alpha_name, check_apart, json_name, output_names
+    from maskgen.outputs import claim
+
+    check_apart(src, out)
+    inputs = list(iter_inputs(src))
+    names = output_names([_rel(p, src) for p in inputs], fmt, alpha=save_alpha)
     counts: Counter[str] = Counter()
-    n = 0
-    with open(out / "results.jsonl", "w", encoding="utf-8") as log:
-        for p, img, reason, faces in load_with_faces(iter_inputs(src), backend, select):
+    n = written = 0
+    with claim(out, "mask"), open(out / RESULTS, "w", encoding="utf-8") as log:
+        for p, img, reason, faces in load_with_faces(inputs, backend, select):
             rel = _rel(p, src)
             s = image_seed(seed, rel)
-            rec: dict = {"path": rel, "seed": s}
+            rec: dict = {"path": json_name(rel), "seed": s}
             if img is None:
                 rec.update(status="failed", reason=reason)
             else:
@@ -155,23 +174,34 @@ def mask(
                 res = mask_face(img, spec, seed=s, faces=faces, backend=backend, select=select)
                 rec.update(res.to_json())
                 if res.ok:
-                    dst = out / Path(rel).with_suffix(f".{fmt}")
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    bgr = cv2.cvtColor(res.image, cv2.COLOR_RGB2BGR)
                     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpg" else []
-                    cv2.imwrite(str(dst), bgr, params)
-                    rec["output"] = dst.relative_to(out).as_posix()
-                    if save_alpha:
-                        a = np.clip(res.alpha * 255 + 0.5, 0, 255).astype(np.uint8)
-                        cv2.imwrite(str(dst.with_suffix(".alpha.png")), a)
-                    rec["reason"] = None
+                    ok, enc = cv2.imencode(f".{fmt}", cv2.cvtColor(res.image, cv2.COLOR_RGB2BGR), params)
+                    if ok:
+                        dst = out / names[rel]
+                        _write(dst, enc.tobytes())  # disk full, read-only: the run ends with one line
+                        written += 1
+                        rec["output"] = json_name(names[rel])
+                        rec["reason"] = None
+                        if save_alpha:
+                            a = np.clip(res.alpha * 255 + 0.5, 0, 255).astype(np.uint8)
+                            _write(out / alpha_name(names[rel], fmt), cv2.imencode(".png", a)[1].tobytes())
+                    else:
+                        rec.update(status="failed", reason=f"encode failed: {fmt}")
                 else:
                     rec.update(status="failed", reason=res.status)
             counts[rec["status"] if rec["status"] == "ok" else str(rec["reason"])] += 1
             n += 1
             log.write(json.dumps(rec) + "\n")
     summary = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
-    click.echo(f"{n} images -> {out} ({summary})", err=True)
+    click.echo(f"{n} images, {written} written -> {out} ({summary})", err=True)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write one output file atomically (temp name unique to this run, then rename)."""
+    from maskgen.outputs import replacing
+
+    with replacing(path, hint="") as tmp:
+        tmp.write_bytes(data)
 
 
 @click.command("landmarks")
@@ -182,17 +212,18 @@ def mask(
 def landmarks(src: Path, out: str, backend: str, select: str) -> None:
     """Print (or write) 68 landmarks, box, score and head pose of every face in SRC, one JSON line per image."""
     from maskgen.masks import detect_faces
+    from maskgen.masks.outfiles import json_name
 
     fh = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
     try:
         for p, img, reason, found in load_with_faces(iter_inputs(src), backend, select):
             rel = _rel(p, src)
             if img is None:
-                rec = {"path": rel, "status": "failed", "reason": reason, "faces": []}
+                rec = {"path": json_name(rel), "status": "failed", "reason": reason, "faces": []}
             else:
                 faces = found if found is not None else detect_faces(img, backend=backend, select=select)
                 rec = {
-                    "path": rel,
+                    "path": json_name(rel),
                     "status": "ok" if faces else "failed",
                     "reason": None if faces else "no_face",
                     "width": int(img.shape[1]),
