@@ -1,0 +1,193 @@
+"""The ``cnn`` landmark backend: MTCNN finds the faces, dlib's 68-point model fits them.
+
+Why: dlib's frontal HOG detector misses about a quarter of FairFace's faces, and more of the
+faces of dark-skinned people, men and children (``benchmarks/detect_fairness.md``). MTCNN
+(:mod:`maskgen.masks.mtcnn`) finds nearly all of them, across groups.
+
+How a photo goes through it:
+
+1. With ``select="center"`` / ``"largest"`` (one subject per photo: face datasets), the HOG
+   detector's cheap central look comes first (:meth:`DlibBackend._fast_boxes`: the central 64 %
+   of the frame shrunk to 112 px, ~2 ms). LFW-style portraits end there, as fast as before.
+2. Otherwise, or when that look finds no plausible face, MTCNN searches the whole frame.
+   When it finds nothing, it looks again at the frame with its edges extended (tight crops).
+3. dlib's 68-point predictor was trained on HOG boxes, so each MTCNN face is given the HOG box
+   that its five points predict (:func:`hog_box`, calibrated on 1,230 faces both detectors found:
+   see ``docs/masks.md``) and fitted there, many faces as one batch (:mod:`maskgen.masks.ert`).
+4. A face whose five points say it is turned beyond ``MAX_YAW`` is not fitted: the 68-point
+   model was not trained on profiles, so its landmarks there would be a guess. Such images get
+   the reason ``profile`` instead of a bad fit (:data:`REASON_PROFILE`).
+
+Every face still passes :func:`maskgen.masks.landmarks.plausible`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from maskgen.masks.landmarks import (
+    REASON_IMPLAUSIBLE,
+    REASON_NO_FACE,
+    REASON_PROFILE,
+    DlibBackend,
+    Face,
+    FaceList,
+    Select,
+    get_detector,
+    make_face,
+    plausible,
+    to_gray,
+)
+from maskgen.masks.mtcnn import Detections, get_mtcnn
+
+# HOG box from MTCNN's five points (least squares on 1,230 faces of LFW and FairFace that both
+# detectors found; `benchmarks/detect_fairness.py --calibrate` refits it). With e the eye
+# midpoint, m the mouth midpoint, L = |m - e|, n the nose tip and c = (e + m) / 2:
+#   box centre x = e.x + L * (a0 + a1 (m.x - e.x) / L + a2 (n.x - c.x) / L)
+#   box centre y = e.y + L * (b0 + b1 (m.y - e.y) / L)
+#   box side     = L * (s0 + s1 * inter-ocular distance / L)
+HOG_BOX_X = (-0.1004, 0.3207, -0.0484)
+HOG_BOX_Y = (-2.024, 2.4339)
+HOG_BOX_SIDE = (1.2999, 1.0069)
+# Yaw from the nose tip's offset across the eye-mouth line (in units of L): asin(k * offset),
+# fitted against the 68-point head pose of 700 plausible faces (mean error 3 deg below 15 deg
+# of yaw, 5-7 deg up to 45).
+YAW_K = -2.1
+# Beyond this yaw (degrees, from the five points) the 68-point model is not fitted.
+MAX_YAW = 60.0
+# Smallest face MTCNN looks for, as a fraction of the image's short side (and never under
+# MIN_FACE_PX): one subject per photo is large; "all" also wants the faces in the back.
+MIN_FACE_SUBJECT = 0.12
+MIN_FACE_ALL = 0.04
+MIN_FACE_PX = 20.0
+# MTCNN runs on a copy whose long side is at most this (faces of larger photos are large).
+MAX_SIDE = 1024
+# When MTCNN finds nothing, it looks again at the frame with its edges extended by this fraction
+# (replicated pixels): on FairFace it then finds about 70 % of the faces it missed, tight crops
+# whose face runs off the frame.
+PAD = 0.3
+
+
+def five_point_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(eye midpoint, mouth midpoint, their distance) of MTCNN's five points."""
+    e = (points[0] + points[1]) / 2.0
+    m = (points[3] + points[4]) / 2.0
+    return e, m, float(np.hypot(*(m - e)))
+
+
+def hog_box(points: np.ndarray) -> tuple[float, float, float, float]:
+    """The box dlib's HOG detector would give the face with these five points."""
+    p = np.asarray(points, np.float64)
+    e, m, L = five_point_frame(p)
+    L = max(L, 1e-6)
+    c = (e + m) / 2.0
+    iod = float(np.hypot(*(p[1] - p[0])))
+    cx = e[0] + L * (HOG_BOX_X[0] + HOG_BOX_X[1] * (m[0] - e[0]) / L + HOG_BOX_X[2] * (p[2, 0] - c[0]) / L)
+    cy = e[1] + L * (HOG_BOX_Y[0] + HOG_BOX_Y[1] * (m[1] - e[1]) / L)
+    side = L * (HOG_BOX_SIDE[0] + HOG_BOX_SIDE[1] * iod / L)
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
+
+def nose_offset(points: np.ndarray) -> float:
+    """Signed distance of the nose tip from the eye-mouth line, in units of that line's length."""
+    p = np.asarray(points, np.float64)
+    e, m, L = five_point_frame(p)
+    L = max(L, 1e-6)
+    ux, uy = (m - e) / L
+    dx, dy = p[2] - e
+    return float((dx * uy - dy * ux) / L)
+
+
+def yaw_from_points(points: np.ndarray) -> float:
+    """Head yaw in degrees estimated from MTCNN's five points (sign as :func:`estimate_pose`)."""
+    return math.degrees(math.asin(max(-1.0, min(1.0, YAW_K * nose_offset(points)))))
+
+
+def min_face(shape: tuple[int, ...], select: Select) -> float:
+    frac = MIN_FACE_ALL if select == "all" else MIN_FACE_SUBJECT
+    return max(MIN_FACE_PX, frac * min(shape[:2]))
+
+
+class CnnBackend:
+    """MTCNN detection + dlib's 68-point fit on the HOG box the five points predict.
+
+    Faces are tagged ``cnn``; ``Face.extra`` says which detector found them (``hog`` for the
+    central first look, ``mtcnn``) and holds MTCNN's own box and five points.
+    """
+
+    name = "cnn"
+
+    def __init__(self, first_look: bool = True) -> None:
+        self.dlib: DlibBackend = get_detector("dlib")
+        self.mtcnn = get_mtcnn()
+        self.first_look = first_look  # the HOG central look for one-subject photos
+
+    def detect(self, img: np.ndarray, select: Select = "all") -> FaceList:
+        return self.detect_many([img], select)[0]
+
+    def mtcnn_candidates(self, img: np.ndarray, select: Select) -> tuple[list[tuple], int]:
+        """(box, score, extra) candidates in HOG-box convention, and how many MTCNN faces were
+        left out as profiles."""
+        rgb = img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        h, w = rgb.shape[:2]
+        s = min(1.0, MAX_SIDE / max(h, w))
+        work = rgb if s == 1.0 else cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        mf = min_face(work.shape, select)
+        det: Detections = self.mtcnn.detect(work, mf)
+        pad = 0
+        if not len(det):
+            # a face that fills a tight crop runs off the frame, and MTCNN's windows with it:
+            # look again with the edges extended
+            pad = int(PAD * max(work.shape[:2]))
+            det = self.mtcnn.detect(cv2.copyMakeBorder(work, pad, pad, pad, pad, cv2.BORDER_REPLICATE), mf)
+        out, profiles = [], 0
+        for box, score, pts in zip(det.boxes - pad, det.scores, det.points - pad):
+            pts = pts / s
+            yaw = yaw_from_points(pts)
+            if abs(yaw) > MAX_YAW:
+                profiles += 1
+                continue
+            extra = {"detector": "mtcnn", "mtcnn_box": [float(v) / s for v in box],
+                     "five_points": np.round(pts, 2).tolist(), "yaw5": round(yaw, 1)}
+            out.append((hog_box(pts), float(score), extra))
+        return out, profiles
+
+    def detect_many(self, imgs: Sequence[np.ndarray], select: Select = "all") -> list[FaceList]:
+        """Faces of each image (RGB preferred: MTCNN sees colour; grayscale works), with every
+        landmark fit of a stage run as one batch."""
+        grays = [to_gray(im) for im in imgs]
+        result: list[FaceList | None] = [None] * len(imgs)
+        if select != "all" and self.first_look:
+            fast = [self.dlib._fast_boxes(g) if min(g.shape) >= 160 else [] for g in grays]
+            found = self.dlib._fit_faces(grays, fast)
+            for i, faces in enumerate(found):
+                if faces:
+                    for f in faces:
+                        f.backend = self.name
+                        f.extra["detector"] = "hog"
+                    result[i] = FaceList(faces)
+        rest = [i for i, r in enumerate(result) if r is None]
+        cands, profiles = {}, {}
+        for i in rest:
+            cands[i], profiles[i] = self.mtcnn_candidates(imgs[i], select)
+        flat = [(i, c) for i in rest for c in cands[i]]
+        lms = self.dlib.fit_many([grays[i] for i, _ in flat], [c[0] for _, c in flat])
+        faces_of: dict[int, list[Face]] = {i: [] for i in rest}
+        rejected: dict[int, int] = {i: 0 for i in rest}
+        for (i, (box, score, extra)), lm in zip(flat, lms):
+            face = make_face(lm, box, score, grays[i].shape, self.name)
+            face.extra.update(extra)
+            if plausible(face, grays[i].shape):
+                faces_of[i].append(face)
+            else:
+                rejected[i] += 1
+        for i in rest:
+            reason = None
+            if not faces_of[i]:
+                reason = REASON_PROFILE if profiles[i] else REASON_IMPLAUSIBLE if rejected[i] else REASON_NO_FACE
+            result[i] = FaceList(faces_of[i], reason=reason)
+        return result  # type: ignore[return-value]
