@@ -398,11 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     calib = [load_image(r["file"])[0] for r in lfw_rows[1::37] if str(r["file"]) not in in_sample][:150]
     t0 = time.time()
     free = face_free_images(lfw(home / "lfw"), a.face_free)
+    yaw5 = yaw5_of(ff_rows)
+    ff_sample, yaw5_sample = [ff_rows[i] for i in ff_pick], [yaw5[i] for i in ff_pick]
     print(f"{len(ff_rows)} FairFace, {len(lfw_rows)} LFW (samples of slow candidates: {len(ff_sample)} and "
           f"{len(lfw_sample)}), {len(free)} face-free images",
           file=sys.stderr)
-    yaw5 = yaw5_of(ff_rows)
-    ff_sample, yaw5_sample = [ff_rows[i] for i in ff_pick], [yaw5[i] for i in ff_pick]
+
     report: dict = {"machine_load": os.getloadavg(), "candidates": {}}
     for cand in candidates(a.candidates.split(","), calib):
         t = time.time()

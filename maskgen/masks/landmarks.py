@@ -93,6 +93,55 @@ def resolve_backend(backend: str, shape: tuple[int, ...]) -> str:
     return "aligned" if h == w and h <= ALIGNED_MAX_SIDE else "cnn"
 
 
+# Bumped when a backend's results change, so that caches of the old results are not reused.
+BACKEND_VERSIONS = {"cnn": "cnn1"}
+
+
+def backend_tag(backend: str) -> str:
+    """A name for what ``backend`` computes, for landmark caches: ``auto`` names the backends it
+    resolves to (``auto:cnn1``) and every backend fitted by maskgen's compact aligned-crop model
+    says so (``+compact``), so results of different detectors or models never mix in a cache."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown landmark backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    tag = f"auto:{BACKEND_VERSIONS['cnn']}" if backend == "auto" else BACKEND_VERSIONS.get(backend, backend)
+    if backend in ("auto", "aligned") and aligned_model_path().is_file():
+        tag += "+compact"
+    return tag
+
+
+def backend_option(*old_names: str, dest: str = "backend", help: str | None = None):
+    """The ``--backend`` click option of every command (choices ``BACKENDS``, default
+    ``DEFAULT_BACKEND``), with ``old_names`` (e.g. ``--detector``) accepted as hidden aliases.
+
+    Given several times, the last one on the command line wins."""
+    import click
+
+    key = f"maskgen.backend_alias.{dest}"
+
+    def main(ctx, param, value):
+        if value is not None:
+            return value
+        if key in ctx.meta:  # an old name was given: it counts as given (over a config file)
+            value, source = ctx.meta[key]
+            ctx.set_parameter_source(dest, source)
+            return value
+        return DEFAULT_BACKEND
+
+    def alias(ctx, param, value):
+        if value is not None:
+            ctx.meta[key] = (value, ctx.get_parameter_source(param.name))
+            ctx.params[dest] = value
+
+    def deco(f):
+        for name in old_names:
+            f = click.option(name, type=click.Choice(BACKENDS), default=None, expose_value=False, hidden=True,
+                             callback=alias, help="Old name of --backend.")(f)
+        return click.option("--backend", dest, type=click.Choice(BACKENDS), default=None, callback=main,
+                            help=(help or BACKEND_HELP) + f"  [default: {DEFAULT_BACKEND}]")(f)
+
+    return deco
+
+
 @dataclass
 class Face:
     """One face: landmarks (68, 2) float32 in image pixels, box (x0, y0, x1, y1), detector
@@ -205,10 +254,19 @@ class DlibBackend:
         found = self._run(small, s, (x0, y0), 0)
         return [f for f in found if _inside_central(f[0], w, h)]
 
-    def _full_boxes(self, gray: np.ndarray) -> list[tuple]:
+    def _frame(self, gray: np.ndarray) -> tuple[np.ndarray, float]:
+        """The frame the full search runs on (long side at most _MAX_DETECT_SIDE) and its scale."""
         h, w = gray.shape
         s = min(1.0, _MAX_DETECT_SIDE / max(h, w))
-        g = gray if s == 1.0 else cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        return (gray if s == 1.0 else cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)), s
+
+    def _plain_boxes(self, gray: np.ndarray) -> list[tuple]:
+        """One HOG search of the whole frame, no upsampling (the first step of _full_boxes)."""
+        g, s = self._frame(gray)
+        return self._run(g, s, (0, 0), 0)
+
+    def _full_boxes(self, gray: np.ndarray) -> list[tuple]:
+        g, s = self._frame(gray)
         found = self._run(g, s, (0, 0), 0)
         if not found and max(g.shape) <= 640:
             found = self._run(g, s, (0, 0), 1)  # small faces: one 2x upsampling

@@ -314,7 +314,7 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> tuple
         cols = {c: t.column(c).to_pylist() for c in ("source", "path", "offset", "nbytes", "_cache_key")}
         chunks = [todo[i : i + cfg.chunk_size] for i in range(0, len(todo), cfg.chunk_size)]
         payloads = ({"rows": [{c: cols[c][i] for c in cols} for i in ch], "detector": cfg.detector, "tag": tag} for ch in chunks)
-        if cfg.detector in ("auto", "dlib"):
+        if cfg.detector in ("auto", "cnn", "dlib"):
             _prepare_batch_model(log)
         t_ray = _timed_ray_start(cfg, log, "ray_start")
         window = cfg.workers or cluster_cpus()
