@@ -530,3 +530,18 @@ def test_build_cache_tag_names_the_detector() -> None:
 
     assert cache_tag("auto") == backend_tag("auto") and cache_tag("auto").startswith("auto:cnn")
     assert cache_tag("dlib") == "dlib" and cache_tag("cnn") != cache_tag("dlib")
+
+
+def test_mirrored_detections_map_back(astronaut: np.ndarray) -> None:
+    """A face found in the mirror image lands where it is in the image, eyes not swapped."""
+    from maskgen.masks.cnn import mirrored
+    from maskgen.masks.mtcnn import get_mtcnn
+
+    m = get_mtcnn()
+    direct = m.detect(astronaut)
+    back = mirrored(m.detect(np.ascontiguousarray(astronaut[:, ::-1])), astronaut.shape[1])
+    assert len(direct) == len(back) == 1
+    side = direct.boxes[0, 2] - direct.boxes[0, 0]  # (the networks are not exactly symmetric)
+    assert np.abs(direct.boxes - back.boxes).max() < 0.1 * side
+    assert np.abs(direct.points - back.points).max() < 0.05 * side
+    assert back.points[0, 0, 0] < back.points[0, 1, 0]  # left eye left of the right eye

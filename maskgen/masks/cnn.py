@@ -12,7 +12,8 @@ How a photo goes through it:
    upsampling. LFW-style portraits end there, as fast as before; on FairFace the second look
    finds a third of the faces the first misses, at half MTCNN's cost.
 2. Otherwise, or when those looks find no plausible face, MTCNN searches the whole frame.
-   When it finds nothing, it looks again at the frame with its edges extended (tight crops).
+   When it finds nothing, it looks again at the frame with its edges extended (tight crops),
+   then at the mirror image of that.
 3. dlib's 68-point predictor was trained on HOG boxes, so each MTCNN face is given the HOG box
    that its five points predict (:func:`hog_box`, calibrated on 1,230 faces both detectors found:
    see ``docs/masks.md``) and fitted there, many faces as one batch (:mod:`maskgen.masks.ert`).
@@ -69,8 +70,8 @@ MIN_FACE_PX = 20.0
 # MTCNN runs on a copy whose long side is at most this (faces of larger photos are large).
 MAX_SIDE = 1024
 # When MTCNN finds nothing, it looks again at the frame with its edges extended by this fraction
-# (replicated pixels): on FairFace it then finds about 70 % of the faces it missed, tight crops
-# whose face runs off the frame.
+# (replicated pixels; tight crops whose face runs off the frame: on FairFace it then finds
+# about 70 % of the faces it missed), then at the mirror image of the extended frame.
 PAD = 0.3
 
 
@@ -107,6 +108,16 @@ def nose_offset(points: np.ndarray) -> float:
 def yaw_from_points(points: np.ndarray) -> float:
     """Head yaw in degrees estimated from MTCNN's five points (sign as :func:`estimate_pose`)."""
     return math.degrees(math.asin(max(-1.0, min(1.0, YAW_K * nose_offset(points)))))
+
+
+def mirrored(det: Detections, width: int) -> Detections:
+    """Detections in a mirrored image, mapped back to the image: x flipped, and the left and
+    right eyes and mouth corners swapped."""
+    boxes = det.boxes.copy()
+    boxes[:, [0, 2]] = width - 1 - det.boxes[:, [2, 0]]
+    pts = det.points[:, [1, 0, 2, 4, 3]].copy()
+    pts[..., 0] = width - 1 - pts[..., 0]
+    return Detections(boxes, det.scores.copy(), pts)
 
 
 def min_face(shape: tuple[int, ...], select: Select) -> float:
@@ -146,9 +157,13 @@ class CnnBackend:
         pad = 0
         if not len(det):
             # a face that fills a tight crop runs off the frame, and MTCNN's windows with it:
-            # look again with the edges extended
+            # look again with the edges extended, then at the mirror image of that (the
+            # networks are not exactly symmetric: a face turned one way is found more easily)
             pad = int(PAD * max(work.shape[:2]))
-            det = self.mtcnn.detect(cv2.copyMakeBorder(work, pad, pad, pad, pad, cv2.BORDER_REPLICATE), mf)
+            padded = cv2.copyMakeBorder(work, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            det = self.mtcnn.detect(padded, mf)
+            if not len(det):
+                det = mirrored(self.mtcnn.detect(np.ascontiguousarray(padded[:, ::-1]), mf), padded.shape[1])
         out, profiles = [], 0
         for box, score, pts in zip(det.boxes - pad, det.scores, det.points - pad):
             pts = pts / s
