@@ -283,6 +283,21 @@ def test_landmarks_model_command(tmp_path: Path, fairface_dir: Path, lfw_dir: Pa
     assert res.exit_code != 0 and "no model" in res.output
 
 
+def test_landmarks_model_process_exits_cleanly(tmp_path: Path, fairface_dir: Path, lfw_dir: Path) -> None:
+    """The command as its own process, on a few hundred photos with dlib's two training threads:
+    exit code 0 and no numpy reference-count complaint (dlib's in-memory trainer used to corrupt
+    the uint8 dtype's count from its threads; training now reads a PNG + XML dataset)."""
+    out = tmp_path / "models" / "m.dat"
+    proc = subprocess.run([sys.executable, "-m", "maskgen", "landmarks-model", "--photos", str(fairface_dir / "val"),
+                           "--out", str(out), "--max-photos", "300", "--jitters", "1", "--cascade", "4", "--trees", "12",
+                           "--threads", "2", "--lfw", str(lfw_dir), "--eval-n", "30"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Reference count" not in proc.stdout + proc.stderr
+    assert out.is_file() and AlignedBackend("compact", path=out).name == "aligned"
+    assert [p.name for p in out.parent.iterdir()] == ["m.dat"]  # the training crops are gone
+
+
 def test_dlib_misses_aligned_crops_that_aligned_mode_handles(lfw_faces) -> None:
     crops = [align_face(img, f.landmarks, 112) for img, f in lfw_faces[:10]]
     found_aligned = sum(len(detect_faces(c, backend="aligned")) == 1 for c in crops)
