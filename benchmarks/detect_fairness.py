@@ -308,13 +308,20 @@ def rate(xs: list[bool]) -> float:
     return 100.0 * sum(xs) / max(1, len(xs))
 
 
+def _group_order(item: tuple[str, list]) -> tuple:
+    """Groups in name order, FairFace's age bins by age ("3-9" before "10-19")."""
+    g = item[0]
+    head = g.split("-")[0].split()[-1]
+    return (0, int(head), g) if head.isdigit() else (1, 0, g)
+
+
 def summarise_fairface(rows: list[dict], res: list[dict], yaw5: list) -> dict:
     out: dict = {"n": len(rows), "success": rate([r["ok"] for r in res])}
     for key in ("race", "gender", "age"):
         groups: dict[str, list[bool]] = defaultdict(list)
         for row, r in zip(rows, res):
             groups[row[key]].append(r["ok"])
-        out[key] = {g: {"n": len(v), "success": round(rate(v), 2)} for g, v in sorted(groups.items())}
+        out[key] = {g: {"n": len(v), "success": round(rate(v), 2)} for g, v in sorted(groups.items(), key=_group_order)}
     for key in ("race", "gender"):
         vals = [v["success"] for v in out[key].values()]
         out[f"{key}_spread"] = round(max(vals) - min(vals), 2)
@@ -373,6 +380,34 @@ def calibrate(ff_rows: list[dict], lfw_rows: list[dict]) -> dict:
             "YAW_K": round(float(ks[int(np.argmin(err))]), 2), "yaw_mean_abs_error": round(float(min(err)), 2)}
 
 
+def markdown(report: dict) -> str:
+    """The figures of one or more runs' JSON (``--out``) as the tables of detect_fairness.md."""
+    cands = report["candidates"]
+    names = list(cands)
+    lines = ["| candidate | FairFace success | race spread | gender spread | FairFace img/s per core | "
+             "LFW success | LFW img/s per core | false detections (face-free) |", "|---" * 8 + "|"]
+    for n in names:
+        c = cands[n]
+        ff, lfw, free = c["fairface"], c["lfw"], c["face_free"]
+        smp = " (sample)" if ff.get("sample") else ""
+        lines.append(f"| `{n}` | {ff['success']:.2f} % of {ff['n']:,}{smp} | {ff['race_spread']:.2f} | {ff['gender_spread']:.2f} "
+                     f"| {c['fairface_img_per_cpu_s']} | {lfw['success']:.2f} % of {lfw['n']:,} ({lfw['failures']} fail) "
+                     f"| {c['lfw_img_per_cpu_s']} | {free['rate']:.2f} % ({free['false_detections']}/{free['n']}) |")
+    for key in ("race", "gender", "age", "by_yaw5"):
+        groups = list(next(iter(cands.values()))["fairface"][key])
+        label = {"by_yaw5": "|yaw| (MTCNN five points)"}.get(key, key)
+        lines += ["", f"FairFace success (%) by {label}:", "",
+                  "| candidate | " + " | ".join(f"{g} (n={cands[names[0]]['fairface'][key][g]['n']})" for g in groups) + " |",
+                  "|---" * (len(groups) + 1) + "|"]
+        for n in names:
+            row = cands[n]["fairface"][key]
+            lines.append(f"| `{n}` | " + " | ".join(f"{row[g]['success']:.2f}" if g in row else "-" for g in groups) + " |")
+    lines += ["", "Failure reasons on FairFace:", ""]
+    for n in names:
+        lines.append(f"- `{n}`: " + ", ".join(f"{k}: {v}" for k, v in cands[n]["fairface"]["reasons"].items()))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--candidates", default="dlib,mmod,mtcnn,cnn,mediapipe")
@@ -380,7 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--face-free", type=int, default=300, help="LFW photos to cut face-free strips from")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--markdown", nargs="+", metavar="JSON", help="print the tables of these --out files (merged) and exit")
     a = ap.parse_args(argv)
+    if a.markdown:
+        merged: dict = {"candidates": {}}
+        for f in a.markdown:
+            merged["candidates"].update(json.loads(Path(f).read_text())["candidates"])
+        print(markdown(merged), end="")
+        return 0
     home = data_home()
     ff_rows = fairface(home / "fairface-val")
     lfw_rows = lfw(home / "lfw")
@@ -443,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     report["wall_s"] = round(time.time() - t0, 1)
     if a.out:
         Path(a.out).write_text(json.dumps(report, indent=1))
+    print("\n" + markdown(report), end="")
     return 0
 
 
