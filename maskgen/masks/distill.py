@@ -18,7 +18,7 @@ The model is built locally into ``maskgen.data_home.models_home()`` (``~/.cache/
 or ``$MASKGEN_MODEL_DIR``): it is derived from dlib's model and inherits its terms, so it is
 not shipped. Without it, ``aligned`` mode fits dlib's own model in the same box.
 
-    maskgen landmarks-model                        # FairFace from the data home, ~5 min on 2 cores
+    maskgen landmarks-model                        # FairFace from the data home, ~15 CPU-minutes
     maskgen landmarks-model --eval-only --lfw DIR   # accuracy + speed against dlib's model
 
 The crops are stored at 2x (224x224, upsampled from the 112x112 content) because dlib's
