@@ -145,7 +145,7 @@ class Candidate:
 
 
 def _center(faces: list, shape) -> FaceList:
-    return FaceList(select_faces(list(faces), shape[:2], "center"))
+    return FaceList(select_faces(list(faces), shape[:2], "center"), getattr(faces, "reason", None))
 
 
 class Mmod:
