@@ -133,6 +133,7 @@ class CnnBackend:
     """
 
     name = "cnn"
+    checked = True  # returns plausible faces only
 
     def __init__(self, first_look: bool = True) -> None:
         self.dlib: DlibBackend = get_detector("dlib")

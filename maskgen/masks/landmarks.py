@@ -196,6 +196,7 @@ class DlibBackend:
     """
 
     name = "dlib"
+    checked = True  # returns plausible faces only
 
     def __init__(self) -> None:
         import dlib
@@ -361,6 +362,8 @@ class AlignedBackend:
     has been built, else dlib's. Faces are tagged ``aligned`` (compact) or ``aligned-full``.
     """
 
+    checked = True  # returns plausible faces only
+
     def __init__(self, model: str = "auto", path: str | os.PathLike | None = None) -> None:
         import dlib
 
@@ -493,8 +496,8 @@ def detect_faces(img: np.ndarray, backend: str = DEFAULT_BACKEND, select: Select
     det = get_detector(resolve_backend(backend, img.shape))
     faces = det.detect(img, select)
     reason = getattr(faces, "reason", None)
-    if not isinstance(det, (DlibBackend, AlignedBackend)) and not hasattr(det, "detect_many"):
-        kept = [f for f in faces if plausible(f, img.shape[:2])]  # those return checked faces only
+    if not getattr(det, "checked", False):  # a backend whose faces are not checked yet (fan)
+        kept = [f for f in faces if plausible(f, img.shape[:2])]
         if faces and not kept:
             reason = REASON_IMPLAUSIBLE
         faces = kept
