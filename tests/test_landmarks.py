@@ -569,3 +569,47 @@ def test_mirrored_detections_map_back(astronaut: np.ndarray) -> None:
     assert np.abs(direct.boxes - back.boxes).max() < 0.1 * side
     assert np.abs(direct.points - back.points).max() < 0.05 * side
     assert back.points[0, 0, 0] < back.points[0, 1, 0]  # left eye left of the right eye
+
+
+def test_central_look_finds_faces_cut_off_by_a_tight_crop(fairface_dir: Path) -> None:
+    """Near-frontal faces filling a tight crop slip through MTCNN's search (and the HOG looks);
+    O-Net asked about the frame's centre finds them, with a fit that agrees with its points."""
+    from maskgen.masks.cnn import CENTRAL_MAX_DISAGREE, five_point_disagreement
+
+    for name in ("1604.jpg", "4124.jpg"):
+        img, _ = load_image(fairface_dir / "val" / name)
+        faces = detect_faces(img, select="center")
+        assert len(faces) == 1 and faces[0].extra["look"] == "central", name
+        f = faces[0]
+        assert five_point_disagreement(f.landmarks, np.array(f.extra["five_points"])) <= CENTRAL_MAX_DISAGREE
+        assert plausible(f, img.shape) and abs(f.extra["yaw5"]) <= 25
+
+
+def test_central_look_keeps_no_turned_face_and_no_texture(fairface_dir: Path) -> None:
+    """A cut-off face turned beyond the central look's limit stays unfound (its fit would be a
+    guess), and O-Net calls none of the central boxes of a face-free picture a face."""
+    from skimage import data
+
+    from maskgen.masks.cnn import CENTRAL_MAX_YAW, CnnBackend, yaw_from_points
+    from maskgen.masks.landmarks import REASON_NO_FACE
+
+    img, _ = load_image(fairface_dir / "val" / "184.jpg")  # a girl turned away, cut off by the crop
+    be = CnnBackend()
+    raw = be.mtcnn.verify(img, np.array([[56.0, 56, 168, 168], [22, 22, 202, 202]]), 0.8)
+    assert len(raw) and abs(yaw_from_points(raw.points[int(np.argmax(raw.scores))])) > CENTRAL_MAX_YAW
+    faces = detect_faces(img, select="center")
+    assert faces == [] and faces.reason == REASON_NO_FACE
+    for pic in (data.brick(), data.coffee(), data.rocket()):
+        rgb = pic if pic.ndim == 3 else np.stack([pic] * 3, -1)
+        assert len(be.central_look(np.ascontiguousarray(rgb))) == 0
+
+
+def test_five_point_disagreement_is_small_for_a_good_fit(astronaut: np.ndarray) -> None:
+    from maskgen.masks.cnn import CnnBackend, five_point_disagreement
+
+    be = CnnBackend(first_look=False)
+    (face,) = be.detect(astronaut, "center")
+    pts = np.array(face.extra["five_points"])
+    assert five_point_disagreement(face.landmarks, pts) < 0.08
+    shifted = face.landmarks + (pts[3] - pts[0]) * 0.5  # the fit slid by half the eye-mouth line
+    assert five_point_disagreement(shifted, pts) > 0.3

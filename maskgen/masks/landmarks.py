@@ -94,12 +94,12 @@ def resolve_backend(backend: str, shape: tuple[int, ...]) -> str:
 
 
 # Bumped when a backend's results change, so that caches of the old results are not reused.
-BACKEND_VERSIONS = {"cnn": "cnn1"}
+BACKEND_VERSIONS = {"cnn": "cnn2"}
 
 
 def backend_tag(backend: str) -> str:
     """A name for what ``backend`` computes, for landmark caches: ``auto`` names the backends it
-    resolves to (``auto:cnn1``) and every backend fitted by maskgen's compact aligned-crop model
+    resolves to (``auto:cnn2``) and every backend fitted by maskgen's compact aligned-crop model
     says so (``+compact``), so results of different detectors or models never mix in a cache."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown landmark backend {backend!r}; choose from {', '.join(BACKENDS)}")

@@ -255,6 +255,16 @@ class MTCNN:
         pts = np.stack([px, py], -1)
         return Detections(b[keep], score[keep], pts[keep])
 
+    def verify(self, img: np.ndarray, boxes: np.ndarray, threshold: float = THRESHOLDS[2]) -> Detections:
+        """O-Net alone on given square boxes (K, 4 or 5) of an RGB uint8 image: the faces it
+        scores above ``threshold``, with refined boxes and five points (for boxes no P-Net
+        window proposed, e.g. a face cut off by a tight crop)."""
+        if img.ndim == 2:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        cand = np.hstack([np.asarray(boxes, np.float64)[:, :4], np.ones((len(boxes), 1))])
+        with self._lock:
+            return self.stage3(img, cand, threshold)
+
     def detect(self, img: np.ndarray, min_face: float = BASE_FACE,
                thresholds: tuple[float, float, float] = THRESHOLDS) -> Detections:
         """Faces of at least about ``min_face`` px in an RGB uint8 image."""
