@@ -126,7 +126,7 @@ def test_landmark_cache_tag_names_the_aligned_model(tmp_path, monkeypatch) -> No
     from maskgen.pipelines.analyze import cache_tag
 
     monkeypatch.setenv("MASKGEN_MODEL_DIR", str(tmp_path))
-    assert cache_tag("auto") == "auto" and cache_tag("aligned") == "aligned" and cache_tag("dlib") == "dlib"
+    assert cache_tag("auto") == "auto:cnn2" and cache_tag("aligned") == "aligned" and cache_tag("dlib") == "dlib"
     (tmp_path / "aligned68.dat").write_bytes(b"x")
-    assert cache_tag("auto") == "auto+compact" and cache_tag("aligned") == "aligned+compact"
+    assert cache_tag("auto") == "auto:cnn2+compact" and cache_tag("aligned") == "aligned+compact"
     assert cache_tag("dlib") == "dlib" and cache_tag("aligned-full") == "aligned-full"

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from maskgen.audit.stats import FIT_THRESHOLD
+from maskgen.masks.landmarks import backend_option
 
 
 def _print_summary(stats: dict, out: Path | None) -> None:
@@ -43,9 +44,7 @@ def _print_summary(stats: dict, out: Path | None) -> None:
               help="Comma-separated columns to slice by [default: label columns + skin_tone].")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Parallel Ray workers for scanning an image folder.")
-@click.option("--backend", type=click.Choice(["auto", "dlib", "aligned", "aligned-full", "fan"]), default="auto",
-              show_default=True,
-              help="Landmark backend (auto: 'aligned' for square crops <= 128 px, else dlib).")
+@backend_option()
 @click.option("--compute-attributes/--no-compute-attributes", default=True, show_default=True,
               help="Compute skin tone and quality from the images when a manifest lacks them.")
 @click.option("--fit-threshold", type=float, default=FIT_THRESHOLD, show_default=True,

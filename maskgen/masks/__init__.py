@@ -16,11 +16,15 @@ from maskgen.masks.geometry import WEAR_MODES
 from maskgen.masks.imageio import decode_image, load_image
 from maskgen.masks.landmarks import (
     BACKENDS,
+    DEFAULT_BACKEND,
     Face,
+    FaceList,
     detect_faces,
+    detect_faces_many,
     faces_from_landmarks,
     fan_weights_cached,
     get_detector,
+    resolve_backend,
     select_faces,
 )
 from maskgen.masks.packs import pack_names, read_pack
@@ -30,6 +34,7 @@ from maskgen.masks.textures import PALETTE, PATTERNS
 __all__ = [
     "ARCFACE_5",
     "BACKENDS",
+    "DEFAULT_BACKEND",
     "FIT_POINTS",
     "MASK_TYPES",
     "MEAN_SHAPE_3D",
@@ -37,12 +42,14 @@ __all__ = [
     "PATTERNS",
     "WEAR_MODES",
     "Face",
+    "FaceList",
     "MaskResult",
     "MaskSpec",
     "align_face",
     "alignment_matrix",
     "decode_image",
     "detect_faces",
+    "detect_faces_many",
     "estimate_pose",
     "faces_from_landmarks",
     "fan_weights_cached",
@@ -56,6 +63,7 @@ __all__ = [
     "mean_shape_2d",
     "pack_names",
     "read_pack",
+    "resolve_backend",
     "select_faces",
     "transform_points",
 ]

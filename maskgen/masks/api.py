@@ -203,7 +203,7 @@ def mask_face(
     spec: MaskSpec | None = None,
     seed: int = 0,
     faces: Sequence[Face] | np.ndarray | None = None,
-    backend: str = "dlib",
+    backend: str = "auto",
     select: Select = "all",
 ) -> MaskResult:
     """Put the mask ``spec`` on the faces of ``img`` (RGB uint8).

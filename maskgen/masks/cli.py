@@ -15,6 +15,8 @@ from typing import Iterator
 
 import click
 
+from maskgen.masks.landmarks import backend_option
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
@@ -48,14 +50,14 @@ def image_seed(seed: int, rel: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(rel.encode("utf-8", "surrogateescape"))) % (2**32)
 
 
-GROUP_IMAGES = 64  # images loaded and detected together by the dlib backend
+GROUP_IMAGES = 64  # images loaded and detected together (batched landmark fits)
 GROUP_PIXELS = 24 * 1024 * 1024
 
 
 def load_with_faces(paths, backend: str, select: str, group: int | None = None) -> Iterator[tuple]:
-    """``(path, image, reason, faces)`` for each path, in order. With the ``dlib`` backend the
-    images are detected a group at a time (``detect_faces_many``: batched landmark fits, the
-    same faces as one by one); ``faces`` is None where the caller detects (other backends, an
+    """``(path, image, reason, faces)`` for each path, in order. The images are detected a group
+    at a time (``detect_faces_many``: batched landmark fits for the ``cnn`` and ``dlib``
+    backends, the same faces as one by one); ``faces`` is None where the caller detects (an
     image that failed to load, a group whose batch failed)."""
     from maskgen.masks import load_image
     from maskgen.masks.api import _check_image
@@ -68,7 +70,7 @@ def load_with_faces(paths, backend: str, select: str, group: int | None = None) 
     def flush():
         ok = [i for i, (_, img, _) in enumerate(buf) if img is not None and _check_image(img) is None]
         faces: list = [None] * len(buf)
-        if backend == "dlib" and len(ok) > 1:
+        if len(ok) > 1:
             try:
                 for i, f in zip(ok, detect_faces_many([buf[i][1] for i in ok], backend, select)):
                     faces[i] = f
@@ -102,7 +104,7 @@ def _rel(p: Path, root: Path) -> str:
 @click.option("--valve/--no-valve", default=False, help="Exhalation valve (n95, kn95).")
 @click.option("--pack", default=None, type=click.Path(exists=True, file_okay=False), help="MaskTheFace-format template pack folder (for pack:<name>).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--backend", default="dlib", show_default=True, type=click.Choice(["dlib", "aligned", "aligned-full", "fan"]))
+@backend_option()
 @click.option("--select", default="all", show_default=True, type=click.Choice(["all", "largest", "center"]))
 @click.option("--format", "fmt", default="jpg", show_default=True, type=click.Choice(["jpg", "png"]))
 @click.option("--quality", default=95, show_default=True, type=int, help="JPEG quality.")
@@ -207,7 +209,7 @@ def _write(path: Path, data: bytes) -> None:
 @click.command("landmarks")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "out", default="-", show_default=True, help="JSON-lines file ('-' = stdout).")
-@click.option("--backend", default="dlib", show_default=True, type=click.Choice(["dlib", "aligned", "aligned-full", "fan"]))
+@backend_option()
 @click.option("--select", default="all", show_default=True, type=click.Choice(["all", "largest", "center"]))
 def landmarks(src: Path, out: str, backend: str, select: str) -> None:
     """Print (or write) 68 landmarks, box, score and head pose of every face in SRC, one JSON line per image."""
@@ -226,6 +228,7 @@ def landmarks(src: Path, out: str, backend: str, select: str) -> None:
                     "path": json_name(rel),
                     "status": "ok" if faces else "failed",
                     "reason": None if faces else "no_face",
+                    "detail": None if faces else getattr(faces, "reason", None),
                     "width": int(img.shape[1]),
                     "height": int(img.shape[0]),
                     "faces": [f.to_json() for f in faces],

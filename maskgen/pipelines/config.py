@@ -59,7 +59,7 @@ class BuildConfig:
     workers: int | None = None
     ray_address: str | None = None
     mode: Literal["resume", "overwrite"] = "resume"
-    detector: str = "auto"  # landmark backend: auto (aligned for <=128 px crops, else dlib), dlib, aligned, fan
+    detector: str = "auto"  # landmark backend (--backend): maskgen.masks.landmarks.BACKENDS
     landmarks_from: str | None = None  # a previous build folder or its landmarks.parquet
     chunk_size: int = 256  # images per landmark task
     progress: bool = True
