@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maskgen.outputs import replacing
+
 CACHE_SCHEMA = pa.schema(
     [
         pa.field("_cache_key", pa.string()),
@@ -59,13 +61,14 @@ def cache_tag(detector: str) -> str:
 BATCH_PIXELS = 24 * 1024 * 1024
 
 
-def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None) -> list[dict]:
+def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None, src=None) -> list[dict]:
     """Per image: decode, detect (the most central face), pose, pHash. Never raises for one
     bad image: the failure is the row's result. Rows are tagged ``tag`` (default: the
-    detector's :func:`cache_tag`). Images for the ``dlib`` backend are detected in batches
+    detector's :func:`cache_tag`). Bytes are read through ``src`` (the build's
+    :class:`maskgen.datasets.sources.Source`; None: ``path`` is a file path). Images for the ``dlib`` backend are detected in batches
     (:func:`maskgen.masks.landmarks.detect_faces_many`: their landmark fits run together)."""
     from maskgen.datasets.dedup import phash
-    from maskgen.datasets.sources import read_image_bytes
+    from maskgen.datasets.sources import ReadError, read_file
     from maskgen.masks import decode_image, detect_faces
     from maskgen.masks.landmarks import detect_faces_many, to_gray
 
@@ -94,7 +97,13 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
     for i, r in enumerate(rows):
         res: dict = {"_cache_key": r["_cache_key"], "detector": tag}
         try:
-            data = read_image_bytes(r["source"], r["path"], r["offset"], r["nbytes"])
+            if src is None:
+                data = read_file(r["path"])
+            else:
+                data = src.read_bytes(r["path"], r["offset"], r["nbytes"], r.get("member"))
+        except ReadError as exc:
+            out[i] = _failed(res, exc.reason)
+            continue
         except OSError as exc:
             out[i] = _failed(res, f"unreadable: {exc.strerror or exc}")
             continue
@@ -179,8 +188,6 @@ def load_cache(paths: list[str | os.PathLike], detector: str) -> dict[str, dict]
 
 
 def write_cache(cache: dict[str, dict], path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     keys = sorted(cache)
-    pq.write_table(results_table([cache[k] for k in keys]), tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        pq.write_table(results_table([cache[k] for k in keys]), tmp)

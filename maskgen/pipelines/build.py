@@ -11,7 +11,8 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
+import re
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +35,10 @@ from maskgen.datasets.manifest import (
     conform,
     write_manifest,
 )
-from maskgen.datasets.sources import Source, parse_source, relative_path
+from maskgen.datasets.sources import Source, parse_source
 from maskgen.datasets.tarwriter import write_atomic
+from maskgen.errors import OutputError
+from maskgen.outputs import OutputClaim, claim, is_tmp_of
 from maskgen.pipelines import analyze as A
 from maskgen.pipelines import plan as P
 from maskgen.pipelines.config import BuildConfig, resolve, write_yaml
@@ -143,12 +146,74 @@ def _plan_hash(rows: list[dict], opts: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def _clean_outputs(out: Path) -> None:
-    for d in ("shards", "stats"):
-        if (out / d).exists():
-            shutil.rmtree(out / d)
-    for f in ("manifest.parquet", "dataset.json", "build.yaml", "classes.tsv"):
-        (out / f).unlink(missing_ok=True)
+# Files a build writes at the top of its folder (the landmark cache is kept on overwrite: it is
+# keyed by file identity and detector, so it is never stale).
+TOP_OUTPUTS = ("manifest.parquet", "dataset.json", "build.yaml", "classes.tsv", "timings.json")
+_SHARD_RE = re.compile(r"[^/.]+-\d{6}\.tar")
+
+
+def _recorded_shards(out: Path) -> set[str]:
+    """Shard names this folder's own records name: every ``stats/*.json`` written by a shard
+    task and the previous ``dataset.json``. Only these are ever deleted (never a user's
+    ``.tar`` that happens to sit in ``shards/``)."""
+    names: set[str] = set()
+    stats = out / "stats"
+    if _real_dir(stats):
+        for p in stats.iterdir():
+            if p.suffix == ".json" and _SHARD_RE.fullmatch(p.stem + ".tar") and p.is_file() and not p.is_symlink():
+                try:
+                    rec = json.loads(p.read_bytes()[:1_000_000])
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.get("shard") == p.stem + ".tar":
+                    names.add(rec["shard"])
+    try:
+        info = json.loads((out / "dataset.json").read_bytes()[:50_000_000]) if (out / "dataset.json").is_file() else {}
+    except ValueError:
+        info = {}
+    for s in info.get("shards", []) if isinstance(info, dict) else []:
+        n = s.get("name") if isinstance(s, dict) else None
+        if isinstance(n, str) and _SHARD_RE.fullmatch(n):
+            names.add(n)
+    return names
+
+
+def _real_dir(p: Path) -> bool:
+    """A folder that is not a symlink (a linked folder is never listed for deletion)."""
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _shard_files(shard: str) -> list[str]:
+    stem = shard[: -len(".tar")]
+    return [f"shards/{shard}", f"stats/{stem}.json", f"stats/{stem}.parquet"]
+
+
+def _temp_files(out: Path, finals: set[str]) -> list[str]:
+    """Temp files of earlier runs (killed mid-write) of the named final files."""
+    found = []
+    by_dir: dict[str, set[str]] = {}
+    for f in finals:
+        d, _, name = f.rpartition("/")
+        by_dir.setdefault(d, set()).add(name)
+    for d, names in by_dir.items():
+        folder = out / d if d else out
+        if not _real_dir(folder):
+            continue
+        for p in folder.iterdir():
+            if any(p.name == n + ".tmp" or is_tmp_of(p.name, n) for n in names):
+                found.append(f"{d}/{p.name}" if d else p.name)
+    return found
+
+
+def _clean_outputs(c: OutputClaim) -> None:
+    """Overwrite mode: remove what this folder's records name, nothing else."""
+    finals = set(TOP_OUTPUTS)
+    for s in _recorded_shards(c.out):
+        finals.update(_shard_files(s))
+    c.remove(sorted(finals) + _temp_files(c.out, finals))
 
 
 def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
@@ -156,17 +221,21 @@ def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
     soon as the last shard is written, while the manifest and report are written (the CLI
     sets it: Ray's shutdown takes 1-2 s, and the process ends with the build anyway)."""
     t_start = time.perf_counter()
-    out = Path(cfg.out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.mode == "overwrite":
-        _clean_outputs(out)
-    log = Progress(out / "build.log", echo=cfg.progress)
-    log.timings = {}
-    log.ray_started = False  # set when this build starts a local Ray
-    try:
-        return _run(cfg, out, log, t_start, shutdown_ray)
-    finally:
-        log.close()
+    with claim(cfg.out, "build", mode=cfg.mode) as owned:
+        out = owned.out
+        for d in ("shards", "stats"):
+            if os.path.lexists(out / d) and not _real_dir(out / d):
+                raise OutputError(f"{out / d} is a link or a file; a build writes only into folders it made (remove it)")
+        if cfg.mode == "overwrite":
+            _clean_outputs(owned)
+        log = Progress(out / "build.log", echo=cfg.progress)
+        log.timings = {}
+        log.ray_started = False  # set when this build starts a local Ray
+        log.claim = owned
+        try:
+            return _run(cfg, out, log, t_start, shutdown_ray)
+        finally:
+            log.close()
 
 
 def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ray: bool) -> BuildResult:
@@ -211,7 +280,7 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ra
 
     # 3. landmarks, from the cache where possible
     t_an = time.perf_counter()
-    analysis, t_ray = _analyze(cfg, out, ws, log)
+    analysis, t_ray = _analyze(cfg, out, ws, log, src)
     log.timings["landmarks"] = time.perf_counter() - t_an - t_ray
     a_status = np.array([a.get("a_status") if a else None for a in analysis], dtype=object)
     a_reason = np.array([a.get("a_reason") if a else None for a in analysis], dtype=object)
@@ -246,19 +315,19 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ra
     opts = {"output": cfg.output, "image_size": cfg.image_size, "jpeg_quality": cfg.jpeg_quality, "twins": cfg.twins}
     per_shard = cfg.samples_per_shard
     if cfg.shard_bytes and rows:
-        per_shard = _samples_for_bytes(cfg, rows, order, opts, log)
+        per_shard = _samples_for_bytes(cfg, rows, order, opts, log, src)
     shards_idx = P.split_shards(order, per_shard)
     tasks = []
     for si, idx in enumerate(shards_idx):
         srows = sorted((rows[i] for i in idx), key=lambda r: r["key"])
         name = P.shard_name(cfg.name, si)
-        tasks.append({"out": str(out), "shard": name, "opts": opts, "rows": srows, "plan_hash": _plan_hash(srows, opts)})
+        tasks.append({"out": str(out), "shard": name, "opts": opts, "rows": srows, "plan_hash": _plan_hash(srows, opts), "src": src})
     log.line(
         f"[plan] {len(rows):,} samples of {len(classes):,} identities, {int(masked.sum()):,} masked "
         f"({(masked.mean() if len(masked) else 0):.4f}), {len(tasks)} shards; dropped/failed so far: {ws.reasons()}"
     )
     write_yaml(cfg, out / "build.yaml")
-    _remove_stale(out, {t["shard"] for t in tasks})
+    _remove_stale(log.claim, {t["shard"] for t in tasks})
     log.timings["plan"] = time.perf_counter() - t_plan
 
     # 6. execute
@@ -297,7 +366,7 @@ def _cold(cfg: BuildConfig, out: Path) -> bool:
     return not cfg.landmarks_from and not (out / A.CACHE_FILE).is_file()
 
 
-def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> tuple[list[dict | None], float]:
+def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress, src: Source) -> tuple[list[dict | None], float]:
     """Landmarks for every pending row: cached rows are reused, the rest run on Ray. Also
     returns the seconds spent starting Ray here (0 when it was already running)."""
     cache_path = out / A.CACHE_FILE
@@ -311,9 +380,9 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> tuple
     log.line(f"[landmarks] {len(pend):,} images: {len(pend) - len(todo):,} cached, {len(todo):,} to detect")
     if todo:
         t = ws.table
-        cols = {c: t.column(c).to_pylist() for c in ("source", "path", "offset", "nbytes", "_cache_key")}
+        cols = {c: t.column(c).to_pylist() for c in ("source", "path", "offset", "nbytes", "member", "_cache_key")}
         chunks = [todo[i : i + cfg.chunk_size] for i in range(0, len(todo), cfg.chunk_size)]
-        payloads = ({"rows": [{c: cols[c][i] for c in cols} for i in ch], "detector": cfg.detector, "tag": tag} for ch in chunks)
+        payloads = ({"rows": [{c: cols[c][i] for c in cols} for i in ch], "detector": cfg.detector, "tag": tag, "src": src} for ch in chunks)
         if cfg.detector in ("auto", "dlib"):
             _prepare_batch_model(log)
         t_ray = _timed_ray_start(cfg, log, "ray_start")
@@ -357,7 +426,7 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> tuple
     return out_rows, t_ray
 
 
-def _samples_for_bytes(cfg: BuildConfig, rows: list[dict], order: list[int], opts: dict, log: Progress) -> int:
+def _samples_for_bytes(cfg: BuildConfig, rows: list[dict], order: list[int], opts: dict, log: Progress, src: Source) -> int:
     """Samples per shard for a ``shard_bytes`` target: the mean size of the first (seeded
     shuffle order) 32 samples as they will be written, tar headers included. The estimate is
     a pure function of the inputs, so the shard split stays reproducible."""
@@ -366,7 +435,7 @@ def _samples_for_bytes(cfg: BuildConfig, rows: list[dict], order: list[int], opt
     sizes = []
     for i in order[:32]:
         try:
-            members, _ = process_sample(rows[i], opts, _face_attributes())
+            members, _ = process_sample(rows[i], opts, _face_attributes(), src)
         except Exception:  # a failing sample just does not count
             continue
         sizes.append(sum(512 + -(-len(b) // 512) * 512 for b in members.values()))
@@ -408,7 +477,7 @@ def _analyze_task(payload: dict) -> list[dict]:
     from maskgen.pipelines.runner import one_thread
 
     one_thread()
-    return A.analyze_rows(payload["rows"], payload["detector"], payload.get("tag"))
+    return A.analyze_rows(payload["rows"], payload["detector"], payload.get("tag"), payload["src"])
 
 
 def _plan_rows(cfg, src, ws, kept, masked, analysis, label_of, label_cols, mix) -> list[dict]:
@@ -434,26 +503,21 @@ def _plan_rows(cfg, src, ws, kept, masked, analysis, label_of, label_cols, mix) 
                 "yaw": a["yaw"],
                 "pitch": a["pitch"],
                 "roll": a["roll"],
-                "relpath": relative_path(src, cols["path"][i], cols["member"][i], cols["offset"][i]),
+                "relpath": src.relative_path(cols["path"][i], cols["member"][i], cols["offset"][i]),
                 "demographics": {c: labs[c][i] for c in label_cols if labs[c][i] is not None},
             }
         )
     return rows
 
 
-def _remove_stale(out: Path, names: set[str]) -> None:
-    """Shards of an earlier, larger plan would be picked up by a glob: remove them."""
-    for d, suffixes in (("shards", (".tar", ".tar.tmp")), ("stats", (".json", ".parquet", ".json.tmp", ".parquet.tmp"))):
-        folder = out / d
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            for suf in suffixes:
-                if p.name.endswith(suf):
-                    stem = p.name[: -len(suf)]
-                    if stem + ".tar" not in names or suf.endswith(".tmp"):
-                        p.unlink()
-                    break
+def _remove_stale(c: OutputClaim, names: set[str]) -> None:
+    """Shards of an earlier, larger plan (named by this folder's records) would be picked up
+    by a glob: remove them, and temp files of killed runs. Nothing the records do not name."""
+    stale = _recorded_shards(c.out) - names
+    finals: set[str] = set()
+    for s in stale | names:
+        finals.update(_shard_files(s))
+    c.remove(sorted(f for s in stale for f in _shard_files(s)) + _temp_files(c.out, finals))
 
 
 def _execute(cfg: BuildConfig, out: Path, tasks: list[dict], log: Progress) -> dict[str, dict]:
