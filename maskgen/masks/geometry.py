@@ -429,10 +429,16 @@ def _runs_from_edge(back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _LIDS = np.array([36, 41, 40, 39, 42, 47, 46, 45])  # lower lids and eye corners
-_CLEAR_ROWS = np.array([1.0, 1.0, 0.5, 0.2])  # how much of a push down each top row takes
+_CLEAR_ROWS = np.array([1.0, 1.0, 1.0, 0.4])  # how much of a push down each top row takes
 
 
 def _eye_clearance(xy: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """:func:`_row_clearance` of the patch's two top rows (a design's edge may lie between
+    them, and a cup or ridge standing off the nose moves the second row in the image)."""
+    return np.maximum(_row_clearance(xy[1], lm), _row_clearance(xy[2], lm))
+
+
+def _row_clearance(top: np.ndarray, lm: np.ndarray) -> np.ndarray:
     """Per top-edge knot, how far (pixels, along the face's down direction) the edge must move
     down so that it passes at least 0.14 inter-ocular distances below every lower-lid point and
     eye corner in the image (landmark noise, parallax of a face looking up)."""
@@ -440,12 +446,20 @@ def _eye_clearance(xy: np.ndarray, lm: np.ndarray) -> np.ndarray:
     iod = max(float(np.hypot(ex[0], ex[1])), 1.0)
     ex = ex / iod
     down = np.array([-ex[1], ex[0]])
-    top = xy[1]  # the patch's top row (row 0 is the outer ring)
     ka, kd = top @ ex, top @ down
     la, ld = lm[_LIDS] @ ex, lm[_LIDS] @ down
     need = np.zeros(len(top))
-    if not (np.diff(ka) > 0).all():
-        return need
+    # every edge segment spanning a lid point across the face (a turned head's far side may
+    # fold the edge, so several can), pushed down by its own shortfall there
+    a0, a1 = ka[:-1, None], ka[1:, None]
+    lo, hi = np.minimum(a0, a1), np.maximum(a0, a1)
+    span = (la[None, :] >= lo) & (la[None, :] <= hi)
+    t = (la[None, :] - a0) / np.where(np.abs(a1 - a0) < 1e-9, 1e-9, a1 - a0)
+    edge = kd[:-1, None] + t * (kd[1:, None] - kd[:-1, None])
+    short = np.where(span, np.maximum(ld[None, :] + 0.14 * iod - edge, 0.0), 0.0).max(1)
+    np.maximum(need[:-1], short, out=need[:-1])
+    np.maximum(need[1:], short, out=need[1:])
+    return need
     j = np.minimum(np.maximum(np.searchsorted(ka, la), 1), len(ka) - 1)
     t = (la - ka[j - 1]) / (ka[j] - ka[j - 1])
     edge = kd[j - 1] + t * (kd[j] - kd[j - 1])
