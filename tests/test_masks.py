@@ -688,3 +688,28 @@ def test_prints_have_seeded_variants(name: str) -> None:
     assert r1 == r2 and r1.texture.startswith(f"{name}:")
     with pytest.raises(ValueError):
         MaskSpec(type="cloth", texture=f"{name}:99")
+
+
+def test_build_rejects_renders_below_min_fit(tmp_path: Path, lfw300) -> None:
+    """The build's ``min_fit`` option: a sample whose masked render scores below it fails with
+    the reason "fit score below threshold" (one sample, through the build's own sample code)."""
+    import cv2
+
+    from maskgen.datasets.sources import parse_source
+    from maskgen.pipelines.config import BuildConfig
+    from maskgen.pipelines.execute import SampleError, process_sample
+
+    img, face = lfw300[0]
+    person = tmp_path / "src" / "someone"
+    person.mkdir(parents=True)
+    cv2.imwrite(str(person / "a.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    src = parse_source(f"folder:{tmp_path / 'src'}")
+    row = {"path": "someone/a.jpg", "relpath": "someone/a.jpg", "offset": None, "nbytes": None, "landmarks": face.landmarks.ravel().tolist(),
+           "masked": True, "seed": 1, "key": "0-0", "identity": "someone", "label": 0, "source": "folder", "box": list(face.box)}
+    opts = {"output": "aligned", "image_size": 112, "jpeg_quality": 90, "twins": False, "min_fit": 0.5}
+    members, result = process_sample({**row, "spec": MaskSpec(wear="correct").to_json()}, opts, None, src)
+    assert result["fit_score"] >= 0.5 and members["0-0.jpg"]
+    with pytest.raises(SampleError, match="^fit score below threshold$"):
+        process_sample({**row, "spec": MaskSpec(wear="chin").to_json()}, opts, None, src)
+    with pytest.raises(ValueError):
+        BuildConfig(source="lfw", out=str(tmp_path / "o"), min_fit=1.5).validate()

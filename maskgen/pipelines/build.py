@@ -87,6 +87,7 @@ def build(
     mask_types: list[str] | str | None = None,
     wear: list[str] | str | None = None,
     texture_prob: float | None = None,
+    min_fit: float | None = None,
     min_images: int = 1,
     max_images: int | None = None,
     max_identities: int | None = None,
@@ -313,6 +314,8 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ra
     rows = _plan_rows(cfg, src, ws, kept, masked, analysis, label_of, label_cols, mix)
     order = P.shard_order([r["key"] for r in rows], cfg.seed, cfg.shuffle)
     opts = {"output": cfg.output, "image_size": cfg.image_size, "jpeg_quality": cfg.jpeg_quality, "twins": cfg.twins}
+    if cfg.min_fit is not None:  # masks: reject renders below the fit score threshold
+        opts["min_fit"] = cfg.min_fit
     per_shard = cfg.samples_per_shard
     if cfg.shard_bytes and rows:
         per_shard = _samples_for_bytes(cfg, rows, order, opts, log, src)

@@ -88,10 +88,13 @@ def process_sample(row: dict, opts: dict, face_attributes, src) -> tuple[dict[st
     fit = None
     spec = row.get("spec")
     if row["masked"] or twins:
-        from maskgen.masks import MaskSpec, faces_from_landmarks, mask_face
+        from maskgen.masks import LOW_FIT, MaskSpec, faces_from_landmarks, mask_face
 
         faces = faces_from_landmarks(lm, img.shape)
-        result = mask_face(img, MaskSpec(**spec), seed=int(row["seed"]), faces=faces)
+        result = mask_face(img, MaskSpec(**spec), seed=int(row["seed"]), faces=faces, min_fit=opts.get("min_fit"),
+                           fit_frame="aligned" if opts["output"] == "aligned" else "image")
+        if getattr(result, "status", "ok") == LOW_FIT:
+            raise SampleError("fit score below threshold")
         if getattr(result, "status", "ok") != "ok" or result.image is None:
             raise SampleError(f"mask: {getattr(result, 'status', 'failed')}")
         masked_img = result.image
