@@ -367,7 +367,8 @@ def face_mesh(lm: np.ndarray, image_shape: tuple[int, int], wear: str, shape: Sh
     if wear == "correct":
         need = _eye_clearance(xy.reshape(r, c, 2), np.asarray(lm, np.float64))
         if need.max() > 0:  # pixels -> head units at this face's scale, down the head's Y axis
-            g[: len(_CLEAR_ROWS), :, 1] += _CLEAR_ROWS[:, None] * need[None, :] * (float(z.mean()) / head.f)
+            push = np.maximum(_CLEAR_ROWS[0][:, None] * need[0], _CLEAR_ROWS[1][:, None] * need[1])
+            g[:4, :, 1] += push * (float(z.sum()) / len(z) / head.f)
             knots = g.reshape(-1, 3)
             xy, z = head.project(knots)
     # outward normals (toward the camera is -z in head coordinates): dv x du, central differences
@@ -409,7 +410,7 @@ def face_mesh(lm: np.ndarray, image_shape: tuple[int, int], wear: str, shape: Sh
     inner = back & ~near
     if inner.any():
         fold = min(1.0, fold + float((ref * inner).sum() / max(ref.sum(), 1e-9)))
-    scale = head.f / float(z.mean())
+    scale = head.f * len(z) / float(z.sum())
     frontal = float(np.abs(own).sum()) * scale * scale
     return FaceMesh(head, g, xy, z.reshape(r, c), normals, front, mm.us, mm.vs, fold, mm.skin, area, frontal)
 
@@ -429,43 +430,36 @@ def _runs_from_edge(back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _LIDS = np.array([36, 41, 40, 39, 42, 47, 46, 45])  # lower lids and eye corners
-_CLEAR_ROWS = np.array([1.0, 1.0, 1.0, 0.4])  # how much of a push down each top row takes
+# how much of a push down the rows 0-3 take when the top row (first line) or the second row
+# (second line) comes too close to an eye
+_CLEAR_ROWS = np.array([[1.0, 1.0, 0.5, 0.2], [0.0, 0.0, 1.0, 0.4]])
 
 
 def _eye_clearance(xy: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """:func:`_row_clearance` of the patch's two top rows (a design's edge may lie between
-    them, and a cup or ridge standing off the nose moves the second row in the image)."""
-    return np.maximum(_row_clearance(xy[1], lm), _row_clearance(xy[2], lm))
-
-
-def _row_clearance(top: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """Per top-edge knot, how far (pixels, along the face's down direction) the edge must move
+    """(2, cols): per knot of the patch's two top rows, how far (pixels, along the face's down direction) the edge must move
     down so that it passes at least 0.14 inter-ocular distances below every lower-lid point and
-    eye corner in the image (landmark noise, parallax of a face looking up)."""
+    eye corner in the image (landmark noise, parallax of a face looking up). Both top rows of
+    the patch are checked: a design's edge may lie between them, and a cup or ridge standing
+    off the nose moves the second row in the image."""
     ex = (lm[42:48].sum(0) - lm[36:42].sum(0)) / 6.0
     iod = max(float(np.hypot(ex[0], ex[1])), 1.0)
     ex = ex / iod
     down = np.array([-ex[1], ex[0]])
-    ka, kd = top @ ex, top @ down
-    la, ld = lm[_LIDS] @ ex, lm[_LIDS] @ down
-    need = np.zeros(len(top))
+    rows = xy[1:3]  # (2, cols, 2); row 0 is the outer ring
+    ka, kd = rows @ ex, rows @ down  # (2, cols)
+    lids = lm[_LIDS]
+    la, ld = lids @ ex, lids @ down
     # every edge segment spanning a lid point across the face (a turned head's far side may
     # fold the edge, so several can), pushed down by its own shortfall there
-    a0, a1 = ka[:-1, None], ka[1:, None]
-    lo, hi = np.minimum(a0, a1), np.maximum(a0, a1)
-    span = (la[None, :] >= lo) & (la[None, :] <= hi)
-    t = (la[None, :] - a0) / np.where(np.abs(a1 - a0) < 1e-9, 1e-9, a1 - a0)
-    edge = kd[:-1, None] + t * (kd[1:, None] - kd[:-1, None])
-    short = np.where(span, np.maximum(ld[None, :] + 0.14 * iod - edge, 0.0), 0.0).max(1)
-    np.maximum(need[:-1], short, out=need[:-1])
-    np.maximum(need[1:], short, out=need[1:])
-    return need
-    j = np.minimum(np.maximum(np.searchsorted(ka, la), 1), len(ka) - 1)
-    t = (la - ka[j - 1]) / (ka[j] - ka[j - 1])
-    edge = kd[j - 1] + t * (kd[j] - kd[j - 1])
-    short = np.maximum(ld + 0.14 * iod - edge, 0.0)
-    np.maximum.at(need, j - 1, short)
-    np.maximum.at(need, j, short)
+    a0, a1 = ka[:, :-1, None], ka[:, 1:, None]
+    span = (la >= np.minimum(a0, a1)) & (la <= np.maximum(a0, a1))
+    da = a1 - a0
+    t = (la - a0) / np.where(np.abs(da) < 1e-9, 1e-9, da)
+    edge = kd[:, :-1, None] + t * (kd[:, 1:, None] - kd[:, :-1, None])
+    short = np.maximum(np.where(span, ld + 0.14 * iod - edge, 0.0).max(2), 0.0)  # (2 rows, segments)
+    need = np.zeros((2, xy.shape[1]))
+    np.maximum(need[:, :-1], short, out=need[:, :-1])
+    np.maximum(need[:, 1:], short, out=need[:, 1:])
     return need
 
 

@@ -10,7 +10,7 @@ from maskgen.masks.designs.base import ASPECT, Design, Layers, Shape, aa, regist
 
 def draw(u, v, px, valve: bool) -> Layers:
     a = 2 * u - 1
-    top = 0.03 + 0.10 * a**2
+    top = 0.012 + 0.10 * a**2
     bot = 1.0 - 0.06 * a**2
     sd = np.minimum(np.minimum(v - top, bot - v) * ASPECT, (1 - np.abs(a)) * 0.5)
     sd = np.minimum(sd, 0.05 + (1 - np.abs(a)) * 0.5)
