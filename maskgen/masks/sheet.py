@@ -21,7 +21,6 @@ from maskgen.masks.geometry import WEAR_MODES
 from maskgen.masks.imageio import load_image
 from maskgen.masks.landmarks import Face, detect_faces
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_REAL = 48
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -104,6 +103,8 @@ def _warp(img: np.ndarray, c: np.ndarray, side: float, cell: int) -> np.ndarray:
 def real_cells(folder: str | Path, cell: int, limit: int = MAX_REAL) -> list[tuple[str, np.ndarray]]:
     """The user's photos as (name, cell) tiles: framed by the detected face like the synthetic
     cells, or a centred square crop where no face is found."""
+    from maskgen.masks.cli import IMAGE_EXTS
+
     d = Path(folder)
     if not d.is_dir():
         raise InputError(f"--real {d}: not a folder")
@@ -123,7 +124,7 @@ def real_cells(folder: str | Path, cell: int, limit: int = MAX_REAL) -> list[tup
             tile = _warp(img, np.array([w / 2, h / 2]), float(min(h, w)), cell)
         out.append((p.relative_to(d).as_posix(), tile))
     if not out:
-        raise InputError(f"--real {d}: no readable image (jpg, png, bmp, webp, tif)")
+        raise InputError(f"--real {d}: no readable image ({', '.join(sorted(e[1:] for e in IMAGE_EXTS))})")
     return out
 
 
