@@ -166,7 +166,7 @@ def _boundary(wear: str, shape: Shape) -> tuple[np.ndarray, np.ndarray, np.ndarr
         p[:, 2] += bump * 12.0 * g.chin_wrap * shape.chin * g.chin_back
         return p
 
-    nu, nv = len(_US), len(_VS)
+    nu = len(_US)
     bottom = jaw_out(g.bottom_side + (16.0 - 2 * g.bottom_side) * _US)
     left = jaw_out(g.top_side + (g.bottom_side - g.top_side) * _VS)
     right = jaw_out((16.0 - g.top_side) - (g.bottom_side - g.top_side) * _VS)
@@ -191,7 +191,6 @@ def _boundary(wear: str, shape: Shape) -> tuple[np.ndarray, np.ndarray, np.ndarr
     top[:, 2] = _profile_drape(top[:, 0], top[:, 1], shape) + 0.6 * shape.standoff
     top[0], top[-1] = tl, tr
     left[-1], right[-1] = bottom[0], bottom[-1]
-    del nv
     return top, bottom, left, right
 
 
@@ -261,6 +260,12 @@ def _tps_inverse() -> np.ndarray:
     lhs[:n, n:] = p
     lhs[n:, :n] = p.T
     return np.linalg.inv(lhs)[:, :n]
+
+
+def control_displacement(head: Head) -> np.ndarray:
+    """(n_ctrl, 3): how this face's control landmarks moved from the mean face; a point's
+    displacement is ``tps_weights(point) @ this``."""
+    return head.points[_CTRL] - MEAN_SHAPE_3D[_CTRL]
 
 
 def tps_weights(points: np.ndarray) -> np.ndarray:
@@ -360,8 +365,7 @@ def face_mesh(lm: np.ndarray, image_shape: tuple[int, int], wear: str, shape: Sh
         return None
     mm = mesh_model(wear, shape, extent)
     r, c = len(mm.vs), len(mm.us)
-    d = head.points[_CTRL] - MEAN_SHAPE_3D[_CTRL]
-    knots = mm.mean + mm.warp @ d
+    knots = mm.mean + mm.warp @ control_displacement(head)
     g = knots.reshape(r, c, 3)
     xy, z = head.project(knots)
     if wear == "correct":
@@ -398,6 +402,11 @@ def face_mesh(lm: np.ndarray, image_shape: tuple[int, int], wear: str, shape: Sh
     # sight); further inside a row (the landmarks pulled the surface into an S-fold) they stay,
     # and count as a fold
     back = area[1:-1, 1:-1] <= 0
+    front = np.ones_like(area, dtype=bool)
+    scale = head.f * len(z) / float(z.sum())
+    frontal = float(np.abs(own).sum()) * scale * scale
+    if not back.any():  # (most faces) every cell faces the camera
+        return FaceMesh(head, g, xy, z.reshape(r, c), normals, front, mm.us, mm.vs, fold, mm.skin, area, frontal)
     left, lf = _runs_from_edge(back)
     right, rf = _runs_from_edge(back[:, ::-1])
     right = right[:, ::-1]
@@ -405,13 +414,10 @@ def face_mesh(lm: np.ndarray, image_shape: tuple[int, int], wear: str, shape: Sh
     # runs just inside it (the jaw landmarks at the silhouette curl the very edge back)
     cull = (left & (lf == 0)[:, None]) | (right & (rf == 0)[:, None])
     near = (left & (lf < _CURL)[:, None]) | (right & (rf < _CURL)[:, None])
-    front = np.ones_like(area, dtype=bool)
     front[1:-1, 1:-1] = ~cull
     inner = back & ~near
     if inner.any():
         fold = min(1.0, fold + float((ref * inner).sum() / max(ref.sum(), 1e-9)))
-    scale = head.f * len(z) / float(z.sum())
-    frontal = float(np.abs(own).sum()) * scale * scale
     return FaceMesh(head, g, xy, z.reshape(r, c), normals, front, mm.us, mm.vs, fold, mm.skin, area, frontal)
 
 
@@ -767,14 +773,9 @@ def _cell_offsets(p: np.ndarray, px: np.ndarray, py: np.ndarray) -> tuple[np.nda
     return np.where(use_a, s1 + t1, s2), np.where(use_a, t1, s2 + t2), np.maximum(da, db)
 
 
-def forward(grid: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Positions of template points (u, v) inside the patch (bilinear in the patch knot grid;
-    works for image (.., 2) and head (.., 3) grids alike)."""
-    return _bilinear(grid, _forward_weights(u, v))
-
-
 def forward_fixed(grid: np.ndarray, u: tuple[float, ...], v: tuple[float, ...]) -> np.ndarray:
-    """:func:`forward` for template points given as tuples, their weights cached (loop anchors)."""
+    """Positions of template points (u, v) inside the patch, bilinear in the patch knot grid
+    (image (.., 2) or head (.., 3) grids alike); their weights are cached (loop anchors)."""
     return _bilinear(grid, _forward_weights_cached(u, v))
 
 

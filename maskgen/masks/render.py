@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from maskgen.masks.designs import Template
-from maskgen.masks.geometry import FaceMesh, face_mesh, forward_fixed, knot_values, mask_map, tps_weights
+from maskgen.masks.geometry import FaceMesh, control_displacement, face_mesh, forward_fixed, knot_values, mask_map, tps_weights
 from maskgen.masks.pose import MEAN_SHAPE_3D
 
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -109,13 +109,11 @@ def loop_paths(mesh: FaceMesh, loops: str, loop_v: tuple[float, float] = (0.10, 
     """Visible ear loops / straps: per path, image points (n, 2) and visibility (n,) in 0..1."""
     if loops == "tie":
         return []
-    from maskgen.masks.geometry import _CTRL
-
     head = mesh.head
     patch = mesh.knots[1:-1, 1:-1]
     anchors = forward_fixed(patch, (0.0, 0.0, 1.0, 1.0), (loop_v[0], loop_v[1], loop_v[0], loop_v[1]))
     ends0, w = _loop_ends(loops)
-    ends = ends0 + w @ (head.points[_CTRL] - MEAN_SHAPE_3D[_CTRL])
+    ends = ends0 + w @ control_displacement(head)
     side = np.array([-1.0, -1.0, 1.0, 1.0])[:, None]
     # the loop bows out over the cheek: its middle a little outward and forward of the chord
     mid = 0.5 * (anchors + ends) + np.array([4.0, 0.0, -3.0]) * np.concatenate([side, np.ones((4, 1)), np.ones((4, 1))], 1)
