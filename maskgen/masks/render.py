@@ -28,6 +28,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _RESIDUAL = 0.5  # how much of the light the normals do not explain is kept (a square root)
 _FALLOFF = 0.35  # darkening of the mask where it turns away from the camera (1 - this at 90 deg)
 _FALLOFF_BASE = 1.0 - _FALLOFF  # a camera-facing surface keeps the fitted light
+_SHEEN = 0.12  # light a fabric adds where it faces the light (visible on dark fabric)
 _SHADOW = 0.5  # darkness of the contact shadow right under a mask edge
 
 
@@ -210,8 +211,10 @@ def render_face(
     light = _lighting(roi8, lm, mm, mesh)
     if light is None:
         return None
-    light_s, grey = light
+    light_s, sheen, grey = light
     m *= light_s
+    # fabric sheen: a little light added where the surface faces it (shows on dark fabric)
+    cv2.add(m, cv2.multiply(sheen, cv2.merge([alpha] * 4)), dst=m)
     if grey:  # a black-and-white photo: the mask is grey too
         rgb = m[..., :3]
         rgb[...] = (rgb @ _LUMA)[..., None]
@@ -251,8 +254,9 @@ def _contact_shadow(alpha: np.ndarray, patch_w: float) -> np.ndarray:
     return s
 
 
-def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh) -> tuple[np.ndarray, bool] | None:
-    """(RGBA light factor (h, w, 4) for the ROI, whether the photo is black and white).
+def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """(RGBA light factor (h, w, 4) for the ROI, RGBA sheen to add (x alpha), whether the photo
+    is black and white).
 
     On the coarse grid of the map: the skin luminance is fitted as ``a + b . n`` against the
     head's normals (taken from the mask surface draped over it); the mask is lit by the same
@@ -305,13 +309,19 @@ def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh) -> tuple[np.
     cast = (mean_rgb / max(float(mean_rgb.mean()), 1e-4)) ** 0.15
     light_s = np.ones((gh, gw, 4), np.float32)
     light_s[..., :3] = (shade * exposure)[..., None] * cast[None, None, :]
-    light = cv2.resize(light_s, (bx1 - bx0, by1 - by0), interpolation=cv2.INTER_LINEAR)
+    sheen_s = np.zeros((gh, gw, 4), np.float32)
+    sheen_s[..., :3] = (_SHEEN * np.minimum(np.maximum(shade * exposure - 0.85, 0.0), 0.5))[..., None] * cast[None, None, :]
+    size = (bx1 - bx0, by1 - by0)
+    light = cv2.resize(light_s, size, interpolation=cv2.INTER_LINEAR)
+    sheen = cv2.resize(sheen_s, size, interpolation=cv2.INTER_LINEAR)
     rh, rw = roi8.shape[:2]
     if light.shape[:2] != (rh, rw):
-        light = cv2.copyMakeBorder(light, oy, rh - oy - light.shape[0], ox, rw - ox - light.shape[1], cv2.BORDER_REPLICATE)
+        pad = (oy, rh - oy - light.shape[0], ox, rw - ox - light.shape[1])
+        light = cv2.copyMakeBorder(light, *pad, cv2.BORDER_REPLICATE)
+        sheen = cv2.copyMakeBorder(sheen, *pad, cv2.BORDER_REPLICATE)
     c0, c1, c2 = cv2.split(cs8)
     grey = (cv2.norm(c0, c1, cv2.NORM_L1) + cv2.norm(c1, c2, cv2.NORM_L1)) / (255.0 * c0.size) < 0.004
-    return light, grey
+    return light, sheen, grey
 
 
 _PROBE_POINTS = [30, 31, 35, 2, 14]  # nose tip, nostrils, cheeks
