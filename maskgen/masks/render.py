@@ -28,7 +28,6 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _RESIDUAL = 0.5  # how much of the light the normals do not explain is kept (a square root)
 _FALLOFF = 0.35  # darkening of the mask where it turns away from the camera (1 - this at 90 deg)
 _FALLOFF_BASE = 1.0 - _FALLOFF  # a camera-facing surface keeps the fitted light
-_SHEEN = 0.12  # light a fabric adds where it faces the light (visible on dark fabric)
 _SHADOW = 0.5  # darkness of the contact shadow right under a mask edge
 
 
@@ -208,20 +207,19 @@ def render_face(
         cv2.add(m, cv2.multiply(cv2.merge([la, la, la, la]), (*tpl.loop_rgb, 1.0)), dst=m)
 
     roi8 = img[mm.y0 : mm.y0 + rh, mm.x0 : mm.x0 + rw]
-    light = _lighting(roi8, lm, mm, mesh)
+    light = _lighting(roi8, lm, mm, mesh, tpl.sheen)
     if light is None:
         return None
     light_s, sheen, grey = light
     m *= light_s
-    # fabric sheen: a little light added where the surface faces it (shows on dark fabric)
-    cv2.add(m, cv2.multiply(sheen, cv2.merge([alpha] * 4)), dst=m)
+    if sheen is not None:  # fabric sheen: light added where a dark fabric faces it
+        cv2.add(m, cv2.multiply(sheen, cv2.merge([alpha] * 4)), dst=m)
     if grey:  # a black-and-white photo: the mask is grey too
         rgb = m[..., :3]
         rgb[...] = (rgb @ _LUMA)[..., None]
 
     # the image's own softness and grain, measured on the face around the mask
-    gray8 = cv2.cvtColor(roi8, cv2.COLOR_RGB2GRAY)
-    probe = _probe(gray8, mm, lm)
+    probe = _probe(roi8, mm, lm)
     sb = blur_sigma(probe)
     if sb > 0.4:
         m = cv2.GaussianBlur(m, (0, 0), sb)  # the four channels at once
@@ -254,9 +252,10 @@ def _contact_shadow(alpha: np.ndarray, patch_w: float) -> np.ndarray:
     return s
 
 
-def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh) -> tuple[np.ndarray, np.ndarray, bool] | None:
-    """(RGBA light factor (h, w, 4) for the ROI, RGBA sheen to add (x alpha), whether the photo
-    is black and white).
+def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh, sheen_k: float = 0.0
+              ) -> tuple[np.ndarray, np.ndarray | None, bool] | None:
+    """(RGBA light factor (h, w, 4) for the ROI, RGBA sheen to add (x alpha) or None, whether the
+    photo is black and white).
 
     On the coarse grid of the map: the skin luminance is fitted as ``a + b . n`` against the
     head's normals (taken from the mask surface draped over it); the mask is lit by the same
@@ -309,16 +308,19 @@ def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh) -> tuple[np.
     cast = (mean_rgb / max(float(mean_rgb.mean()), 1e-4)) ** 0.15
     light_s = np.ones((gh, gw, 4), np.float32)
     light_s[..., :3] = (shade * exposure)[..., None] * cast[None, None, :]
-    sheen_s = np.zeros((gh, gw, 4), np.float32)
-    sheen_s[..., :3] = (_SHEEN * np.minimum(np.maximum(shade * exposure - 0.85, 0.0), 0.5))[..., None] * cast[None, None, :]
     size = (bx1 - bx0, by1 - by0)
-    light = cv2.resize(light_s, size, interpolation=cv2.INTER_LINEAR)
-    sheen = cv2.resize(sheen_s, size, interpolation=cv2.INTER_LINEAR)
     rh, rw = roi8.shape[:2]
-    if light.shape[:2] != (rh, rw):
-        pad = (oy, rh - oy - light.shape[0], ox, rw - ox - light.shape[1])
+    pad = (oy, rh - oy - size[1], ox, rw - ox - size[0])
+    light = cv2.resize(light_s, size, interpolation=cv2.INTER_LINEAR)
+    if any(pad):
         light = cv2.copyMakeBorder(light, *pad, cv2.BORDER_REPLICATE)
-        sheen = cv2.copyMakeBorder(sheen, *pad, cv2.BORDER_REPLICATE)
+    sheen = None
+    if sheen_k > 0:
+        sheen_s = np.zeros((gh, gw, 4), np.float32)
+        sheen_s[..., :3] = (sheen_k * np.minimum(np.maximum(shade * exposure - 0.85, 0.0), 0.5))[..., None] * cast[None, None, :]
+        sheen = cv2.resize(sheen_s, size, interpolation=cv2.INTER_LINEAR)
+        if any(pad):
+            sheen = cv2.copyMakeBorder(sheen, *pad, cv2.BORDER_REPLICATE)
     c0, c1, c2 = cv2.split(cs8)
     grey = (cv2.norm(c0, c1, cv2.NORM_L1) + cv2.norm(c1, c2, cv2.NORM_L1)) / (255.0 * c0.size) < 0.004
     return light, sheen, grey
@@ -327,13 +329,14 @@ def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh) -> tuple[np.
 _PROBE_POINTS = [30, 31, 35, 2, 14]  # nose tip, nostrils, cheeks
 
 
-def _probe(gray8: np.ndarray, mm, lm: np.ndarray) -> np.ndarray:
-    """A <= 64x64 patch of the face (cheeks/nose) for the blur and noise estimates."""
+def _probe(roi8: np.ndarray, mm, lm: np.ndarray) -> np.ndarray:
+    """A <= 64x64 grey patch of the face (cheeks/nose) for the blur and noise estimates."""
     pts = lm[_PROBE_POINTS].tolist()
     cx = sum(p[0] for p in pts) / len(pts) - mm.x0
     cy = sum(p[1] for p in pts) / len(pts) - mm.y0
-    h, w = gray8.shape
+    h, w = roi8.shape[:2]
     half = 32
     x0 = int(min(max(cx - half, 0), max(0, w - 2 * half)))
     y0 = int(min(max(cy - half, 0), max(0, h - 2 * half)))
-    return gray8[y0 : y0 + 2 * half, x0 : x0 + 2 * half].astype(np.float32) * (1.0 / 255.0)
+    gray = cv2.cvtColor(roi8[y0 : y0 + 2 * half, x0 : x0 + 2 * half], cv2.COLOR_RGB2GRAY)
+    return gray.astype(np.float32) * (1.0 / 255.0)

@@ -30,6 +30,7 @@ class Template:
     loops: str
     loop_rgb: tuple[float, float, float]
     shape: Shape = Shape()
+    sheen: float = 0.0  # light the fabric adds where it faces the light (dark fabrics only)
 
 
 def template_grid(extent: tuple[float, float, float, float], px_u: float = PX_U, px_v: float = PX_V):
@@ -167,6 +168,9 @@ class Pyramid(Sequence):
         return lvl
 
 
+SHEEN = 0.12  # on a dark fabric, a little light is added where it faces the light
+
+
 def loop_rgb(kind: str, rgb: tuple[int, int, int]) -> tuple[float, float, float]:
     """The colour of a design's ear loops or straps: its own (white elastic) or the fabric's."""
     d = DESIGNS[kind]
@@ -184,4 +188,6 @@ def build_template(kind: str, rgb: tuple[int, int, int], texture: str | None, va
     """Render a design with its fabric colour/texture into a cached pyramid."""
     d = DESIGNS[kind]
     levels = Pyramid(functools.partial(_coloured, kind, rgb, texture, valve))
-    return Template(levels, d.extent, PX_U, PX_V, d.loops, loop_rgb(kind, rgb), d.shape)
+    lum = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255.0
+    sheen = SHEEN if lum < 0.4 and not (texture and not textures.is_pattern(texture)) else 0.0
+    return Template(levels, d.extent, PX_U, PX_V, d.loops, loop_rgb(kind, rgb), d.shape, sheen)
