@@ -190,6 +190,11 @@ def test_mix_recipes_and_errors(tmp_path: Path) -> None:
     draws = [m.draw(np.random.default_rng(s)) for s in range(40)]
     assert {d["type"] for d in draws} == {"n95", "cloth"}
     assert all(d["texture"].startswith("plaid:") for d in draws if d["type"] == "cloth")
+    root = Path(__file__).resolve().parents[1]
+    for f in sorted((root / "configs").glob("mask_mix_*.yaml")):  # every shipped example parses
+        assert MaskMix.resolve(str(f)).looks
+    looks = MaskMix.resolve(str(root / "configs" / "mask_mix_looks.yaml"))
+    assert {lk.type for lk in looks.looks} == {"surgical", "kf94", "n95", "cloth"}
     old = MaskMix.resolve({"types": {"surgical": 1}, "colors": ["red"], "texture_prob": 0})
     assert {old.draw(np.random.default_rng(s))["color"] for s in range(10)} == {"red"}
     for bad in ({"types": ["visor"]}, {"looks": [{"type": "n95", "colors": ["chartreuse-ish"]}]}, {"shape": 1},
