@@ -351,6 +351,7 @@ class FaceMesh:
     skin: np.ndarray | None = None  # (rows, cols) knots over lit skin (MeshModel.skin)
     cell_area: np.ndarray | None = None  # (rows - 1, cols - 1) signed image area of each cell
     frontal_area: float = 0.0  # the patch's area seen head-on at this face's scale (pixels)
+    disp: np.ndarray | None = None  # control_displacement(head): carries other points too
 
     def patch_xy(self) -> np.ndarray:
         """Image positions of the patch knots (u, v in [0, 1]) without the outer ring."""
@@ -365,7 +366,8 @@ def face_mesh(lm: np.ndarray, image_shape: tuple[int, int], wear: str, shape: Sh
         return None
     mm = mesh_model(wear, shape, extent)
     r, c = len(mm.vs), len(mm.us)
-    knots = mm.mean + mm.warp @ control_displacement(head)
+    disp = control_displacement(head)
+    knots = mm.mean + mm.warp @ disp
     g = knots.reshape(r, c, 3)
     xy, z = head.project(knots)
     if wear == "correct":
@@ -406,7 +408,7 @@ def face_mesh(lm: np.ndarray, image_shape: tuple[int, int], wear: str, shape: Sh
     scale = head.f * len(z) / float(z.sum())
     frontal = float(np.abs(own).sum()) * scale * scale
     if not back.any():  # (most faces) every cell faces the camera
-        return FaceMesh(head, g, xy, z.reshape(r, c), normals, front, mm.us, mm.vs, fold, mm.skin, area, frontal)
+        return FaceMesh(head, g, xy, z.reshape(r, c), normals, front, mm.us, mm.vs, fold, mm.skin, area, frontal, disp)
     left, lf = _runs_from_edge(back)
     right, rf = _runs_from_edge(back[:, ::-1])
     right = right[:, ::-1]
@@ -418,7 +420,7 @@ def face_mesh(lm: np.ndarray, image_shape: tuple[int, int], wear: str, shape: Sh
     inner = back & ~near
     if inner.any():
         fold = min(1.0, fold + float((ref * inner).sum() / max(ref.sum(), 1e-9)))
-    return FaceMesh(head, g, xy, z.reshape(r, c), normals, front, mm.us, mm.vs, fold, mm.skin, area, frontal)
+    return FaceMesh(head, g, xy, z.reshape(r, c), normals, front, mm.us, mm.vs, fold, mm.skin, area, frontal, disp)
 
 
 _CURL = 3  # a turned-away run starting this close to a side edge is the far side's wrap

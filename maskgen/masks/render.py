@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from maskgen.masks.designs import Template
-from maskgen.masks.geometry import FaceMesh, control_displacement, face_mesh, forward_fixed, knot_values, mask_map, tps_weights
+from maskgen.masks.geometry import FaceMesh, face_mesh, forward_fixed, knot_values, mask_map, tps_weights
 from maskgen.masks.pose import MEAN_SHAPE_3D
 
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -82,8 +82,9 @@ _EAR_ENDS = {
     "head": ((_M[0, 0] - 2.0, _M[0, 1] - 16.0, _M[0, 2] + 22.0), (_M[4, 0] - 5.0, _M[4, 1] + 4.0, _M[4, 2] + 24.0)),
 }
 _LOOP_N = 10
-_T = np.linspace(0.0, 1.0, _LOOP_N)[None, :, None]
-_B0, _B1, _B2 = (1 - _T) ** 2, 2 * (1 - _T) * _T, _T**2
+_TT = np.linspace(0.0, 1.0, _LOOP_N)[:, None]
+_BEZIER = np.concatenate([(1 - _TT) ** 2, 2 * (1 - _TT) * _TT, _TT**2], 1)  # (samples, 3) weights
+_BOW = np.array([[-4.0, 0.0, -3.0], [-4.0, 0.0, -3.0], [4.0, 0.0, -3.0], [4.0, 0.0, -3.0]])
 
 
 @functools.lru_cache(maxsize=4)
@@ -113,39 +114,37 @@ def loop_paths(mesh: FaceMesh, loops: str, loop_v: tuple[float, float] = (0.10, 
     patch = mesh.knots[1:-1, 1:-1]
     anchors = forward_fixed(patch, (0.0, 0.0, 1.0, 1.0), (loop_v[0], loop_v[1], loop_v[0], loop_v[1]))
     ends0, w = _loop_ends(loops)
-    ends = ends0 + w @ control_displacement(head)
-    side = np.array([-1.0, -1.0, 1.0, 1.0])[:, None]
+    ends = ends0 + w @ mesh.disp
     # the loop bows out over the cheek: its middle a little outward and forward of the chord
-    mid = 0.5 * (anchors + ends) + np.array([4.0, 0.0, -3.0]) * np.concatenate([side, np.ones((4, 1)), np.ones((4, 1))], 1)
-    pts = _B0 * anchors[:, None] + _B1 * mid[:, None] + _B2 * ends[:, None]  # (4, n, 3)
+    mid = 0.5 * (anchors + ends) + _BOW
+    # every quadratic Bezier at once: (samples, 3 controls) @ (3 controls, 4 paths x 3)
+    pts = (_BEZIER @ np.stack([anchors, mid, ends]).reshape(3, 12)).reshape(_LOOP_N, 4, 3).transpose(1, 0, 2)
     flat = pts.reshape(-1, 3)
     xy, _ = head.project(flat)
-    n_cam = _head_normal(flat) @ head.R.T
-    vis = np.minimum(np.maximum((0.05 - n_cam[:, 2]) * 4.0, 0.0), 1.0).reshape(4, _LOOP_N)
+    n_cam = _head_normal(flat) @ head.R[2]
+    vis = np.minimum(np.maximum((0.05 - n_cam) * 4.0, 0.0), 1.0).reshape(4, _LOOP_N)
     xy = xy.reshape(4, _LOOP_N, 2)
     return [(xy[k], vis[k]) for k in range(4) if vis[k, 0] > 0.05]
 
 
 def _draw_loops(paths, shape: tuple[int, int], origin: tuple[int, int], thick: int) -> np.ndarray:
-    """Loop coverage (h, w) float32: strokes at full strength where visible, fading behind."""
+    """Loop coverage (h, w) uint8: strokes at full strength where visible, fading behind."""
     cov = np.zeros(shape, np.uint8)
     shift = 4
-    full, part = [], []
-    for xy, vis in paths:
-        q = np.round((xy - origin) * (1 << shift)).astype(np.int32)
-        n = int(np.argmax(vis < 0.6)) if (vis < 0.6).any() else len(vis)
-        if n >= 2:
-            full.append(q[:n])
-        m = int(np.argmax(vis[n:] < 0.1)) + n if (vis[n:] < 0.1).any() else len(vis)
-        if m - n >= 1:
-            part.append(q[max(n - 1, 0) : m])
+    q = np.round((np.stack([p for p, _ in paths]) - origin) * (1 << shift)).astype(np.int32)
+    vis = np.stack([v for _, v in paths])
+    ln = vis.shape[1]
+    low, gone = vis < 0.6, vis < 0.1
+    cut = np.where(low.any(1), low.argmax(1), ln).tolist()  # full strength up to here
+    gone &= np.arange(ln)[None, :] >= np.asarray(cut)[:, None]
+    end = np.where(gone.any(1), gone.argmax(1), ln).tolist()  # then fading until here
+    full = [q[k, :n] for k, n in enumerate(cut) if n >= 2]
+    part = [q[k, max(n - 1, 0) : e] for k, (n, e) in enumerate(zip(cut, end)) if e - n >= 1]
     if full:
         cv2.polylines(cov, full, False, 255, thick, cv2.LINE_AA, shift)
     if part:  # fading where the head turns away
         cv2.polylines(cov, part, False, 110, thick, cv2.LINE_AA, shift)
-    out = cov.astype(np.float32)
-    out *= 1.0 / 255.0
-    return out
+    return cov
 
 
 def _noise_tile() -> np.ndarray:
@@ -157,6 +156,7 @@ def _noise_tile() -> np.ndarray:
 
 
 _TILE: np.ndarray | None = None
+_GRAIN = np.array([[1.0], [1.0], [1.0], [0.0]], np.float32)
 
 
 # ------------------------------------------------------------------------------- the render
@@ -202,9 +202,10 @@ def render_face(
     iod = float(np.hypot(eye_d[0], eye_d[1]))
     if paths:
         thick = max(1, int(round(iod * 0.055)))
-        la = _draw_loops(paths, (rh, rw), (mm.x0, mm.y0), thick)
-        la *= 1.0 - alpha  # loops pass behind the mask
-        cv2.add(m, cv2.multiply(cv2.merge([la, la, la, la]), (*tpl.loop_rgb, 1.0)), dst=m)
+        cov = _draw_loops(paths, (rh, rw), (mm.x0, mm.y0), thick)
+        la = cv2.multiply(cov, 1.0 - alpha, scale=1.0 / 255.0, dtype=cv2.CV_32F)  # loops pass behind the mask
+        # loop colour into RGB and coverage into alpha, one 1 -> 4 channel transform
+        cv2.add(m, cv2.transform(la[..., None], np.array([[*tpl.loop_rgb, 1.0]], np.float32).T), dst=m)
 
     roi8 = img[mm.y0 : mm.y0 + rh, mm.x0 : mm.x0 + rw]
     light = _lighting(roi8, lm, mm, mesh, tpl.sheen)
@@ -234,7 +235,7 @@ def render_face(
             noise = np.resize(noise, (rh, rw))
         grain = noise * min(sn, 0.08)
         grain *= cv2.extractChannel(m, 3)
-        cv2.add(m, cv2.merge([grain, grain, grain, np.zeros_like(grain)]), dst=m)
+        cv2.add(m, cv2.transform(grain[..., None], _GRAIN), dst=m)  # into RGB, not alpha
     shadow = _contact_shadow(cv2.extractChannel(m, 3), patch_w)
     return Rendered(mm.x0, mm.y0, m[..., :3], m[..., 3], m, shadow, mesh)
 
