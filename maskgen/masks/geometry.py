@@ -635,27 +635,24 @@ def invert_mesh(
     ``py = repeat(ys, len(xs))``: the bounding-box test then runs per column and per row.
     """
     r, c = mesh.shape[:2]
-    mx = mesh[..., 0]
-    my = mesh[..., 1]
-    # per-cell constants of both triangles, and each cell's bounding box
-    x00, y00 = mx[:-1, :-1], my[:-1, :-1]
-    x10, y10 = mx[:-1, 1:], my[:-1, 1:]
-    x11, y11 = mx[1:, 1:], my[1:, 1:]
-    x01, y01 = mx[1:, :-1], my[1:, :-1]
-    ax, ay = x10 - x00, y10 - y00
-    bx, by = x11 - x00, y11 - y00
-    cx, cy = x01 - x00, y01 - y00
+    # per-cell constants of both triangles (x and y together), and each cell's bounding box
+    p00, p10, p11, p01 = mesh[:-1, :-1], mesh[:-1, 1:], mesh[1:, 1:], mesh[1:, :-1]
+    va, vb, vc = p10 - p00, p11 - p00, p01 - p00
+    ax, ay, bx, by, cx, cy = va[..., 0], va[..., 1], vb[..., 0], vb[..., 1], vc[..., 0], vc[..., 1]
     den = ax * by - bx * ay
     den2 = bx * cy - cx * by
-    den = np.where(np.abs(den) < 1e-9, 1e-9, den)
-    den2 = np.where(np.abs(den2) < 1e-9, 1e-9, den2)
-    cell = np.stack([x00, y00, by / den, -bx / den, -ay / den, ax / den, cy / den2, -cx / den2, -by / den2, bx / den2], -1)
+    den[np.abs(den) < 1e-9] = 1e-9
+    den2[np.abs(den2) < 1e-9] = 1e-9
+    i1, i2 = 1.0 / den, 1.0 / den2
+    cell = np.empty(den.shape + (10,))
+    cell[..., :2] = p00
+    cell[..., 2], cell[..., 3], cell[..., 4], cell[..., 5] = by * i1, -bx * i1, -ay * i1, ax * i1
+    cell[..., 6], cell[..., 7], cell[..., 8], cell[..., 9] = cy * i2, -cx * i2, -by * i2, bx * i2
     cell = cell.reshape(-1, 10)
-    pad = 1e-6
-    lo_x = np.minimum(np.minimum(x00, x10), np.minimum(x11, x01)).ravel() - pad
-    hi_x = np.maximum(np.maximum(x00, x10), np.maximum(x11, x01)).ravel() + pad
-    lo_y = np.minimum(np.minimum(y00, y10), np.minimum(y11, y01)).ravel() - pad
-    hi_y = np.maximum(np.maximum(y00, y10), np.maximum(y11, y01)).ravel() + pad
+    corners = np.stack([p00, p10, p11, p01])
+    lo = corners.min(0).reshape(-1, 2) - 1e-6
+    hi = corners.max(0).reshape(-1, 2) + 1e-6
+    lo_x, lo_y, hi_x, hi_y = lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]
     # candidate (point, cell) pairs: one boolean matrix, points x cells
     if axes is not None:
         xs, ys = axes[0][:, None], axes[1][:, None]
