@@ -172,9 +172,10 @@ SHEEN = 0.12  # on a dark fabric, a little light is added where it faces the lig
 
 
 def loop_rgb(kind: str, rgb: tuple[int, int, int]) -> tuple[float, float, float]:
-    """The colour of a design's ear loops or straps: its own (white elastic) or the fabric's."""
+    """The colour of a design's ear loops or straps: its own (white elastic) or the fabric's;
+    black masks come with black elastic."""
     d = DESIGNS[kind]
-    if d.loop_color is None:
+    if d.loop_color is None or (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) < 64:
         return tuple(float(c) / 255.0 * 0.9 for c in rgb)
     return tuple(float(c) / 255.0 for c in textures.parse_color(d.loop_color))
 
