@@ -498,12 +498,14 @@ def lfw300(lfw_dir: Path) -> list[tuple[np.ndarray, Face]]:
 def test_correct_wear_reaches_the_upper_nose_bridge_on_300_lfw_faces(lfw300, kind: str) -> None:
     """Correct wear: the nose wire sits across the upper bridge, just below the eyes.
 
-    The issue counts landmarks in dlib's numbering and reports today's coverage as 1.5 % for
-    "landmark 28" and 97 % for "29"; before this change the 0-based points 27, 28 and 29 were
-    covered in 0 %, 0.3 % and 98 % of these faces, so its figures are the 0-based indices 28
-    and 29 (its "28" is ``lm[28]``, the second point down the bridge, 1-based 29). ``lm[28]``
-    must be covered in >= 75 % of faces, no eye point ever, the outer and inner lips and the
-    nose tip (``lm[30]``) always.
+    The target names "nose landmark 28", with the coverage before this change given as 1.5 %
+    for 28 and 97 % for 29. Measured on these 300 faces before this change, the 0-based points
+    ``lm[27]``, ``lm[28]`` and ``lm[29]`` were covered in 0 %, 0.3 % and 98 %: those figures are
+    the 0-based indices 28 and 29 (in dlib's 1-based numbering they are points 29 and 30; the
+    1-based 28 is ``lm[27]``, the top of the bridge between the eyes, which no mask covers with
+    the eyes free). So: ``lm[28]``, the second point down the bridge, ~0.1 inter-ocular
+    distances below the lower eyelids, covered in >= 75 % of faces; no eye point ever; the
+    outer and inner lips and the nose tip (``lm[30]``) always.
     """
     cov = []
     for i, (img, face) in enumerate(lfw300):

@@ -7,7 +7,7 @@ the ``mask_types`` / ``wear`` / ``texture_prob`` shortcuts.
 
 The **default** recipe follows what real masked-face photos show. The figures come from a set
 of real masked photos kept outside the project (so nothing is tuned to them), as reported with
-the realism measurements in the project's issue tracker: about half the masks are white or
+the project's realism measurements: about half the masks are white or
 light grey (surgical, N95, KN95), about a fifth black (mostly cloth), about a sixth light blue
 (surgical) and about a tenth any other colour, prints included. The recipe below gives
 white/light grey 50 %, black 20 %, light blue 17 %, other colours and prints 13 %
