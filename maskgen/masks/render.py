@@ -29,6 +29,7 @@ _RESIDUAL = 0.5  # how much of the light the normals do not explain is kept (a s
 _FALLOFF = 0.35  # darkening of the mask where it turns away from the camera (1 - this at 90 deg)
 _FALLOFF_BASE = 1.0 - _FALLOFF  # a camera-facing surface keeps the fitted light
 _SHADOW = 0.5  # darkness of the contact shadow right under a mask edge
+_KNEE = 0.85  # lit colours above this roll off toward white instead of clipping at it
 
 
 @dataclass
@@ -218,6 +219,7 @@ def render_face(
     if grey:  # a black-and-white photo: the mask is grey too
         rgb = m[..., :3]
         rgb[...] = (rgb @ _LUMA)[..., None]
+    _roll_off_highlights(m)
 
     # the image's own softness and grain, measured on the face around the mask
     probe = _probe(roi8, mm, lm)
@@ -238,6 +240,24 @@ def render_face(
         cv2.add(m, cv2.transform(grain[..., None], _GRAIN), dst=m)  # into RGB, not alpha
     shadow = _contact_shadow(cv2.extractChannel(m, 3), patch_w)
     return Rendered(mm.x0, mm.y0, m[..., :3], m[..., 3], m, shadow, mesh)
+
+
+def _roll_off_highlights(m: np.ndarray) -> None:
+    """Compress lit colours above ``_KNEE`` smoothly toward 1 (premultiplied RGBA, in place).
+
+    A white mask lit like a bright face goes past 1; clipped, it is a flat white blob with no
+    fabric texture or cup shading. ``y = k + (1 - k) e / ((1 - k) + e)`` with ``e = x - k``
+    keeps the slope at the knee and every difference above it, as a camera's shoulder does.
+    """
+    a = m[..., 3:4]
+    knee = a * _KNEE
+    e = m[..., :3] - knee
+    np.maximum(e, 0.0, out=e)
+    if float(e.max()) <= 0.0:  # (dark and mid-tone masks) nothing above the knee
+        return
+    s = a * (1.0 - _KNEE)
+    m[..., :3] -= e
+    m[..., :3] += s * e / (s + e + 1e-9)
 
 
 def _contact_shadow(alpha: np.ndarray, patch_w: float) -> np.ndarray:
