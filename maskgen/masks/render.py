@@ -29,7 +29,7 @@ _RESIDUAL = 0.5  # how much of the light the normals do not explain is kept (a s
 _FALLOFF = 0.35  # darkening of the mask where it turns away from the camera (1 - this at 90 deg)
 _FALLOFF_BASE = 1.0 - _FALLOFF  # a camera-facing surface keeps the fitted light
 _SHADOW = 0.5  # darkness of the contact shadow right under a mask edge
-_KNEE = 0.85  # lit colours above this roll off toward white instead of clipping at it
+_KNEE = 0.9  # lit colours above this roll off toward white instead of clipping at it
 
 
 @dataclass
@@ -209,7 +209,7 @@ def render_face(
         cv2.add(m, cv2.transform(la[..., None], np.array([[*tpl.loop_rgb, 1.0]], np.float32).T), dst=m)
 
     roi8 = img[mm.y0 : mm.y0 + rh, mm.x0 : mm.x0 + rw]
-    light = _lighting(roi8, lm, mm, mesh, tpl.sheen)
+    light = _lighting(roi8, lm, mm, mesh, tpl.sheen, tpl.peak)
     if light is None:
         return None
     light_s, sheen, grey = light
@@ -219,7 +219,6 @@ def render_face(
     if grey:  # a black-and-white photo: the mask is grey too
         rgb = m[..., :3]
         rgb[...] = (rgb @ _LUMA)[..., None]
-    _roll_off_highlights(m)
 
     # the image's own softness and grain, measured on the face around the mask
     probe = _probe(roi8, mm, lm)
@@ -242,22 +241,13 @@ def render_face(
     return Rendered(mm.x0, mm.y0, m[..., :3], m[..., 3], m, shadow, mesh)
 
 
-def _roll_off_highlights(m: np.ndarray) -> None:
-    """Compress lit colours above ``_KNEE`` smoothly toward 1 (premultiplied RGBA, in place).
-
-    A white mask lit like a bright face goes past 1; clipped, it is a flat white blob with no
-    fabric texture or cup shading. ``y = k + (1 - k) e / ((1 - k) + e)`` with ``e = x - k``
-    keeps the slope at the knee and every difference above it, as a camera's shoulder does.
-    """
-    a = m[..., 3:4]
-    knee = a * _KNEE
-    e = m[..., :3] - knee
-    np.maximum(e, 0.0, out=e)
-    if float(e.max()) <= 0.0:  # (dark and mid-tone masks) nothing above the knee
-        return
-    s = a * (1.0 - _KNEE)
-    m[..., :3] -= e
-    m[..., :3] += s * e / (s + e + 1e-9)
+def roll_off(x: np.ndarray) -> np.ndarray:
+    """Colours above ``_KNEE`` compressed smoothly toward 1: ``y = k + (1 - k) e / ((1 - k) + e)``
+    with ``e = x - k`` (slope 1 at the knee, every difference above it kept, as a camera's
+    shoulder does); identity below the knee."""
+    e = np.maximum(x - _KNEE, 0.0)
+    s = 1.0 - _KNEE
+    return np.minimum(x, _KNEE) + s * e / (s + e)
 
 
 def _contact_shadow(alpha: np.ndarray, patch_w: float) -> np.ndarray:
@@ -273,14 +263,15 @@ def _contact_shadow(alpha: np.ndarray, patch_w: float) -> np.ndarray:
     return s
 
 
-def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh, sheen_k: float = 0.0
+def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh, sheen_k: float = 0.0, peak: float = 1.0
               ) -> tuple[np.ndarray, np.ndarray | None, bool] | None:
     """(RGBA light factor (h, w, 4) for the ROI, RGBA sheen to add (x alpha) or None, whether the
     photo is black and white).
 
     On the coarse grid of the map: the skin luminance is fitted as ``a + b . n`` against the
     head's normals (taken from the mask surface draped over it); the mask is lit by the same
-    model at its own normals, times the unexplained part of the skin's light at half strength.
+    model at its own normals, times the unexplained part of the skin's light at half strength;
+    where that would take the fabric's brightest colour (``peak``) past the knee it rolls off.
     """
     bx0, by0, bx1, by1 = mm.box
     gh, gw = mm.fu.shape
@@ -329,6 +320,12 @@ def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh, sheen_k: flo
     cast = (mean_rgb / max(float(mean_rgb.mean()), 1e-4)) ** 0.15
     light_s = np.ones((gh, gw, 4), np.float32)
     light_s[..., :3] = (shade * exposure)[..., None] * cast[None, None, :]
+    # a light fabric lit like a bright face would go past 1 and clip to a flat patch: where its
+    # brightest colour would pass the knee, the light is scaled down to the rolled-off level
+    # (on this coarse grid: the fabric's texture under it is kept, only compressed)
+    top = light_s[..., :3] * peak
+    if float(top.max()) > _KNEE:
+        light_s[..., :3] *= roll_off(top) / np.maximum(top, 1e-6)
     size = (bx1 - bx0, by1 - by0)
     rh, rw = roi8.shape[:2]
     pad = (oy, rh - oy - size[1], ox, rw - ox - size[0])

@@ -31,6 +31,17 @@ class Template:
     loop_rgb: tuple[float, float, float]
     shape: Shape = Shape()
     sheen: float = 0.0  # light the fabric adds where it faces the light (dark fabrics only)
+    peak: float = 1.0  # the fabric's brightest colour channel (99.5th percentile, 0..1)
+
+
+def colour_peak(levels: Sequence[np.ndarray]) -> float:
+    """The brightest colour channel of a premultiplied RGBA pyramid where it is opaque (99.5th
+    percentile, 0..1): how far light can scale it before it would clip."""
+    lvl = levels[min(2, len(levels) - 1)]
+    solid = lvl[..., 3] > 250
+    if not solid.any():
+        return 1.0
+    return float(np.percentile(lvl[..., :3][solid].max(1), 99.5)) / 255.0
 
 
 def template_grid(extent: tuple[float, float, float, float], px_u: float = PX_U, px_v: float = PX_V):
@@ -191,4 +202,4 @@ def build_template(kind: str, rgb: tuple[int, int, int], texture: str | None, va
     levels = Pyramid(functools.partial(_coloured, kind, rgb, texture, valve))
     lum = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255.0
     sheen = SHEEN if lum < 0.4 and not (texture and not textures.is_pattern(texture)) else 0.0
-    return Template(levels, d.extent, PX_U, PX_V, d.loops, loop_rgb(kind, rgb), d.shape, sheen)
+    return Template(levels, d.extent, PX_U, PX_V, d.loops, loop_rgb(kind, rgb), d.shape, sheen, colour_peak(levels))
