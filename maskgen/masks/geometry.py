@@ -464,10 +464,18 @@ def _eye_clearance(xy: np.ndarray, lm: np.ndarray) -> np.ndarray:
     da = a1 - a0
     t = (la - a0) / np.where(np.abs(da) < 1e-9, 1e-9, da)
     edge = kd[:, :-1, None] + t * (kd[:, 1:, None] - kd[:, :-1, None])
-    short = np.maximum(np.where(span, ld + 0.14 * iod - edge, 0.0).max(2), 0.0)  # (2 rows, segments)
+    clear = 0.14 * iod
+    short = np.maximum(np.where(span, ld + clear - edge, 0.0).max(2), 0.0)  # (2 rows, segments)
     need = np.zeros((2, xy.shape[1]))
     np.maximum(need[:, :-1], short, out=need[:, :-1])
     np.maximum(need[:, 1:], short, out=need[:, 1:])
+    # and every knot itself clears a disc around each eye point: where the edge climbs steeply
+    # (over the nose bridge of a turned or raised head) a knot beside an eye corner is above it
+    # while the segment through it passes within a pixel (the down-only test above misses it)
+    dx = ka[..., None] - la
+    near = np.abs(dx) < clear
+    lift = np.where(near, ld + np.sqrt(np.maximum(clear * clear - dx * dx, 0.0)) - kd[..., None], 0.0)
+    np.maximum(need, lift.max(2), out=need)
     return need
 
 
