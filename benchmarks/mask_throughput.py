@@ -1,11 +1,16 @@
 """Mask throughput on one core: (a) LFW 250x250 photos with detection, (b) the same faces as
 112x112 ArcFace-aligned crops in aligned mode (no detection).
 
-Per image (a) times decode + HOG detection + 68 landmarks + pose + mask; (b) times decode of the
-JPEG crop + landmark fit in the known box + pose + mask. Aligned mode fits maskgen's compact
-model when it has been built (`maskgen landmarks-model`, once per machine), else dlib's. Files are read into memory first (disk
-is not measured). One thread (cv2.setNumThreads(1)), one process. Success = a mask was placed
-with a fit score >= 0.9 (nose tip and mouth covered, eyes free).
+Per image (a) times decode + detection with the ``dlib`` backend, named explicitly (HOG + 68
+landmarks + pose; whatever the default backend is) + mask; (b) times decode of the JPEG crop +
+landmark fit in the known box + pose + mask. The mask is the full render: a 3D mask on the
+head fitted to the landmarks, lit from the face, with loops, contact shadow, blur and noise;
+each image gets a seeded draw from the default mix (``MaskSpec.random``, as a build). Aligned
+mode fits maskgen's compact model when it has been built (`maskgen landmarks-model`, once per
+machine), else dlib's. Files are read into memory first (disk is not measured). One thread
+(cv2.setNumThreads(1)), one process. Success = a mask was placed
+with a fit score >= 0.9 (nose and mouth covered, eyes free, inside the image and the aligned
+crop, no fold; see docs/masks.md "Fit score").
 
 The machine may be shared: images/s per core are counted in process CPU time (time actually
 spent on a core), over the whole run and in the least disturbed window of 100 images; wall-clock

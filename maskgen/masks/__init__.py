@@ -10,8 +10,8 @@ res = mask_face(img, MaskSpec(type="kn95", wear="correct"), seed=0)
 from __future__ import annotations
 
 from maskgen.masks.align import ARCFACE_5, align_face, alignment_matrix, five_points, transform_points
-from maskgen.masks.api import FIT_POINTS, MaskResult, MaskSpec, fit_score, get_template, mask_face
-from maskgen.masks.designs import MASK_TYPES
+from maskgen.masks.api import FIT_POINTS, LOW_FIT, MaskResult, MaskSpec, fit_score, get_template, mask_face
+from maskgen.masks.designs import DESIGNS, MASK_TYPES, VALVE_TYPES
 from maskgen.masks.geometry import WEAR_MODES
 from maskgen.masks.imageio import decode_image, load_image
 from maskgen.masks.landmarks import (
@@ -27,6 +27,7 @@ from maskgen.masks.landmarks import (
     resolve_backend,
     select_faces,
 )
+from maskgen.masks.mix import RECIPES, MaskMix, default_mix
 from maskgen.masks.packs import pack_names, read_pack
 from maskgen.masks.pose import MEAN_SHAPE_3D, estimate_pose, flip_landmarks, mean_shape_2d
 from maskgen.masks.textures import PALETTE, PATTERNS
@@ -35,19 +36,25 @@ __all__ = [
     "ARCFACE_5",
     "BACKENDS",
     "DEFAULT_BACKEND",
+    "DESIGNS",
     "FIT_POINTS",
+    "LOW_FIT",
     "MASK_TYPES",
     "MEAN_SHAPE_3D",
     "PALETTE",
     "PATTERNS",
+    "RECIPES",
+    "VALVE_TYPES",
     "WEAR_MODES",
     "Face",
     "FaceList",
+    "MaskMix",
     "MaskResult",
     "MaskSpec",
     "align_face",
     "alignment_matrix",
     "decode_image",
+    "default_mix",
     "detect_faces",
     "detect_faces_many",
     "estimate_pose",

@@ -97,9 +97,13 @@ def _rel(p: Path, root: Path) -> str:
 @click.command("mask")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--type", "mask_type", default="surgical", show_default=True, help="surgical, n95, kn95, cloth, bandana, pack:<name> or random.")
-@click.option("--color", default=None, help="Palette name, #rrggbb or random (default: the design's).")
-@click.option("--texture", default=None, help="checks, stripes, dots, floral, random or an image file (tiled).")
+@click.option("--type", "mask_type", default="surgical", show_default=True,
+              help="A mask design (maskgen.masks.MASK_TYPES: surgical, n95, kn95, cloth, bandana, ...), pack:<name>, "
+                   "or random (a seeded draw from the default mix).")
+@click.option("--color", default=None, help="Palette name, #rrggbb or random (one of the design's colours; default: its own).")
+@click.option("--texture", default=None,
+              help="A print (checks, stripes, dots, floral, brand, cartoon, flag, plaid, knit, lace, camo; name:K for one "
+                   "variant), random, or an image file (tiled).")
 @click.option("--wear", default="correct", show_default=True, type=click.Choice(["correct", "below_nose", "chin", "random"]))
 @click.option("--valve/--no-valve", default=False, help="Exhalation valve (n95, kn95).")
 @click.option("--pack", default=None, type=click.Path(exists=True, file_okay=False), help="MaskTheFace-format template pack folder (for pack:<name>).")
@@ -109,6 +113,8 @@ def _rel(p: Path, root: Path) -> str:
 @click.option("--format", "fmt", default="jpg", show_default=True, type=click.Choice(["jpg", "png"]))
 @click.option("--quality", default=95, show_default=True, type=int, help="JPEG quality.")
 @click.option("--alpha/--no-alpha", "save_alpha", default=False, help="Also write the mask alpha as <name>.alpha.png.")
+@click.option("--min-fit", default=None, type=click.FloatRange(0.0, 1.0),
+              help="Reject renders whose fit score is below this (reason: fit score below threshold).")
 def mask(
     src: Path,
     out: Path,
@@ -124,12 +130,13 @@ def mask(
     fmt: str,
     quality: int,
     save_alpha: bool,
+    min_fit: float | None,
 ) -> None:
     """Put masks on the faces of SRC (an image or a folder); write images and results.jsonl to OUT."""
     import cv2
     import numpy as np
 
-    from maskgen.masks import MASK_TYPES, WEAR_MODES, MaskSpec, mask_face
+    from maskgen.masks import WEAR_MODES, MaskSpec, mask_face
 
     try:
         base = None
@@ -162,7 +169,7 @@ def mask(
             else:
                 if base is None:
                     # a seeded random design; explicit --color/--texture/--wear still apply
-                    spec = MaskSpec.random(s, types=MASK_TYPES)
+                    spec = MaskSpec.random(s)  # the default mix, as a build draws it
                     over = {k: v for k, v in (("color", color), ("texture", texture)) if v is not None}
                     if wear != "random":
                         over["wear"] = wear
@@ -173,7 +180,7 @@ def mask(
                     if wear == "random":
                         rng = np.random.default_rng(s)
                         spec = MaskSpec(**{**spec.to_json(), "wear": str(rng.choice(WEAR_MODES))})
-                res = mask_face(img, spec, seed=s, faces=faces, backend=backend, select=select)
+                res = mask_face(img, spec, seed=s, faces=faces, backend=backend, select=select, min_fit=min_fit)
                 rec.update(res.to_json())
                 if res.ok:
                     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpg" else []
@@ -241,18 +248,22 @@ def landmarks(src: Path, out: str, backend: str, select: str) -> None:
 
 @click.command("contact-sheet")
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
-@click.option("--faces", "n_faces", default=3, show_default=True, type=int, help="How many LFW faces.")
+@click.option("--faces", "n_faces", default=3, show_default=True, type=click.IntRange(1, 12), help="How many LFW faces (head poses).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cell", default=176, show_default=True, type=int, help="Cell size in pixels.")
 @click.option("--data-home", default=None, type=click.Path(file_okay=False), help="Data folder (default: $MASKGEN_DATA_HOME).")
 @click.option("--pack", default=None, type=click.Path(file_okay=False), help="Also show this MaskTheFace-format pack's surgical template.")
-def contact_sheet(out: Path, n_faces: int, seed: int, cell: int, data_home: str | None, pack: str | None) -> None:
-    """Write a PNG of every mask type x wear mode on a few LFW faces (astronaut when LFW is absent)."""
+@click.option("--real", "real", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of your own real masked photos, shown beside the synthetic ones at the same size.")
+def contact_sheet(out: Path, n_faces: int, seed: int, cell: int, data_home: str | None, pack: str | None, real: Path | None) -> None:
+    """Write a PNG of every mask design x wear mode x head pose on LFW faces (astronaut when LFW is absent)."""
     from maskgen.masks.sheet import make_contact_sheet
 
+    from maskgen.errors import MaskgenError
+
     try:
-        img, info = make_contact_sheet(n_faces=n_faces, seed=seed, cell=cell, data_home=data_home, pack=pack)
-    except RuntimeError as exc:
+        img, info = make_contact_sheet(n_faces=n_faces, seed=seed, cell=cell, data_home=data_home, pack=pack, real=real)
+    except MaskgenError as exc:  # one line, no traceback
         raise click.ClickException(str(exc)) from exc
     import cv2
 

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from maskgen.masks.designs import PX_U, PX_V, Template, template_grid
+from maskgen.masks.designs.template import colour_peak
 
 PACK_PREFIX = "pack:"
 _EXTENT = (-0.04, 1.04, -0.06, 1.06)  # anchors span [0, 1]; beyond are baked-in straps
@@ -73,4 +74,4 @@ def pack_template(pack_dir: str, name: str) -> Template:
     while min(levels[-1].shape[:2]) > 24:
         levels.append(cv2.pyrDown(levels[-1]))
     loops = "head" if name.lower().startswith(("n95", "kn95", "gas")) else "ear"
-    return Template(levels, _EXTENT, PX_U, PX_V, loops, (0.93, 0.93, 0.93))
+    return Template(levels, _EXTENT, PX_U, PX_V, loops, (0.93, 0.93, 0.93), peak=colour_peak(levels))

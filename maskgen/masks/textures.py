@@ -1,14 +1,18 @@
 """Colours and textures of masks: a named palette, hex colours, procedural patterns, image tiles.
 
-Patterns are evaluated in the mask's template space so that they bend with the mask on the face.
-Image textures are tiled at a fixed size (never stretched to the mask).
+Patterns are evaluated in the mask's template space so that they bend with the mask on the face;
+each is a list of ink layers whose colours are linear in the fabric colour (so a design is
+coloured by one transform, see ``designs.template``). Prints with seeded variants (``camo:3``)
+live in ``prints.py``. Image textures are tiled at a fixed size (never stretched to the mask).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -32,7 +36,18 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "brown": (112, 78, 56),
     "khaki": (160, 150, 104),
 }
-PATTERNS = ("checks", "stripes", "dots", "floral")
+# Colours that read as skin, hair or a beard in a photo: kept out of the default mix (they
+# made a mask detector fire on faces without masks), still available by name or recipe.
+SKIN_LIKE = ("beige", "brown", "khaki", "pink", "orange")
+# more named colours used by the prints and recipes
+PALETTE.update(
+    {
+        "lightgray": (206, 208, 210),
+        "darkgray": (78, 80, 86),
+        "olive": (92, 104, 60),
+        "maroon": (110, 30, 42),
+    }
+)
 
 
 def parse_color(color: str) -> tuple[int, int, int]:
@@ -64,51 +79,151 @@ def secondary(rgb: np.ndarray) -> np.ndarray:
     return rgb + (np.array([0.96, 0.95, 0.92]) - rgb) * 0.78
 
 
+@dataclass(frozen=True)
+class Ink:
+    """A print colour as a linear function of the fabric colour B and its second colour S:
+    ``base * B + second * (S - B) + fixed``. Linear, so a design is coloured by one transform."""
+
+    base: float = 0.0
+    second: float = 0.0
+    fixed: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @staticmethod
+    def of(rgb: tuple[int, int, int] | str) -> Ink:
+        """A fixed colour (palette name or RGB 0..255)."""
+        c = parse_color(rgb) if isinstance(rgb, str) else rgb
+        return Ink(fixed=tuple(float(x) / 255.0 for x in c))
+
+
+SECOND = Ink(base=1.0, second=1.0)  # the second colour S
+FABRIC = Ink(base=1.0)  # the fabric colour itself
+
+
+def shade_of(k: float) -> Ink:
+    """The fabric colour scaled by ``k`` (darker below 1, lighter above, clipped later)."""
+    return Ink(base=k)
+
+
+@dataclass
+class Print:
+    """A pattern over the fabric: ink layers composited in order (``x * (1 - w) + ink * w``),
+    and an optional relief (knit loops, lace holes) that multiplies the shading."""
+
+    layers: list[tuple[np.ndarray, Ink]]
+    relief: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PatternDef:
+    name: str
+    make: Callable[[np.ndarray, np.ndarray, float, int], Print]
+    variants: int = 1  # seeded variants: "name:k", k < variants
+    description: str = ""
+
+
+PATTERN_DEFS: dict[str, PatternDef] = {}
+
+
+def register_pattern(name: str, variants: int = 1, description: str = "") -> Callable:
+    """Decorator: add a procedural pattern ``make(u, v, px, variant) -> Print`` by name."""
+
+    def deco(fn):
+        PATTERN_DEFS[name] = PatternDef(name, fn, variants, description)
+        return fn
+
+    return deco
+
+
+def split_pattern(texture: str) -> tuple[str, int] | None:
+    """(name, variant) of a procedural texture (``"camo"``, ``"camo:3"``), None for other strings."""
+    name, _, var = str(texture).partition(":")
+    d = PATTERN_DEFS.get(name)
+    if d is None:
+        return None
+    if not var:
+        return name, 0
+    if not var.isdigit() or int(var) >= d.variants:
+        return None
+    return name, int(var)
+
+
+def is_pattern(texture: str | None) -> bool:
+    return texture is not None and split_pattern(texture) is not None
+
+
+def seeded_pattern(texture: str, rng: np.random.Generator) -> str:
+    """A pattern name with its variant drawn from ``rng`` (a name with a variant is kept)."""
+    name, _, var = texture.partition(":")
+    d = PATTERN_DEFS[name]
+    if var or d.variants == 1:
+        return texture
+    return f"{name}:{int(rng.integers(d.variants))}"
+
+
+def pattern(texture: str, u: np.ndarray, v: np.ndarray, px: float) -> Print:
+    """The print of a procedural texture over the template grid."""
+    sp = split_pattern(texture)
+    if sp is None:
+        raise ValueError(f"unknown texture {texture!r}: use one of {PATTERNS} or an image file path")
+    name, var = sp
+    return PATTERN_DEFS[name].make(u, v, px, var)
+
+
 def _aa_step(d: np.ndarray, px: float) -> np.ndarray:
     """Anti-aliased step of a signed distance ``d`` (template units) over ``px`` units."""
     return np.clip(0.5 + d / px, 0.0, 1.0)
 
 
-def pattern(name: str, u: np.ndarray, v: np.ndarray, px: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """(pattern weight of the second colour, optional weight of a flower-centre colour)."""
-    if name == "checks":
-        n = 7.0
-        a = np.abs(((u * n) % 2.0) - 1.0) - 0.5  # +-0.5 triangle waves
-        b = np.abs(((v * n * 1.3) % 2.0) - 1.0) - 0.5
-        s = np.sign(a) * np.sign(b)
-        d = np.minimum(np.abs(a), np.abs(b)) / n
-        return _aa_step(s * d, px), None
-    if name == "stripes":
-        period = 0.12
-        w = ((u + 0.8 * v) / period) % 1.0
-        d = (0.25 - np.abs(w - 0.5)) * period
-        return _aa_step(d, px), None
-    if name == "dots":
-        cell = 0.1
-        gx, gy = u / cell, v / (cell * 0.866)
-        row = np.floor(gy)
-        gx = gx + 0.5 * (row % 2)
-        dx = (gx - np.floor(gx) - 0.5) * cell
-        dy = (gy - row - 0.5) * cell * 0.866
-        d = 0.028 - np.hypot(dx, dy)
-        return _aa_step(d, px), None
-    if name == "floral":
-        cell = 0.22
-        gx, gy = u / cell, v / (cell * 0.866)
-        row = np.floor(gy)
-        gx = gx + 0.5 * (row % 2)
-        dx = (gx - np.floor(gx) - 0.5) * cell
-        dy = (gy - row - 0.5) * cell * 0.866
-        r = np.hypot(dx, dy)
-        th = np.arctan2(dy, dx) + row * 0.7
-        petal_r = 0.075 * (0.55 + 0.45 * np.abs(np.cos(2.5 * th)))
-        petals = _aa_step(petal_r - r, px)
-        centre = _aa_step(0.018 - r, px)
-        # small leaves between flowers
-        lx, ly = dx - 0.5 * cell * np.sign(dx), dy
-        leaf = _aa_step(0.016 - np.hypot(lx * 0.6, ly * 1.4), px) * 0.7
-        return np.maximum(petals, leaf), centre
-    raise ValueError(f"unknown texture {name!r}: use one of {PATTERNS} or an image file path")
+@register_pattern("checks", description="gingham checks")
+def _checks(u, v, px, var):
+    n = 7.0
+    a = np.abs(((u * n) % 2.0) - 1.0) - 0.5  # +-0.5 triangle waves
+    b = np.abs(((v * n * 1.3) % 2.0) - 1.0) - 0.5
+    s = np.sign(a) * np.sign(b)
+    d = np.minimum(np.abs(a), np.abs(b)) / n
+    return Print([(_aa_step(s * d, px), SECOND)])
+
+
+@register_pattern("stripes", description="diagonal stripes")
+def _stripes(u, v, px, var):
+    period = 0.12
+    w = ((u + 0.8 * v) / period) % 1.0
+    d = (0.25 - np.abs(w - 0.5)) * period
+    return Print([(_aa_step(d, px), SECOND)])
+
+
+def hex_cells(u, v, cell):
+    """Offsets (dx, dy) from the nearest centre of a staggered (hexagonal) grid, and the row."""
+    gx, gy = u / cell, v / (cell * 0.866)
+    row = np.floor(gy)
+    gx = gx + 0.5 * (row % 2)
+    dx = (gx - np.floor(gx) - 0.5) * cell
+    dy = (gy - row - 0.5) * cell * 0.866
+    return dx, dy, row
+
+
+@register_pattern("dots", description="polka dots")
+def _dots(u, v, px, var):
+    dx, dy, _ = hex_cells(u, v, 0.1)
+    return Print([(_aa_step(0.028 - np.hypot(dx, dy), px), SECOND)])
+
+
+FLOWER_CENTRE = Ink(fixed=(0.95, 0.80, 0.30))
+
+
+@register_pattern("floral", description="small flowers and leaves")
+def _floral(u, v, px, var):
+    cell = 0.22
+    dx, dy, row = hex_cells(u, v, cell)
+    r = np.hypot(dx, dy)
+    th = np.arctan2(dy, dx) + row * 0.7
+    petal_r = 0.075 * (0.55 + 0.45 * np.abs(np.cos(2.5 * th)))
+    petals = _aa_step(petal_r - r, px)
+    centre = _aa_step(0.018 - r, px)
+    # small leaves between flowers
+    lx, ly = dx - 0.5 * cell * np.sign(dx), dy
+    leaf = _aa_step(0.016 - np.hypot(lx * 0.6, ly * 1.4), px) * 0.7
+    return Print([(np.maximum(petals, leaf), SECOND), (centre, FLOWER_CENTRE)])
 
 
 @functools.lru_cache(maxsize=32)
@@ -132,3 +247,8 @@ def tiled(path: str, shape: tuple[int, int], tile_width: int) -> np.ndarray:
     h, w = shape
     reps = (h // nh + 1, w // nw + 1, 1)
     return np.tile(tile, reps)[:h, :w]
+
+
+from maskgen.masks import prints as _prints  # noqa: E402,F401  (registers the printed fabrics)
+
+PATTERNS = tuple(PATTERN_DEFS)

@@ -87,6 +87,7 @@ def build(
     mask_types: list[str] | str | None = None,
     wear: list[str] | str | None = None,
     texture_prob: float | None = None,
+    min_fit: float | None = None,
     min_images: int = 1,
     max_images: int | None = None,
     max_identities: int | None = None,
@@ -610,6 +611,8 @@ class _Build:
         base = np.cumsum(self.n_plan) - self.n_plan
         attributes = _attribute_mode(cfg.attributes)
         opts = {"output": cfg.output, "image_size": cfg.image_size, "jpeg_quality": cfg.jpeg_quality, "twins": cfg.twins}
+        if cfg.min_fit is not None:  # masks: reject renders below the fit score threshold
+            opts["min_fit"] = cfg.min_fit
         self.opts = opts
         self.head = json.dumps({"v": FORMAT_VERSION, "opts": opts}, sort_keys=True)
 

@@ -31,6 +31,7 @@ class BuildConfig:
     mask_types: list[str] | None = None  # shortcut: restrict the mix's types
     wear: list[str] | None = None  # shortcut: restrict the mix's wear modes
     texture_prob: float | None = None  # shortcut: share of textured (vs plain colour) masks
+    min_fit: float | None = None  # reject masked renders whose fit score is below this
     # identity and image filters
     min_images: int = 1
     max_images: int | None = None
@@ -96,6 +97,8 @@ class BuildConfig:
             raise ValueError("workers must be positive")
         if self.texture_prob is not None and not 0 <= self.texture_prob <= 1:
             raise ValueError("texture_prob must be within [0, 1]")
+        if self.min_fit is not None and not 0 <= self.min_fit <= 1:
+            raise ValueError("min_fit must be within [0, 1]")
         if "." in self.name or "/" in self.name:
             raise ValueError("name may not contain dots or slashes")
         self.ratio = float(self.ratio)

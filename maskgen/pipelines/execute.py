@@ -124,9 +124,13 @@ def process_sample(row: dict, ctx: dict) -> tuple[dict[str, bytes], dict]:
     masked_img = None
     fit = None
     if masked or twins:
-        from maskgen.masks import MaskSpec, faces_from_landmarks, mask_face
+        from maskgen.masks import LOW_FIT, MaskSpec, faces_from_landmarks, mask_face
 
-        result = mask_face(img, MaskSpec(**spec), seed=int(row["seed"]), faces=faces_from_landmarks(lm, img.shape))
+        faces = faces_from_landmarks(lm, img.shape)
+        result = mask_face(img, MaskSpec(**spec), seed=int(row["seed"]), faces=faces, min_fit=opts.get("min_fit"),
+                           fit_frame="aligned" if opts["output"] == "aligned" else "image")
+        if getattr(result, "status", "ok") == LOW_FIT:
+            raise SampleError("fit score below threshold")
         if getattr(result, "status", "ok") != "ok" or result.image is None:
             raise SampleError(f"mask: {getattr(result, 'status', 'failed')}")
         masked_img = result.image
