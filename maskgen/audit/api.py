@@ -21,6 +21,7 @@ from maskgen.audit.stats import FIT_THRESHOLD, compute_stats, public
 from maskgen.audit.table import per_image_tables
 from maskgen.audit.thumbnails import make_thumbnails
 from maskgen.errors import OptionError, OutputError
+from maskgen.outputs import claim
 
 FIGURE_DIR = "report"
 OUTPUTS = ("report.html", "report.md", "stats.json", "DATA_CARD.md")
@@ -149,6 +150,25 @@ def audit(
     ``progress``: print progress lines of long stages. Returns the stats (``stats.json``).
     """
     tgt = parse_target(target)
+    # an audit owns its output folder (a build's own folder is accepted: its report lives
+    # there); a folder of the user's, or one that cannot be written, is refused before any work
+    owner = claim(out, "audit", accept=("build",)) if out is not None else None
+    try:
+        return _audit(path, owner, labels=labels, join_on=join_on, target=tgt, out=out,
+                      group_by=group_by, workers=workers, backend=backend,
+                      compute_attributes=compute_attributes, fill_failed=fill_failed,
+                      fit_threshold=fit_threshold, reproduce=reproduce, name=name,
+                      dataset=dataset, license=license, thumbnails=thumbnails,
+                      progress=progress)
+    finally:
+        if owner is not None:
+            owner.release()
+
+
+def _audit(path, owner, *, labels, join_on, target, out, group_by, workers, backend,
+           compute_attributes, fill_failed, fit_threshold, reproduce, name, dataset, license,
+           thumbnails, progress) -> dict:
+    tgt = target
     inp = load_input(path, compute_attributes=compute_attributes, workers=workers,
                      backend=backend, fill_failed=fill_failed, progress=progress)
     if name:

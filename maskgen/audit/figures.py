@@ -270,10 +270,13 @@ def mask_mix_figure(col: str, entry: dict) -> bytes:
 
 def skin_check_figure(check: dict) -> bytes | None:
     """ITA bins within each label group and each brightness bin (stacked shares)."""
-    parts = [(f"by {c}", e) for c, e in check.get("by_label", {}).items()]
-    if "by_brightness" in check:
-        parts.append(("by face brightness", check["by_brightness"]))
-    parts = [(t, e) for t, e in parts if e["groups"]][:4]
+    labels = check.get("by_label", {})
+    first = [c for c in ("race", "ethnicity") if c in labels] + [c for c in labels
+                                                                 if c not in ("race", "ethnicity")]
+    parts = [(f"by {c}", labels[c]) for c in first[:2]]
+    if "by_brightness" in check:  # lighting: the first thing to rule out
+        parts.insert(min(1, len(parts)), ("by face brightness", check["by_brightness"]))
+    parts = [(t, e) for t, e in parts if e["groups"]][:3]
     if not parts:
         return None
     fig, axes = plt.subplots(1, len(parts), figsize=(4.0 * len(parts), 1.2 + 0.3 * max(

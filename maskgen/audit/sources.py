@@ -24,6 +24,7 @@ from maskgen.audit.workers import Progress, chunked, map_in_workers
 from maskgen.datasets.catalog import DatasetInfo, identify, lookup
 from maskgen.datasets.manifest import CORE_NAMES, conform
 from maskgen.errors import InputError, OptionError
+from maskgen.outputs import is_owned
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ATTRIBUTE_COLUMNS = ["ita", "skin_tone", "sharpness", "brightness", "face_size"]
@@ -242,16 +243,13 @@ def _folder_notes(table: pd.DataFrame) -> list[str]:
 
 
 # ------------------------------------------------------------------ folder scan
-OUTPUT_MARKER = ".maskgen-output.json"  # a folder maskgen wrote (a build, a report): not input
-
-
 def list_images(root: Path) -> list[Path]:
     """Image files under ``root`` in a stable order (sorted relative paths); folders that
     maskgen owns (its own outputs, e.g. an audit written inside the folder) are skipped."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
-        if (d / OUTPUT_MARKER).is_file():
+        if is_owned(d):  # a folder maskgen wrote (a build, a report) is not input
             dirnames[:] = []
             continue
         dirnames.sort()

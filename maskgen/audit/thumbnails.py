@@ -75,7 +75,8 @@ def plan_strips(inp, stats: dict) -> list[Strip]:
     failed = df[status == "failed"]
     if len(failed):
         demo = [c for c, e in stats["attributes"].items() if e["kind"] == "demographic"]
-        col = demo[0] if demo else None
+        pref = [c for c in ("race", "ethnicity", "skin_tone") if c in demo]
+        col = (pref or demo or [None])[0]
         groups = group_labels(failed[col]) if col else pd.Series("all", index=failed.index)
         locs = locators(failed, inp.root)
         loc_of = dict(zip(failed.index, locs))

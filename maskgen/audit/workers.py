@@ -119,20 +119,25 @@ def _run_pool(fn, chunks, tasks, done, singles, ctx, workers, progress, one_by_o
             for ci, k in batch:
                 items = chunks[ci] if k is None else [chunks[ci][k]]
                 pending[ex.submit(fn, items)] = (ci, k)
-            try:
-                while pending:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        ci, k = pending.pop(fut)
+            lost: list[tuple[int, int | None]] = []
+            while pending and not lost:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    task = pending.pop(fut)
+                    try:
                         res = fut.result()
-                        if k is None:
-                            done[ci] = res
-                        else:
-                            singles.setdefault(ci, {})[k] = res[0]
-                        if progress is not None:
-                            progress.update(len(chunks[ci]) if k is None else 1)
-            except BrokenProcessPool:
+                    except BrokenProcessPool:
+                        lost.append(task)
+                        continue
+                    ci, k = task
+                    if k is None:
+                        done[ci] = res
+                    else:
+                        singles.setdefault(ci, {})[k] = res[0]
+                    if progress is not None:
+                        progress.update(len(chunks[ci]) if k is None else 1)
+            if lost:
                 if not one_by_one:
-                    return list(pending.values()) + queue
+                    return lost + list(pending.values()) + queue
                 crashed.append(batch[0])  # this item killed its own worker
     return crashed
