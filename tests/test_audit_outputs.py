@@ -387,5 +387,42 @@ def _maybe_die(items):
     return list(items)
 
 
+@pytest.mark.slow
+def test_thumbnails_and_plots_render_in_headless_chromium(hostile_report, tmp_path):
+    """The report opens in a real browser: every plot and thumbnail strip decodes at its
+    size, no hostile name ran as script, and the page is not blank."""
+    from test_audit_report import PROBE, chromium, run_chromium
+
+    if chromium() is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    html = (hostile_report / "report.html").read_text()
+    n_png, n_jpg = html.count("data:image/png;base64,"), html.count("data:image/jpeg;base64,")
+    assert n_png >= 8 and n_jpg == 4
+    alarm = ("<script>window.alert = function () { document.title = 'ALERT' + 'ED'; };"
+             "</script>")
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("<head>", "<head>" + alarm + PROBE, 1))
+    res = run_chromium(["--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], tmp_path)
+    m = re.search(r'<pre id="probe">(.*?)</pre>', res.stdout, re.S)
+    assert m, res.stderr[-2000:]
+    import html as htmllib
+
+    data = json.loads(htmllib.unescape(m.group(1)))
+    assert data["errors"] == []
+    assert len(data["images"]) == n_png + n_jpg
+    for img in data["images"]:
+        assert img["complete"] and img["w"] > 90 and img["h"] > 90, img
+    strips = [i for i in data["images"] if i["name"].startswith("thumbs_")]
+    assert len(strips) == 4 and all(i["h"] == 96 for i in strips)
+    assert "ALERTED" not in res.stdout  # no name ran as script
+    shot = tmp_path / "shot.png"
+    run_chromium([f"--screenshot={shot}", "--window-size=1200,2400",
+                  (hostile_report / "report.html").as_uri()], tmp_path)
+    import cv2
+
+    img = cv2.imread(str(shot))
+    assert img is not None and img.std() > 20
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
