@@ -8,8 +8,10 @@ Skin tone follows the Individual Typology Angle (Chardon et al., Int. J. Cosmet.
 ``ITA = atan((L* - 50) / b*) * 180 / pi`` in CIELab (D65), binned with the Del Bino et al. scale
 (Pigment Cell Res. 2006; Del Bino & Bernerd, Br. J. Dermatol. 2013): very light > 55,
 light 41..55, intermediate 28..41, tan 10..28, brown -30..10, dark <= -30. ITA measured on
-photographs depends on lighting and white balance; it is a coarse, relative indicator of how
-a dataset spreads over skin tones, not a measurement of any person.
+photographs follows exposure and the colour of the light: the skin pixels are divided by the
+image's own white (its brightest 1%) when it has one, and only skin-coloured pixels count
+(see docs/audit.md for what that corrects on FairFace, and what it cannot). It is a coarse,
+relative indicator of how a dataset spreads over skin tones, not a measurement of any person.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def _print_summary(stats: dict, out: Path | None, licence: str | None = None) ->
 @click.option("--group-by", default=None,
               help="Comma-separated columns to slice by [default: label columns + skin_tone].")
 @click.option("--workers", type=int, default=1, show_default=True,
-              help="Parallel Ray workers for scanning an image folder.")
+              help="Worker processes that decode images (folder scan, attributes, thumbnails).")
 @click.option("--backend", type=click.Choice(["auto", "dlib", "aligned", "aligned-full", "fan"]), default="auto",
               show_default=True,
               help="Landmark backend (auto: 'aligned' for square crops <= 128 px, else dlib).")

@@ -425,6 +425,18 @@ def locators(df: pd.DataFrame, root: Path | None) -> list[tuple]:
     return out
 
 
+def _landmarks_136(lm) -> list | None:
+    """68 (x, y) points as a flat list, whatever the manifest's layout (flat 136 values or
+    68 pairs); None when absent or malformed."""
+    if lm is None or (isinstance(lm, float) and np.isnan(lm)):
+        return None
+    try:
+        arr = np.asarray([np.asarray(p, dtype=np.float32) for p in lm], dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    return arr.ravel().tolist() if arr.size == 136 else None
+
+
 def fill_attributes(df: pd.DataFrame, root: Path | None, only_failed: bool = False, *,
                     workers: int = 1, progress: bool = False) -> int:
     """Compute the attributes a manifest lacks, from its source images (in place, decoded in
@@ -444,8 +456,7 @@ def fill_attributes(df: pd.DataFrame, root: Path | None, only_failed: bool = Fal
     items = []
     for ix in todo:
         i = pos[ix]
-        lm = lms[i]
-        lm = None if lm is None or len(lm) != 136 else list(lm)
+        lm = _landmarks_136(lms[i])
         items.append((locs[i], lm))
     prog = Progress("attributes from images", len(items), enabled=progress)
     res = [r for part in map_in_workers(_attributes_many, chunked(items, CHUNK * 4),
