@@ -94,15 +94,7 @@ def skin_tone_label(ita: float) -> str | None:
 
 def rgb_to_lab(pixels: np.ndarray) -> np.ndarray:
     """CIELab (D65) of RGB uint8 pixels (..., 3) with exact sRGB linearization; float32."""
-    lin = SRGB_TO_LINEAR[pixels]
-    xyz = lin @ RGB_TO_XYZN.T
-    eps, kappa = 216.0 / 24389.0, 24389.0 / 27.0
-    f = np.where(xyz > eps, np.cbrt(xyz), (kappa * xyz + 16.0) / 116.0)
-    lab = np.empty_like(f)
-    lab[..., 0] = 116.0 * f[..., 1] - 16.0
-    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
-    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
-    return lab
+    return lab_of_linear(SRGB_TO_LINEAR[pixels])
 
 
 def ita_of_pixels(pixels: np.ndarray) -> float:
@@ -136,7 +128,8 @@ def _median_ita(L: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arctan(np.median(x))))
 
 
-def _lab_of_linear(lin: np.ndarray) -> np.ndarray:
+def lab_of_linear(lin: np.ndarray) -> np.ndarray:
+    """CIELab (D65) of linear-light sRGB values (..., 3) in [0, 1]."""
     xyz = lin @ RGB_TO_XYZN.T
     eps, kappa = 216.0 / 24389.0, 24389.0 / 27.0
     f = np.where(xyz > eps, np.cbrt(xyz), (kappa * xyz + 16.0) / 116.0)
@@ -180,7 +173,7 @@ def corrected_ita(skin: np.ndarray, ref: np.ndarray | None,
             gain = np.minimum(1.0 / ref, MAX_WHITE_GAIN).astype(np.float32)
             lin = np.minimum(lin * gain, 1.0)
             corrected = True
-    lab = _lab_of_linear(lin)
+    lab = lab_of_linear(lin)
     L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
     n = L.size
     lo_k = int(SKIN_L_PERCENTILES[0] / 100.0 * (n - 1))
