@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _decode_chunk(paths: list[str]) -> list[int]:
     from maskgen.audit.sources import read_image
 
-    return [0 if read_image(("folder", p, None, None))[0] is None else 1 for p in paths]
+    return [0 if read_image((None, p, None, None, None))[0] is None else 1 for p in paths]
 
 
 def _cpu() -> tuple[float, float]:

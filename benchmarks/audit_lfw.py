@@ -88,7 +88,7 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    from maskgen.audit.sources import fill_attributes, read_manifest_frame
+    from maskgen.audit.sources import fill_attributes, load_input, read_manifest_frame
     from maskgen.data_home import dataset_dir
 
     lfw = dataset_dir("lfw")
@@ -120,7 +120,9 @@ def main() -> None:
             load_image(p)
         t_decode = time.perf_counter() - t0
         t0 = time.perf_counter()
-        n = fill_attributes(df, args.build, workers=2)
+        src = load_input(args.build, compute_attributes=False, fill_failed=False).src \
+            if args.build else None  # where the build's relative paths are read from
+        n = fill_attributes(df, src, workers=2)
         t_attr = time.perf_counter() - t0
         print(f"attributes from images (2 worker processes): {n:,} images in {t_attr:.1f} s "
               f"({1e3 * t_attr / max(n, 1):.2f} ms/image); decoding alone {t_decode:.1f} s "

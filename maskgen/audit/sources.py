@@ -23,10 +23,9 @@ from maskgen.audit.attributes import face_attributes
 from maskgen.audit.workers import Progress, chunked, map_in_workers
 from maskgen.datasets.catalog import DatasetInfo, identify, lookup
 from maskgen.datasets.manifest import CORE_NAMES, conform
+from maskgen.datasets.sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES  # noqa: E402
 from maskgen.errors import InputError, OptionError
-from maskgen.outputs import is_owned
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ATTRIBUTE_COLUMNS = ["ita", "skin_tone", "sharpness", "brightness", "face_size"]
 CHUNK = 50  # images per worker task: small enough for even progress, large enough to amortise
 MAX_FILE_BYTES = 256 * 1024 * 1024  # an image file larger than this is refused unread
@@ -45,7 +44,7 @@ class AuditInput:
     notes: list[str] = field(default_factory=list)
     labels_info: dict | None = None
     path: Path | None = None  # the folder or manifest audited
-    root: Path | None = None  # where relative image paths of the table live
+    src: object | None = None  # the Source relative image paths belong to (picklable)
     dataset: DatasetInfo | None = None  # the known dataset of the images (catalog)
 
     @property
@@ -108,21 +107,24 @@ def load_input(
         mpath = p
     elif p.is_dir():
         table = scan_folder(p, workers=workers, backend=backend, progress=progress)
-        return AuditInput(table=table, kind="folder", name=p.name, path=p, root=p,
-                          notes=_folder_notes(table))
+        src = table.attrs.pop("source", None)
+        notes = _folder_notes(table) + [f"{k} ({v:,})" for k, v in
+                                        sorted(table.attrs.pop("scan_notes", {}).items())]
+        return AuditInput(table=table, kind="folder", name=p.name, path=p, src=src,
+                          notes=notes)
     else:
         raise InputError(f"nothing to audit at {path}: expected a build folder, a "
                          f"manifest .parquet file or a folder of images")
     needs = compute_attributes and _missing_attributes(pq.read_schema(mpath).names, mpath)
     inp.table = read_manifest_frame(mpath, columns=["landmarks"] if needs else [])
-    inp.root = _source_root(inp)
+    inp.src = source_of(inp)
     if needs:
-        n = fill_attributes(inp.table, inp.root, workers=workers, progress=progress)
+        n = fill_attributes(inp.table, inp.src, workers=workers, progress=progress)
         inp.table = inp.table.drop(columns=["landmarks"], errors="ignore")
         inp.notes.append(f"skin tone and quality attributes computed from {n} source images "
                          f"(the manifest lacked them)")
     elif fill_failed:
-        n = fill_attributes(inp.table, inp.root, only_failed=True, workers=workers,
+        n = fill_attributes(inp.table, inp.src, only_failed=True, workers=workers,
                             progress=progress)
         if n:
             inp.notes.append(f"skin tone and quality of the {n} failed images measured on the "
@@ -160,26 +162,32 @@ def _source_string(inp: AuditInput) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def _source_root(inp: AuditInput) -> Path | None:
-    """Where relative ``path`` values of a manifest live: the root recorded in
-    ``dataset.json``, else the build's source resolved again, else the manifest's folder."""
-    info = inp.dataset_info or {}
-    src = info.get("source")
-    for v in (info.get("root"), info.get("source_root"),
-              src.get("root") if isinstance(src, dict) else None):
-        if isinstance(v, str) and Path(v).is_dir():
-            return Path(v)
-    spec = _source_string(inp)
-    if spec:
-        try:
-            from maskgen.datasets.sources import parse_source
+def source_of(inp: AuditInput):
+    """The source a manifest's relative paths belong to (a
+    :class:`maskgen.datasets.sources.Source`, or None when it cannot be found here): the
+    build's ``source`` parsed again (with its ``identity_depth``), else the root recorded in
+    ``dataset.json``, else the manifest's own folder."""
+    from maskgen.datasets.sources import parse_source
 
-            return Path(parse_source(spec).root)
-        except Exception:  # a source not on this machine: relative paths stay unreadable
-            pass
-    if inp.build_dir is not None:
-        return inp.build_dir
-    return inp.path.parent if inp.path is not None else None
+    cfg = inp.build_config or {}
+    depth = cfg.get("identity_depth", 1)
+    depth = depth if isinstance(depth, int) else 1
+    spec = _source_string(inp)
+    info = inp.dataset_info or {}
+    src_info = info.get("source")
+    roots = [info.get("root"), info.get("source_root"),
+             src_info.get("root") if isinstance(src_info, dict) else None]
+    kind = src_info.partition(":")[0] if isinstance(src_info, str) and ":" in src_info else None
+    cands = [spec] if spec else []
+    cands += [f"{kind}:{r}" if kind else r for r in roots if isinstance(r, str) and r]
+    if inp.kind == "manifest" and inp.path is not None:
+        cands.append(f"folder:{inp.path.parent}")
+    for c in cands:
+        try:
+            return parse_source(c, identity_depth=depth)
+        except Exception:  # a source not on this machine: try the next
+            continue
+    return None
 
 
 def resolve_dataset(inp: AuditInput, name: str | None = None) -> AuditInput:
@@ -243,20 +251,6 @@ def _folder_notes(table: pd.DataFrame) -> list[str]:
 
 
 # ------------------------------------------------------------------ folder scan
-def list_images(root: Path) -> list[Path]:
-    """Image files under ``root`` in a stable order (sorted relative paths); folders that
-    maskgen owns (its own outputs, e.g. an audit written inside the folder) are skipped."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        if is_owned(d):  # a folder maskgen wrote (a build, a report) is not input
-            dirnames[:] = []
-            continue
-        dirnames.sort()
-        out += [d / f for f in filenames if Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(out, key=lambda q: q.relative_to(root).as_posix())
-
-
 def _key(rel: PurePosixPath) -> str:
     return str(rel.with_suffix("")).replace("/", "-").replace(".", "_")
 
@@ -274,8 +268,18 @@ def _pose(face) -> tuple[float, float, float]:
 
 
 def choose_backend(backend: str, img: np.ndarray) -> str:
-    """``auto``: aligned crops (square, <= 128 px, e.g. insightface releases) are fitted in
-    their known face box, since detectors miss faces that fill the frame; else dlib."""
+    """The landmark backend for one image: the landmarks module's own resolution when it
+    offers one (``resolve_backend``, the same as the build's), else ``auto`` = ``aligned``
+    for square crops <= 128 px (insightface releases: detectors miss faces that fill the
+    frame), dlib otherwise."""
+    from maskgen.masks import landmarks as L
+
+    resolve = getattr(L, "resolve_backend", None)
+    if resolve is not None:
+        try:
+            return resolve(backend, img)
+        except TypeError:  # another signature: fall back to the rule below
+            pass
     if backend != "auto":
         return backend
     h, w = img.shape[:2]
@@ -283,39 +287,38 @@ def choose_backend(backend: str, img: np.ndarray) -> str:
 
 
 def read_image(loc: tuple) -> tuple[np.ndarray | None, str]:
-    """Decode the image of a locator ``(source, path, offset, nbytes)`` (in a worker only).
+    """Decode the image of a locator ``(source, path, offset, nbytes, member)`` (in a worker
+    only); ``source`` is the :class:`maskgen.datasets.sources.Source` that relative paths
+    belong to, or None for an absolute file path. Never raises.
 
-    Only regular files are read, and only below a size cap checked before reading; decoding
-    goes through :mod:`maskgen.masks.imageio` (its pixel caps apply). Never raises.
+    Only regular files are read, below a size cap checked before reading (the sources'
+    readers); decoding goes through :mod:`maskgen.masks.imageio` (its pixel caps apply).
     """
-    import stat
+    from maskgen.datasets.sources import read_file
+    from maskgen.masks.imageio import decode_image
 
-    from maskgen.masks.imageio import decode_image, load_image
-
-    source, path, offset, nbytes = loc
+    src, path, offset, nbytes, member = loc
+    if path is None:
+        return None, "unreadable: no path"
+    has_offset = offset is not None and not pd.isna(offset)
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}"
-    if not stat.S_ISREG(st.st_mode):
-        return None, "unreadable: not a regular file"
-    if offset is None or pd.isna(offset):
-        if st.st_size > MAX_FILE_BYTES:
-            return None, f"unreadable: file of {st.st_size:,} bytes (cap {MAX_FILE_BYTES:,})"
-        return load_image(path)
-    if nbytes is not None and not pd.isna(nbytes) and int(nbytes) > MAX_FILE_BYTES:
-        return None, f"unreadable: record of {int(nbytes):,} bytes (cap {MAX_FILE_BYTES:,})"
-    try:
-        from maskgen.datasets.sources import read_image_bytes
-
-        data = read_image_bytes(str(source), str(path), int(offset),
-                                None if nbytes is None or pd.isna(nbytes) else int(nbytes))
-    except Exception as exc:  # a bad record costs only its own row
-        return None, f"unreadable: {type(exc).__name__}: {exc}"
+        if src is not None and not os.path.isabs(path):
+            data = src.read_bytes(path, int(offset) if has_offset else None,
+                                  None if nbytes is None or pd.isna(nbytes) else int(nbytes),
+                                  member if isinstance(member, str) else None)
+        elif not has_offset and not isinstance(member, str):
+            data = read_file(path)
+        else:
+            return None, "unreadable: a record without its source"
+    except MemoryError:
+        return None, "unreadable: out of memory"
+    except Exception as exc:  # ReadError carries the row's reason; anything else is named
+        reason = getattr(exc, "reason", None)
+        return None, reason or f"unreadable: {type(exc).__name__}: {exc}"
     return decode_image(data)
 
 
-def analyse_image(path: Path, backend: str = "auto") -> dict:
+def analyse_image(loc: tuple, backend: str = "auto") -> dict:
     """One image -> manifest fields: status, reason, landmarks, pose, attributes.
 
     A face that is not found still gets attributes from the image centre (``_region`` says
@@ -323,7 +326,7 @@ def analyse_image(path: Path, backend: str = "auto") -> dict:
     """
     from maskgen.masks.landmarks import detect_faces, select_faces
 
-    img, reason = read_image(("folder", str(path), None, None))
+    img, reason = read_image(loc)
     if img is None:
         return {"status": "failed", "reason": reason}
     row: dict = {"width": int(img.shape[1]), "height": int(img.shape[0])}
@@ -349,12 +352,12 @@ def analyse_image(path: Path, backend: str = "auto") -> dict:
     return row
 
 
-def _analyse_many(items: list[tuple[str, str]]) -> list[dict]:
-    """Worker task: ``(path, backend)`` pairs -> one manifest row each."""
+def _analyse_many(items: list[tuple]) -> list[dict]:
+    """Worker task: ``(locator, backend)`` pairs -> one manifest row each."""
     out = []
-    for path, backend in items:
+    for loc, backend in items:
         try:
-            out.append(analyse_image(Path(path), backend))
+            out.append(analyse_image(loc, backend))
         except Exception as exc:  # one image's bug costs only its row
             out.append({"status": "failed", "reason": f"audit error: {type(exc).__name__}: {exc}"})
     return out
@@ -364,31 +367,67 @@ def _crashed_row(item, reason: str) -> dict:
     return {"status": "failed", "reason": reason}
 
 
+def scan_source(root: Path):
+    """The build's folder scan of ``root`` (:mod:`maskgen.datasets.sources`): identity
+    folders one level down, or, when the folder holds images only, one identity per image."""
+    from maskgen.datasets.sources import parse_source
+    from maskgen.datasets.sources.base import ABOVE_IDENTITY
+
+    src = parse_source(f"folder:{root}", identity_depth=1)
+    table = src.scan()
+    drop = table.column("_drop").to_pylist()
+    if table.num_rows and all(d == ABOVE_IDENTITY for d in drop if d is not None) \
+            and all(d is not None for d in drop):
+        src = parse_source(f"folder:{root}", identity_depth=0)  # a flat folder
+        table = src.scan()
+    return src, table
+
+
 def scan_folder(root: str | os.PathLike, *, workers: int = 1, backend: str = "auto",
                 paths: Iterable[Path] | None = None, progress: bool = False) -> pd.DataFrame:
-    """Manifest-shaped table of the images under ``root`` (``identity`` = first sub-folder,
-    or the image itself in a flat folder). Images are decoded in worker processes."""
+    """Manifest-shaped table of the images under ``root`` with the build's scan (every file
+    found gets a row: skipped ones with their reason), landmarks and attributes measured in
+    worker processes. ``paths``: only these images."""
+    from maskgen.datasets.sources import DROPPED_REASONS
+
     root = Path(root)
-    files = list(paths) if paths is not None else list_images(root)
-    if not files:
+    src, table = scan_source(root)
+    scan = table.to_pandas()
+    if paths is not None:
+        wanted = [Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))).as_posix()
+                  for p in paths]
+        pos = {rel: i for i, rel in enumerate(scan["path"])}
+        scan = scan.iloc[[pos[w] for w in wanted if w in pos]].reset_index(drop=True)
+    if not len(scan):
         raise InputError(f"no image found in {root} (looked for "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    prog = Progress("landmarks and attributes", len(files), enabled=progress)
-    chunks = chunked([(str(p), backend) for p in files], CHUNK)
-    rows = [r for part in map_in_workers(_analyse_many, chunks, workers=workers, progress=prog,
+    flat = src.identity_depth == 0
+    todo = [i for i, d in enumerate(scan["_drop"]) if d is None or pd.isna(d)]
+    prog = Progress("landmarks and attributes", len(todo), enabled=progress)
+    chunks = chunked([((src, scan.at[i, "path"], None, scan.at[i, "nbytes"], None), backend)
+                      for i in todo], CHUNK)
+    done = [r for part in map_in_workers(_analyse_many, chunks, workers=workers, progress=prog,
                                          on_crash=_crashed_row) for r in part]
+    rows: list[dict] = [{} for _ in range(len(scan))]
+    for i, r in zip(todo, done):
+        rows[i] = r
     recs = []
-    for p, row in zip(files, rows):
-        rel = PurePosixPath(p.relative_to(root).as_posix())
+    for i, rel_s in enumerate(scan["path"]):
+        rel = PurePosixPath(rel_s)
         key = _key(rel)
-        identity = rel.parts[0] if len(rel.parts) > 1 else key
-        recs.append({"key": key, "identity": identity, "source": "folder", "path": str(rel),
-                     **row})
+        d = scan.at[i, "_drop"]
+        row = rows[i] if not (isinstance(d, str) and d) else {
+            "status": "dropped" if d in DROPPED_REASONS else "failed", "reason": d}
+        identity = key if flat else (scan.at[i, "identity"] or "")
+        recs.append({"key": key, "identity": identity, "source": "folder", "path": rel_s,
+                     "nbytes": scan.at[i, "nbytes"], **row})
     df = pd.DataFrame.from_records(recs)
     for c in CORE_NAMES:
         if c not in df.columns:
             df[c] = None
     df["label"] = -1
+    df.attrs["scan_notes"] = dict(src.notes)
+    df.attrs["source"] = src
     return df
 
 
@@ -411,17 +450,16 @@ def _attributes_many(items: list[tuple]) -> list[dict | None]:
     return out
 
 
-def locators(df: pd.DataFrame, root: Path | None) -> list[tuple]:
-    """``(source, path, offset, nbytes)`` of every row: relative paths joined to ``root``."""
+def locators(df: pd.DataFrame, src) -> list[tuple]:
+    """``(source, path, offset, nbytes, member)`` of every row: relative paths are read
+    through ``src`` (the manifest's source, see :func:`source_of`)."""
     def col(name):
         return df[name].tolist() if name in df.columns else [None] * len(df)
 
     out = []
-    for src, path, off, nb in zip(col("source"), col("path"), col("offset"), col("nbytes")):
+    for path, off, nb, mem in zip(col("path"), col("offset"), col("nbytes"), col("member")):
         p = None if path is None or (isinstance(path, float) and np.isnan(path)) else str(path)
-        if p is not None and root is not None and not os.path.isabs(p):
-            p = str(root / p)
-        out.append((src, p, off, nb))
+        out.append((src, p, off, nb, mem if isinstance(mem, str) else None))
     return out
 
 
@@ -437,7 +475,7 @@ def _landmarks_136(lm) -> list | None:
     return arr.ravel().tolist() if arr.size == 136 else None
 
 
-def fill_attributes(df: pd.DataFrame, root: Path | None, only_failed: bool = False, *,
+def fill_attributes(df: pd.DataFrame, src, only_failed: bool = False, *,
                     workers: int = 1, progress: bool = False) -> int:
     """Compute the attributes a manifest lacks, from its source images (in place, decoded in
     worker processes); returns how many rows got them.
@@ -445,13 +483,11 @@ def fill_attributes(df: pd.DataFrame, root: Path | None, only_failed: bool = Fal
     Rows whose image cannot be read (missing paths, bad records) keep nulls.
     """
     wanted = ["failed"] if only_failed else ["ok", "failed"]
-    member = df["member"].notna() if "member" in df.columns else False
-    todo = df.index[df["status"].isin(wanted) & df["ita"].isna() & df["path"].notna()
-                    & ~member]
+    todo = df.index[df["status"].isin(wanted) & df["ita"].isna() & df["path"].notna()]
     if len(todo) == 0:
         return 0
     pos = {ix: i for i, ix in enumerate(df.index)}
-    locs = locators(df, root)
+    locs = locators(df, src)
     lms = df["landmarks"].tolist() if "landmarks" in df.columns else [None] * len(df)
     items = []
     for ix in todo:

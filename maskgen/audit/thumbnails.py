@@ -78,7 +78,7 @@ def plan_strips(inp, stats: dict) -> list[Strip]:
         pref = [c for c in ("race", "ethnicity", "skin_tone") if c in demo]
         col = (pref or demo or [None])[0]
         groups = group_labels(failed[col]) if col else pd.Series("all", index=failed.index)
-        locs = locators(failed, inp.root)
+        locs = locators(failed, inp.src)
         loc_of = dict(zip(failed.index, locs))
         order = [g for g in (r["group"] for r in stats["attributes"][col]["balance"]["groups"])
                  if g in set(groups)] if col else ["all"]
