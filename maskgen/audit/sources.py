@@ -276,10 +276,7 @@ def choose_backend(backend: str, img: np.ndarray) -> str:
 
     resolve = getattr(L, "resolve_backend", None)
     if resolve is not None:
-        try:
-            return resolve(backend, img)
-        except TypeError:  # another signature: fall back to the rule below
-            pass
+        return resolve(backend, img.shape)
     if backend != "auto":
         return backend
     h, w = img.shape[:2]
