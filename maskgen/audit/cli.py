@@ -29,8 +29,10 @@ def _run(fn, *args, **kwargs):
 
 def _print_summary(stats: dict, out: Path | None, licence: str | None = None) -> None:
     comp, masks = stats["composition"], stats["masks"]
-    line = (f"{comp['images']:,} images kept of {comp['rows']:,} ({comp['identities']:,} "
-            f"identities); {comp['dropped']:,} dropped, {comp['failed']:,} failed")
+    flat = any(n.startswith("flat folder") for n in stats.get("source", {}).get("notes", []))
+    ids = "no identity labels" if flat else f"{comp['identities']:,} identities"
+    line = (f"{comp['images']:,} images kept of {comp['rows']:,} ({ids}); "
+            f"{comp['dropped']:,} dropped, {comp['failed']:,} failed")
     if masks.get("available") and "ratio" in masks:
         line += f"; masked {masks['masked']:,} ({masks['ratio']:.2%})"
     click.echo(line)
