@@ -165,6 +165,12 @@ def test_folder_audit_card_is_true(fairface_dir, tmp_path):
     csv = pd.read_csv(out / "images.csv", dtype=str, keep_default_na=False)
     assert list(csv.columns) == tab.column_names and len(csv) == 40
     assert not any(os.path.isabs(p) for p in df["path"])
+    # thumbnails: failed images per race label, kept faces per skin-tone bin
+    thumbs = sorted(p.name for p in (out / "report").glob("thumbs_*.jpg"))
+    assert any(n.startswith("thumbs_tone_") for n in thumbs)
+    failed_races = set(df.loc[df["status"] == "failed", "race"])
+    assert len([n for n in thumbs if n.startswith("thumbs_failed_")]) == len(failed_races)
+    assert "race = " in (out / "report.md").read_text()
 
 
 # ------------------------------------------------------------------ escaping

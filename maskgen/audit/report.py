@@ -237,7 +237,10 @@ def sample_blocks(stats: dict, thumbs: dict[str, bytes]) -> list[Block]:
              "Training images as stored in the shards, chosen by a hash of their key."),
             ("failed", "Failed images per group",
              "Images where no face was found or the file could not be read (a crossed tile), "
-             "shown whole.")):
+             "shown whole."),
+            ("tone", "Kept faces per skin-tone bin",
+             "Source images whose face the audit put in each ITA bin: what the bins mean in "
+             "this dataset (see the skin-tone check below).")):
         items = [d for d in desc if d["section"] == section and d["name"] in thumbs]
         if not items:
             continue

@@ -71,6 +71,27 @@ def plan_strips(inp, stats: dict) -> list[Strip]:
                               for s, k in zip(sub["shard"], sub["key"]))
                 strips.append(Strip(f"thumbs_masked_{i:02d}_{_slug(c)}.jpg", "masked", c, items,
                                     int((combo == c).sum())))
+    # kept faces per skin-tone bin, from the source: what each bin looks like in this data
+    if "skin_tone" in df.columns:
+        from maskgen.audit.attributes import SKIN_TONES
+
+        tones = df["skin_tone"].astype("object")
+        if "ita" in df.columns:  # a manifest may carry ITA without its bin
+            from maskgen.audit.attributes import skin_tone_label
+
+            ita = pd.to_numeric(df["ita"], errors="coerce")
+            tones = tones.where(tones.notna(), ita.map(
+                lambda v: skin_tone_label(float(v)) if pd.notna(v) else None))
+        kept = df[(status == "ok") & tones.notna()]
+        if len(kept):
+            loc_of = dict(zip(kept.index, locators(kept, inp.src)))
+            for i, tone in enumerate(SKIN_TONES):
+                sub = kept[tones[kept.index] == tone]
+                sub = sub.iloc[_order(sub["key"])[:PER_STRIP]]
+                items = tuple(("source", loc_of[ix]) for ix in sub.index if loc_of[ix][1])
+                if items:
+                    strips.append(Strip(f"thumbs_tone_{i}_{_slug(tone)}.jpg", "tone", tone,
+                                        items, int((tones[kept.index] == tone).sum())))
     # failed images per group of the first demographic attribute (else skin tone)
     failed = df[status == "failed"]
     if len(failed):
@@ -138,17 +159,23 @@ def _read(kind: str, loc) -> np.ndarray | None:
 
 
 def render_strips(strips: list[Strip]) -> list[bytes]:
-    """Worker task: each strip as JPEG bytes (one row of tiles, 2 px gaps)."""
+    """Worker task: each strip as JPEG bytes (one row of tiles, 2 px gaps; an unreadable image
+    is a crossed tile, a strip of which nothing could be read is empty bytes)."""
     import cv2
 
     out = []
     for st in strips:
-        tiles = []
+        tiles, read = [], 0
         for kind, loc in st.items:
             try:
-                tiles.append(_tile(_read(kind, loc)))
+                img = _read(kind, loc)
             except Exception:  # one bad image costs only its tile
-                tiles.append(_tile(None))
+                img = None
+            read += img is not None
+            tiles.append(_tile(img))
+        if not read:  # nothing of it on this machine (a source moved away): no strip
+            out.append(b"")
+            continue
         gap = np.full((TILE, 2, 3), 255, np.uint8)
         row = np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(row, cv2.COLOR_RGB2BGR),
