@@ -22,7 +22,7 @@ from maskgen.audit.metrics import UNKNOWN, group_labels
 TILE = 96  # pixels per thumbnail side
 PER_STRIP = 8  # thumbnails per strip
 MAX_STRIPS = 24  # at most this many strips per section
-JPEG_QUALITY = 85
+JPEG_QUALITY = 80
 
 
 @dataclass(frozen=True)
