@@ -225,6 +225,16 @@ def test_thumbnails_from_shards_and_failed_sources(hostile_report):
     assert all(f"report/{p.name}" in md for p in thumbs)
 
 
+def test_no_thumbnails_means_no_image_copies(hostile_build, tmp_path):
+    out = tmp_path / "card"
+    res = CliRunner().invoke(card_cmd, [str(hostile_build), "-o", str(out), "--no-thumbnails"])
+    assert res.exit_code == 0, res.output
+    assert not list(out.rglob("*.jpg"))
+    assert "data:image/jpeg" not in (out / "report.html").read_text()
+    assert "left out of this report" in (out / "report.md").read_text()
+    assert "without sample thumbnails" in (out / "DATA_CARD.md").read_text()
+
+
 def test_report_never_decodes_in_the_main_process(hostile_build, tmp_path, monkeypatch):
     """Decoders poisoned in the main process: the audit (attributes of failed images,
     thumbnails) still completes, because pixels are only touched in worker processes."""

@@ -278,4 +278,8 @@ def test_reference_card_is_consistent():
     figs = re.findall(r"\]\((report/[^)]+\.png)\)", (ref / "report.md").read_text())
     assert figs and all((ref / f).is_file() for f in figs)
     assert sum(p.stat().st_size for p in ref.rglob("*") if p.is_file()) < 2_000_000
+    assert all(p.stat().st_size < 700_000 for p in ref.rglob("*") if p.is_file())
     assert "Reproduce: `sh data_cards/regenerate.sh`" in text
+    # the committed report holds no copy of a source image, and says so
+    assert not list(ref.rglob("*.jpg")) and "data:image/jpeg" not in (ref / "report.html").read_text()
+    assert "without sample thumbnails" in text

@@ -105,6 +105,7 @@ def write_outputs(stats: dict, out_dir: Path, *, title: str, inp: AuditInput | N
         out_dir=out_dir,
         build_dir=inp.build_dir if inp else None,
         has_shards=bool(inp and inp.has_shards()),
+        thumbnails=not stats.get("_thumbnails_off", False),
         flat=bool(inp and inp.flat),
         reproduce=reproduce,
     )
@@ -179,6 +180,7 @@ def _audit(path, owner, *, labels, join_on, target, out, group_by, workers, back
     stats = compute_stats(inp.table, group_by=group_by, target=tgt, fit_threshold=fit_threshold,
                           source=inp.source())
     if out is not None:
+        stats["_thumbnails_off"] = not thumbnails
         thumbs = (make_thumbnails(inp, stats, workers=workers, progress=progress)
                   if thumbnails else {})
         write_outputs(stats, Path(out), title=f"Balance report: {inp.name}", inp=inp,

@@ -159,6 +159,7 @@ class CardInput:
     has_shards: bool = False
     flat: bool = False  # a folder without identity structure
     reproduce: str | None = None
+    thumbnails: bool = True  # the report next to the card shows sample images
 
 
 def render_card(ci: CardInput) -> str:
@@ -301,8 +302,12 @@ def _summary(ci: CardInput, derived: bool, has_masks: bool) -> str:
                 f"{comp['failed']:,} failed; {_identities_phrase(ci)}.")
         if not has_masks:
             text += " The images carry no synthetic masks and are not stored as shards."
-    return (text + " The balance report (`report.html`, `report.md`, `stats.json`) next to this "
-            "card holds every figure quoted here.")
+    text += (" The balance report (`report.html`, `report.md`, `stats.json`) next to this "
+             "card holds every figure quoted here")
+    if not ci.thumbnails:
+        text += ("; it was written without sample thumbnails (`--no-thumbnails`), so no copy "
+                 "of a source image is part of it")
+    return text + "."
 
 
 def _composition(A, ci: CardInput, derived: bool, has_masks: bool) -> None:

@@ -76,7 +76,8 @@ def _print_summary(stats: dict, out: Path | None, licence: str | None = None) ->
 @click.option("--dataset", default=None, help=_DATASET_HELP)
 @click.option("--license", "licence", default=None, help=_LICENSE_HELP)
 @click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
-              help="Embed strips of masked and failed samples in the report.")
+              help="Embed strips of sample images in the report (off: no copy of any source "
+                   "image in the outputs).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def audit(path: Path, labels: Path | None, join_on: str, target: str, out: Path | None,
           group_by: str | None, workers: int, backend: str, compute_attributes: bool,
@@ -106,8 +107,11 @@ def audit(path: Path, labels: Path | None, join_on: str, target: str, out: Path 
 @click.option("--name", default=None, help="Dataset name in the report [default: folder name].")
 @click.option("--dataset", default=None, help=_DATASET_HELP)
 @click.option("--license", "licence", default=None, help=_LICENSE_HELP)
+@click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
+              help="Embed strips of sample images in the report (off: no copy of any source "
+                   "image in the outputs, e.g. for a card committed to a repository).")
 def card(build: Path, out: Path | None, target: str, reproduce: str | None,
-         name: str | None, dataset: str | None, licence: str | None) -> None:
+         name: str | None, dataset: str | None, licence: str | None, thumbnails: bool) -> None:
     """Write DATA_CARD.md, the balance report and stats.json of a build."""
     from maskgen.audit.api import audit as run_audit
 
@@ -115,5 +119,6 @@ def card(build: Path, out: Path | None, target: str, reproduce: str | None,
         raise click.ClickException(f"{build} is not a build folder (no manifest.parquet)")
     out = out or build
     stats = _run(run_audit, build, target=target, out=out, compute_attributes=False,
-                 reproduce=reproduce, name=name, dataset=dataset, license=licence)
+                 reproduce=reproduce, name=name, dataset=dataset, license=licence,
+                 thumbnails=thumbnails)
     _print_summary(stats, out, licence)

@@ -229,6 +229,10 @@ def sample_blocks(stats: dict, thumbs: dict[str, bytes]) -> list[Block]:
     """Strips of masked samples (per mask type and wear mode) and of failed images (per
     group): what "masked" and "failed" look like."""
     desc = stats.get("_thumbnails") or []
+    if stats.get("_thumbnails_off"):
+        return [Block("h2", "Samples"),
+                Block("p", "Sample thumbnails were left out of this report (--no-thumbnails): "
+                           "it holds no copy of any source image.")]
     if not desc:
         return []
     B = [Block("h2", "Samples")]
