@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -43,6 +44,13 @@ def lfw_manifest(lfw: Path, path: Path) -> Path:
     return write_manifest(pa.Table.from_pandas(df, preserve_index=False), path)
 
 
+def cpu_s() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its finished worker processes."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, ch.ru_utime + ch.ru_stime
+
+
 def time_audit(mpath: Path, out: Path, what: str) -> float:
     """Time a manifest audit by stage against the baseline of reading the manifest."""
     import pyarrow.parquet as pq
@@ -55,6 +63,7 @@ def time_audit(mpath: Path, out: Path, what: str) -> float:
     t0 = time.perf_counter()
     pq.read_table(mpath).to_pandas()
     t_read = time.perf_counter() - t0
+    c0 = cpu_s()
     t0 = time.perf_counter()
     inp = load_input(mpath, compute_attributes=False, fill_failed=True, workers=2)
     t_load = time.perf_counter() - t0
@@ -68,12 +77,16 @@ def time_audit(mpath: Path, out: Path, what: str) -> float:
     write_outputs(stats, out, title="Balance report: LFW", inp=inp, thumbnails=thumbs)
     t_write = time.perf_counter() - t0
     total = t_load + t_stats + t_thumbs + t_write
+    c1 = cpu_s()
+    cpu_main, cpu_workers = c1[0] - c0[0], c1[1] - c0[1]
     n = len(inp.table)
     print(f"{what}: {total:.2f} s for {n:,} rows (load {t_load:.2f} s, stats {t_stats:.2f} s, "
           f"thumbnails {t_thumbs:.2f} s ({len(thumbs)} strips), figures+report+card "
           f"{t_write:.2f} s); baseline read of the manifest {t_read:.2f} s "
           f"-> {total / max(t_read, 1e-9):.1f}x the read; target < 30 s: "
           f"{'PASS' if total < 30 else 'FAIL'}")
+    print(f"  CPU {cpu_main:.2f} s main + {cpu_workers:.2f} s workers "
+          f"({n / max(cpu_main + cpu_workers, 1e-9):,.0f} rows per CPU-second)")
     html = (out / "report.html").stat().st_size
     print(f"  report.html {html / 1e3:.0f} kB, {len(list((out / 'report').glob('*.png')))} "
           f"figures, {len(stats['warnings'])} warnings")
@@ -109,27 +122,34 @@ def main() -> None:
 
         if args.skip_images:
             return
-        # 2. attributes from the images, against decoding alone
-        from maskgen.masks.imageio import load_image
+        # 2. attributes from the images, against decoding alone (in this process)
+        from maskgen.audit.sources import locators, read_image
 
         df = read_manifest_frame(mpath, columns=["landmarks"])
         df["ita"] = np.nan
         df = df[df["status"].isin(["ok", "failed"]) & df["path"].notna()].copy()
-        t0 = time.perf_counter()
-        for p in df["path"]:
-            load_image(p)
-        t_decode = time.perf_counter() - t0
-        t0 = time.perf_counter()
         src = load_input(args.build, compute_attributes=False, fill_failed=False).src \
             if args.build else None  # where the build's relative paths are read from
+        c0 = cpu_s()
+        t0 = time.perf_counter()
+        unread = sum(read_image(loc)[0] is None for loc in locators(df, src))
+        t_decode = time.perf_counter() - t0
+        cpu_decode = cpu_s()[0] - c0[0]
+        if unread:
+            print(f"  {unread:,} images could not be read")
+        c0 = cpu_s()
+        t0 = time.perf_counter()
         n = fill_attributes(df, src, workers=2)
         t_attr = time.perf_counter() - t0
+        c1 = cpu_s()
+        cpu_attr = (c1[0] - c0[0]) + (c1[1] - c0[1])
         print(f"attributes from images (2 worker processes): {n:,} images in {t_attr:.1f} s "
-              f"({1e3 * t_attr / max(n, 1):.2f} ms/image); decoding alone {t_decode:.1f} s "
-              f"-> attributes add {1e3 * (t_attr - t_decode) / max(n, 1):.2f} ms/image "
-              f"({t_attr / max(t_decode, 1e-9):.2f}x the decode)")
+              f"({1e3 * t_attr / max(n, 1):.2f} ms/image), {cpu_attr:.1f} CPU-s; decoding "
+              f"alone (1 process) {t_decode:.1f} s, {cpu_decode:.1f} CPU-s "
+              f"-> {cpu_attr / max(cpu_decode, 1e-9):.2f}x the decode's CPU")
         result = {"rows": n_rows, "audit_s": audit_s, "attributes_s": round(t_attr, 1),
-                  "decode_s": round(t_decode, 1)}
+                  "attributes_cpu_s": round(cpu_attr, 1), "decode_s": round(t_decode, 1),
+                  "decode_cpu_s": round(cpu_decode, 1)}
         if not args.build:
             # 3. a build's manifest carries the attributes: audit again with them
             from maskgen.datasets.manifest import write_manifest

@@ -235,6 +235,49 @@ def test_no_thumbnails_means_no_image_copies(hostile_build, tmp_path):
     assert "without sample thumbnails" in (out / "DATA_CARD.md").read_text()
 
 
+def test_shard_thumbnails_read_only_regular_members(face_jpegs, tmp_path):
+    """Thumbnails read a build's samples as the WebDataset source reads them: a link member,
+    a member cut short by a truncated shard or a shard that is a FIFO give a crossed tile or
+    no strip, never a read outside the shard or a hang."""
+    import io
+    import tarfile
+
+    from maskgen.audit.thumbnails import Strip, render_strips
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    good = shards / "train-000000.tar"
+    with tarfile.open(good, "w") as tf:
+        for name, data in (("a.jpg", face_jpegs[0]), ("b.jpg", face_jpegs[1])):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        link = tarfile.TarInfo("c.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    cut = shards / "train-000001.tar"
+    cut.write_bytes(good.read_bytes()[:512 + len(face_jpegs[0]) // 2])  # a.jpg cut short
+    fifo = shards / "train-000002.tar"
+    os.mkfifo(fifo)
+
+    def strip(items):
+        return Strip("thumbs_x.jpg", "masked", "x", tuple(("shard", it) for it in items), 1)
+
+    import cv2
+
+    out = render_strips([
+        strip([(str(good), "a.jpg"), (str(good), "c.jpg"), (str(good), "zz.jpg")]),
+        strip([(str(cut), "a.jpg")]),
+        strip([(str(fifo), "a.jpg")]),
+    ])
+    img = cv2.imdecode(np.frombuffer(out[0], np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (96, 3 * 96 + 2 * 2, 3)
+    tiles = [img[:, i * 98:i * 98 + 96] for i in range(3)]
+    assert tiles[0].std() > 10  # the face
+    assert tiles[1].std() < tiles[0].std() and tiles[2].std() < tiles[0].std()  # crossed
+    assert out[1] == b"" and out[2] == b""  # nothing readable: no strip
+
+
 def test_report_never_decodes_in_the_main_process(hostile_build, tmp_path, monkeypatch):
     """Decoders poisoned in the main process: the audit (attributes of failed images,
     thumbnails) still completes, because pixels are only touched in worker processes."""
@@ -276,6 +319,22 @@ def test_skin_tone_check_tables(hostile_report):
     assert sum(map(sum, chk["by_brightness"]["counts"])) == chk["measured"]
     for row in by["share"]:
         assert sum(x for x in row if x is not None) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_report_says_how_far_ita_can_be_trusted(hostile_report):
+    """The trust statement, with this dataset's own figures, in both report formats."""
+    for name in ("report.md", "report.html"):
+        text = (hostile_report / name).read_text()
+        assert "How far the skin-tone bars can be trusted" in text, name
+        assert "Spearman correlation of ITA with face brightness in this dataset" in text, name
+
+
+def test_audit_imports_no_pipeline():
+    """The card and the audit describe data; they load neither the build nor its mask mix."""
+    code = ("import sys, maskgen.audit, maskgen.audit.card, maskgen.audit.cli; "
+            "bad = [m for m in sys.modules if m.startswith(('maskgen.pipelines', 'ray'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ------------------------------------------------------------------ figures

@@ -28,7 +28,6 @@ from maskgen.errors import InputError, OptionError
 
 ATTRIBUTE_COLUMNS = ["ita", "skin_tone", "sharpness", "brightness", "face_size"]
 CHUNK = 50  # images per worker task: small enough for even progress, large enough to amortise
-MAX_FILE_BYTES = 256 * 1024 * 1024  # an image file larger than this is refused unread
 
 
 @dataclass

@@ -9,6 +9,7 @@ gives the same strips.
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -134,27 +135,50 @@ def _tile(img: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _read(kind: str, loc) -> np.ndarray | None:
+def _shard_members(path: str) -> dict[str, tuple[int, int]]:
+    """Member name -> (data offset, size) of the regular members of one shard, from its tar
+    headers alone; the shard is opened as the sources open files (regular files only)."""
+    import tarfile
+
+    from maskgen.datasets.sources.base import open_regular
+
+    fd, _ = open_regular(path, path)
+    with os.fdopen(fd, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        return {m.name: (m.offset_data, m.size) for m in tf if m.isfile()}
+
+
+def _read(kind: str, loc, shards: dict) -> np.ndarray | None:
+    """Decode one thumbnail's image (in a worker). A build's sample is read from its shard
+    through the WebDataset source (offset and size from the shard's headers, the size cap
+    checked before reading); a source image through :func:`maskgen.audit.sources.read_image`.
+    ``shards`` caches each shard's member table for the task."""
     from maskgen.audit.sources import read_image
 
-    if kind == "shard":
-        import tarfile
-
-        from maskgen.masks.imageio import decode_image
-
-        path, member = loc
-        try:
-            with tarfile.open(path, "r:") as tf:
-                ti = tf.getmember(member)
-                if not ti.isfile() or ti.size > 64 * 1024 * 1024:
-                    return None
-                f = tf.extractfile(ti)
-                data = f.read() if f is not None else b""
-        except (OSError, KeyError, tarfile.TarError):
-            return None
-        img, _ = decode_image(data)
+    if kind != "shard":
+        img, _ = read_image(loc)
         return img
-    img, _ = read_image(loc)
+    import tarfile
+
+    from maskgen.datasets.sources import ReadError
+    from maskgen.datasets.sources.webdataset import WebDatasetSource
+    from maskgen.masks.imageio import decode_image
+
+    path, member = loc
+    if path not in shards:
+        try:
+            shards[path] = _shard_members(path)
+        except (ReadError, OSError, tarfile.TarError, EOFError):
+            shards[path] = {}
+    where = shards[path].get(member)
+    if where is None:
+        return None
+    shard = Path(path)
+    src = WebDatasetSource(shard.parent, shards=(shard.name,))
+    try:
+        data = src.read_bytes(shard.name, where[0], where[1], member)
+    except (ReadError, OSError):
+        return None
+    img, _ = decode_image(data)
     return img
 
 
@@ -164,11 +188,12 @@ def render_strips(strips: list[Strip]) -> list[bytes]:
     import cv2
 
     out = []
+    shards: dict = {}  # shard path -> its member table, read once per task
     for st in strips:
         tiles, read = [], 0
         for kind, loc in st.items:
             try:
-                img = _read(kind, loc)
+                img = _read(kind, loc, shards)
             except Exception:  # one bad image costs only its tile
                 img = None
             read += img is not None
