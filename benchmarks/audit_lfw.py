@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -43,32 +44,50 @@ def lfw_manifest(lfw: Path, path: Path) -> Path:
     return write_manifest(pa.Table.from_pandas(df, preserve_index=False), path)
 
 
-def time_audit(mpath: Path, out: Path, what: str) -> float:
-    """Time a manifest audit by stage against the baseline of reading the manifest."""
+def cpu_s() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its finished worker processes."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, ch.ru_utime + ch.ru_stime
+
+
+def time_audit(target: Path, mpath: Path, out: Path, what: str) -> float:
+    """Time the audit of ``target`` (a build folder, or a manifest file) by stage against the
+    baseline of reading its manifest ``mpath``."""
     import pyarrow.parquet as pq
 
     from maskgen.audit.api import write_outputs
     from maskgen.audit.sources import load_input
     from maskgen.audit.stats import compute_stats
+    from maskgen.audit.thumbnails import make_thumbnails
 
     t0 = time.perf_counter()
     pq.read_table(mpath).to_pandas()
     t_read = time.perf_counter() - t0
+    c0 = cpu_s()
     t0 = time.perf_counter()
-    inp = load_input(mpath, compute_attributes=False, fill_failed=True)
+    inp = load_input(target, compute_attributes=False, fill_failed=True, workers=2)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     stats = compute_stats(inp.table, source=inp.source())
     t_stats = time.perf_counter() - t0
     t0 = time.perf_counter()
-    write_outputs(stats, out, title="Balance report: LFW", inp=inp)
+    thumbs = make_thumbnails(inp, stats, workers=2)
+    t_thumbs = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    write_outputs(stats, out, title="Balance report: LFW", inp=inp, thumbnails=thumbs)
     t_write = time.perf_counter() - t0
-    total = t_load + t_stats + t_write
+    total = t_load + t_stats + t_thumbs + t_write
+    c1 = cpu_s()
+    cpu_main, cpu_workers = c1[0] - c0[0], c1[1] - c0[1]
     n = len(inp.table)
     print(f"{what}: {total:.2f} s for {n:,} rows (load {t_load:.2f} s, stats {t_stats:.2f} s, "
-          f"figures+report+card {t_write:.2f} s); baseline read of the manifest {t_read:.2f} s "
+          f"thumbnails {t_thumbs:.2f} s ({len(thumbs)} strips), figures+report+card "
+          f"{t_write:.2f} s); baseline read of the manifest {t_read:.2f} s "
           f"-> {total / max(t_read, 1e-9):.1f}x the read; target < 30 s: "
           f"{'PASS' if total < 30 else 'FAIL'}")
+    print(f"  CPU {cpu_main:.2f} s main + {cpu_workers:.2f} s workers "
+          f"({n / max(cpu_main + cpu_workers, 1e-9):,.0f} rows per CPU-second)")
     html = (out / "report.html").stat().st_size
     print(f"  report.html {html / 1e3:.0f} kB, {len(list((out / 'report').glob('*.png')))} "
           f"figures, {len(stats['warnings'])} warnings")
@@ -83,7 +102,7 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    from maskgen.audit.sources import fill_attributes, read_manifest_frame
+    from maskgen.audit.sources import fill_attributes, load_input, read_manifest_frame
     from maskgen.data_home import dataset_dir
 
     lfw = dataset_dir("lfw")
@@ -100,29 +119,38 @@ def main() -> None:
         n_rows = pq.read_metadata(mpath).num_rows
         print(f"source: {source}: {n_rows:,} rows")
 
-        audit_s = time_audit(mpath, tmp / "report", "manifest audit")
+        audit_s = time_audit(args.build or mpath, mpath, tmp / "report", "manifest audit")
 
         if args.skip_images:
             return
-        # 2. attributes from the images, against decoding alone
-        from maskgen.masks.imageio import load_image
+        # 2. attributes from the images, against decoding alone (in this process)
+        from maskgen.audit.sources import locators, read_image
 
         df = read_manifest_frame(mpath, columns=["landmarks"])
         df["ita"] = np.nan
         df = df[df["status"].isin(["ok", "failed"]) & df["path"].notna()].copy()
+        src = load_input(args.build, compute_attributes=False, fill_failed=False).src \
+            if args.build else None  # where the build's relative paths are read from
+        c0 = cpu_s()
         t0 = time.perf_counter()
-        for p in df["path"]:
-            load_image(p)
+        unread = sum(read_image(loc)[0] is None for loc in locators(df, src))
         t_decode = time.perf_counter() - t0
+        cpu_decode = cpu_s()[0] - c0[0]
+        if unread:
+            print(f"  {unread:,} images could not be read")
+        c0 = cpu_s()
         t0 = time.perf_counter()
-        n = fill_attributes(df, args.build)
+        n = fill_attributes(df, src, workers=2)
         t_attr = time.perf_counter() - t0
-        print(f"attributes from images: {n:,} images in {t_attr:.1f} s "
-              f"({1e3 * t_attr / max(n, 1):.2f} ms/image); decoding alone {t_decode:.1f} s "
-              f"-> attributes add {1e3 * (t_attr - t_decode) / max(n, 1):.2f} ms/image "
-              f"({t_attr / max(t_decode, 1e-9):.2f}x the decode)")
+        c1 = cpu_s()
+        cpu_attr = (c1[0] - c0[0]) + (c1[1] - c0[1])
+        print(f"attributes from images (2 worker processes): {n:,} images in {t_attr:.1f} s "
+              f"({1e3 * t_attr / max(n, 1):.2f} ms/image), {cpu_attr:.1f} CPU-s; decoding "
+              f"alone (1 process) {t_decode:.1f} s, {cpu_decode:.1f} CPU-s "
+              f"-> {cpu_attr / max(cpu_decode, 1e-9):.2f}x the decode's CPU")
         result = {"rows": n_rows, "audit_s": audit_s, "attributes_s": round(t_attr, 1),
-                  "decode_s": round(t_decode, 1)}
+                  "attributes_cpu_s": round(cpu_attr, 1), "decode_s": round(t_decode, 1),
+                  "decode_cpu_s": round(cpu_decode, 1)}
         if not args.build:
             # 3. a build's manifest carries the attributes: audit again with them
             from maskgen.datasets.manifest import write_manifest
@@ -133,7 +161,7 @@ def main() -> None:
             full = full.drop(columns=["_region"], errors="ignore")
             m2 = write_manifest(pa.Table.from_pandas(full, preserve_index=False),
                                 tmp / "with_attributes.parquet")
-            result["audit_with_attributes_s"] = time_audit(m2, tmp / "report2",
+            result["audit_with_attributes_s"] = time_audit(m2, m2, tmp / "report2",
                                                            "manifest audit with attributes")
         print(json.dumps(result))
     finally:

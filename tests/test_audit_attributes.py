@@ -123,3 +123,58 @@ def test_skin_tone_bins():
         "dark", "dark"]
     assert skin_tone_label(float("nan")) is None
     assert [b[0] for b in ITA_BINS] == SKIN_TONES
+
+
+def _relight(img: np.ndarray, gains) -> np.ndarray:
+    """The same scene under another exposure / light colour (per-channel gain in linear light)."""
+    from maskgen.audit.attributes import SRGB_TO_LINEAR
+
+    lin = SRGB_TO_LINEAR[img] * np.asarray(gains, np.float32)
+    c = np.clip(lin, 0, 1)
+    srgb = np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055)
+    return np.round(srgb * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gains", [(0.5, 0.5, 0.5), (0.8, 0.8, 1.1), (1.0, 0.85, 0.6)])
+def test_white_point_correction_undoes_exposure_and_cast(astronaut, astronaut_landmarks, gains):
+    """Under-exposure or a coloured light moves the raw ITA a lot; the corrected ITA (the
+    image's brightest 1% taken as white) moves far less."""
+    from maskgen.audit.attributes import face_attributes
+
+    ref = face_attributes(astronaut, astronaut_landmarks)
+    lit = face_attributes(_relight(astronaut, gains), astronaut_landmarks)
+    assert ref["white_corrected"] and lit["white_corrected"]
+    raw_shift = abs(lit["ita_raw"] - ref["ita_raw"])
+    fixed_shift = abs(lit["ita"] - ref["ita"])
+    assert raw_shift > 8 and fixed_shift < raw_shift / 3, (raw_shift, fixed_shift)
+
+
+def test_no_white_reference_means_no_correction(astronaut_landmarks):
+    """An image with nothing brighter than the skin has no white to trust: ITA is the raw
+    median over skin-like pixels."""
+    from maskgen.audit.attributes import face_attributes
+
+    img = lab_patch(55.0, 12.0, 18.0, (512, 512))
+    a = face_attributes(img, astronaut_landmarks)
+    assert a["white_corrected"] is False
+    assert a["ita"] == pytest.approx(a["ita_raw"], abs=0.5)
+
+
+def test_sharpness_is_absolute(astronaut, astronaut_landmarks):
+    """The same face enlarged twice (no new detail) scores about the same (the face is
+    resampled to 96 px either way); a quarter-size face or a blurred one scores far lower,
+    across the documented bin edges."""
+    import cv2
+
+    from maskgen.audit.attributes import face_attributes
+    from maskgen.audit.stats import SHARPNESS_EDGES
+
+    full = face_attributes(astronaut, astronaut_landmarks)["sharpness"]
+    big = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    big_s = face_attributes(big, astronaut_landmarks * 2)["sharpness"]
+    assert 0.5 < big_s / full < 2.0
+    small = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)
+    assert face_attributes(small, astronaut_landmarks / 4)["sharpness"] < full / 4
+    blurred = cv2.GaussianBlur(astronaut, (0, 0), 4.0)
+    blur_s = face_attributes(blurred, astronaut_landmarks)["sharpness"]
+    assert full >= SHARPNESS_EDGES[2] and blur_s < SHARPNESS_EDGES[2] and blur_s < full / 4

@@ -195,8 +195,8 @@ def test_folder_scan_counts_bad_inputs(astronaut, tmp_path):
 
 
 @pytest.mark.slow
-def test_folder_scan_on_ray_matches_sequential(fairface_scanned, fairface_subset):
-    """Scanning in Ray tasks gives the same rows, in the same order, as one process."""
+def test_folder_scan_in_two_workers_matches_one(fairface_scanned, fairface_subset):
+    """Scanning in two worker processes gives the same rows, in the same order, as one."""
     from maskgen.audit.sources import scan_folder
 
     files = [fairface_subset / f"{i}.jpg" for i in range(1, 71)]

@@ -13,14 +13,19 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from maskgen.audit.card import render_card
+from maskgen.audit.card import CardInput, render_card
 from maskgen.audit.figures import all_figures
 from maskgen.audit.report import build_blocks, render_html, render_markdown
-from maskgen.audit.sources import AuditInput, join_labels, load_input
+from maskgen.audit.sources import AuditInput, join_labels, load_input, resolve_dataset
 from maskgen.audit.stats import FIT_THRESHOLD, compute_stats, public
+from maskgen.audit.table import per_image_tables
+from maskgen.audit.thumbnails import make_thumbnails
+from maskgen.errors import OptionError, OutputError
+from maskgen.outputs import claim
 
 FIGURE_DIR = "report"
 OUTPUTS = ("report.html", "report.md", "stats.json", "DATA_CARD.md")
+FOLDER_OUTPUTS = ("images.parquet", "images.csv")  # the per-image table of a folder audit
 
 
 def parse_target(target: str | Mapping | None) -> dict | None:
@@ -35,66 +40,83 @@ def parse_target(target: str | Mapping | None) -> dict | None:
         if not target.lstrip().startswith("{"):
             p = Path(target)
             if not p.is_file():
-                raise ValueError(f"target must be 'uniform', a JSON object or a JSON file: "
-                                 f"{target!r}")
+                raise OptionError(f"--target must be 'uniform', a JSON object or a JSON file: "
+                                  f"{target!r}")
             text = p.read_text()
-        obj = json.loads(text)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OptionError(f"--target is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict) or not all(isinstance(v, Mapping) for v in obj.values()):
-        raise ValueError("target must map a column to {group: share}")
+        raise OptionError("--target must map a column to {group: share}")
     return {k: {g: float(s) for g, s in v.items()} for k, v in obj.items()}
 
 
 def _write(path: Path, data: bytes | str) -> None:
+    """Atomic write; a failure ends in one line naming the file (``OutputError``)."""
     tmp = path.with_name(path.name + ".tmp")
     if isinstance(data, str):
         data = data.encode("utf-8")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
 
 def write_outputs(stats: dict, out_dir: Path, *, title: str, inp: AuditInput | None = None,
-                  reproduce: str | None = None) -> dict[str, Path]:
-    """Render and write the report, figures, stats and card into ``out_dir``."""
+                  reproduce: str | None = None, license: str | None = None,
+                  thumbnails: dict | None = None) -> dict[str, Path]:
+    """Render and write the report, figures, stats, card (and a folder's per-image table)."""
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURE_DIR
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    _mkdir(fig_dir)
     figures = all_figures(stats)
-    for old in fig_dir.glob("*.png"):  # figures of groups that no longer exist must go
-        if old.name not in figures:
-            old.unlink()
-    for name, png in figures.items():
+    thumbs = dict(thumbnails or {})
+    for old in fig_dir.iterdir():  # figures of groups that no longer exist must go
+        if old.suffix in (".png", ".jpg") and old.name not in figures and old.name not in thumbs:
+            try:
+                old.unlink()
+            except OSError as exc:
+                raise OutputError(f"cannot remove {old}: {exc.strerror or exc}") from exc
+    for name, png in {**figures, **thumbs}.items():
         _write(fig_dir / name, png)
-    blocks = build_blocks(stats, figures, title)
+    blocks = build_blocks(stats, figures, title, thumbs)
     written = {"figures": fig_dir}
-    _write(out_dir / "report.md", render_markdown(blocks, FIGURE_DIR))
-    _write(out_dir / "report.html", render_html(blocks, figures, title))
+    _write(out_dir / "report.md", render_markdown(blocks, FIGURE_DIR, {**figures, **thumbs}))
+    _write(out_dir / "report.html", render_html(blocks, {**figures, **thumbs}, title))
     _write(out_dir / "stats.json",
            json.dumps(public(stats), indent=1, ensure_ascii=False, sort_keys=False) + "\n")
-    card = render_card(
-        public(stats),
+    ci = CardInput(
+        stats=public(stats),
+        kind=inp.kind if inp else "manifest",
+        name=inp.name if inp else "",
+        dataset=inp.dataset if inp else None,
+        licence_override=license,
         build_config=inp.build_config if inp else None,
         dataset_info=inp.dataset_info if inp else None,
         out_dir=out_dir,
         build_dir=inp.build_dir if inp else None,
-        name=inp.name if inp else "",
-        source_kind=_source_kind(inp),
+        has_shards=bool(inp and inp.has_shards()),
+        thumbnails=not stats.get("_thumbnails_off", False),
+        flat=bool(inp and inp.flat),
         reproduce=reproduce,
     )
-    _write(out_dir / "DATA_CARD.md", card)
+    _write(out_dir / "DATA_CARD.md", render_card(ci))
     for n in OUTPUTS:
         written[n] = out_dir / n
+    if inp is not None and inp.kind == "folder":
+        for name, data in per_image_tables(inp.table).items():
+            _write(out_dir / name, data)
+            written[name] = out_dir / name
     return written
-
-
-def _source_kind(inp: AuditInput | None) -> str | None:
-    if inp is None:
-        return None
-    from maskgen.audit.card import detect_source
-
-    col = None
-    if "source" in inp.table.columns:
-        col = sorted({str(v) for v in inp.table["source"].dropna().unique()})
-    return detect_source(inp.build_config, col, inp.name)
 
 
 def audit(
@@ -112,40 +134,73 @@ def audit(
     fit_threshold: float = FIT_THRESHOLD,
     reproduce: str | None = None,
     name: str | None = None,
+    dataset: str | None = None,
+    license: str | None = None,
+    thumbnails: bool = True,
+    progress: bool = False,
 ) -> dict:
     """Audit a build folder, a manifest or an image folder; write the report when ``out``.
 
     ``compute_attributes``: measure skin tone and quality from the images when the manifest
     lacks them; ``fill_failed``: measure failed images (no landmarks) on the image centre so
     failure rates can be sliced by skin tone; ``name``: the dataset's name in the report
-    (default: the folder's). Returns the stats (the content of ``stats.json``).
+    (default: the folder's); ``dataset``: the known dataset the images come from (a catalog
+    name, see :mod:`maskgen.datasets.catalog`; default: recognised from the source by exact
+    name); ``license``: the licence the card states (default: the catalog's, else unknown);
+    ``thumbnails``: embed sample grids in the report (decoded in worker processes);
+    ``progress``: print progress lines of long stages. Returns the stats (``stats.json``).
     """
     tgt = parse_target(target)
+    # an audit owns its output folder (a build's own folder is accepted: its report lives
+    # there); a folder of the user's, or one that cannot be written, is refused before any work
+    owner = claim(out, "audit", accept=("build",)) if out is not None else None
+    try:
+        return _audit(path, owner, labels=labels, join_on=join_on, target=tgt, out=out,
+                      group_by=group_by, workers=workers, backend=backend,
+                      compute_attributes=compute_attributes, fill_failed=fill_failed,
+                      fit_threshold=fit_threshold, reproduce=reproduce, name=name,
+                      dataset=dataset, license=license, thumbnails=thumbnails,
+                      progress=progress)
+    finally:
+        if owner is not None:
+            owner.release()
+
+
+def _audit(path, owner, *, labels, join_on, target, out, group_by, workers, backend,
+           compute_attributes, fill_failed, fit_threshold, reproduce, name, dataset, license,
+           thumbnails, progress) -> dict:
+    tgt = target
     inp = load_input(path, compute_attributes=compute_attributes, workers=workers,
-                     backend=backend, fill_failed=fill_failed)
+                     backend=backend, fill_failed=fill_failed, progress=progress)
     if name:
         inp.name = name
+    resolve_dataset(inp, dataset)
     if labels is not None:
         join_labels(inp, labels, join_on)
     stats = compute_stats(inp.table, group_by=group_by, target=tgt, fit_threshold=fit_threshold,
                           source=inp.source())
     if out is not None:
+        stats["_thumbnails_off"] = not thumbnails
+        thumbs = (make_thumbnails(inp, stats, workers=workers, progress=progress)
+                  if thumbnails else {})
         write_outputs(stats, Path(out), title=f"Balance report: {inp.name}", inp=inp,
-                      reproduce=reproduce)
-    return stats
+                      reproduce=reproduce, license=license, thumbnails=thumbs)
+    return public(stats)
 
 
 def write_build_report(out_dir: Path, *, target: str | Mapping | None = "uniform",
-                       reproduce: str | None = None) -> dict:
+                       reproduce: str | None = None, license: str | None = None) -> dict:
     """Called by ``maskgen build`` at its merge step: report + card of the build in ``out_dir``.
 
     Attributes missing from the manifest are not recomputed here (the build owns them), so
-    this stays fast; only failed images (no landmarks) are measured on their centre.
-    Returns the JSON-ready stats.
+    this stays fast; only failed images (no landmarks) are measured on their centre (in a
+    worker process). Returns the JSON-ready stats.
     """
     out_dir = Path(out_dir)
     inp = load_input(out_dir, compute_attributes=False, fill_failed=True)
+    resolve_dataset(inp, None)
     stats = compute_stats(inp.table, target=parse_target(target), source=inp.source())
+    thumbs = make_thumbnails(inp, stats)
     write_outputs(stats, out_dir, title=f"Balance report: {inp.name}", inp=inp,
-                  reproduce=reproduce)
+                  reproduce=reproduce, license=license, thumbnails=thumbs)
     return public(stats)

@@ -8,8 +8,10 @@ Skin tone follows the Individual Typology Angle (Chardon et al., Int. J. Cosmet.
 ``ITA = atan((L* - 50) / b*) * 180 / pi`` in CIELab (D65), binned with the Del Bino et al. scale
 (Pigment Cell Res. 2006; Del Bino & Bernerd, Br. J. Dermatol. 2013): very light > 55,
 light 41..55, intermediate 28..41, tan 10..28, brown -30..10, dark <= -30. ITA measured on
-photographs depends on lighting and white balance; it is a coarse, relative indicator of how
-a dataset spreads over skin tones, not a measurement of any person.
+photographs follows exposure and the colour of the light: the skin pixels are divided by the
+image's own white (its brightest 1%) when it has one, and only skin-coloured pixels count
+(see docs/audit.md for what that corrects on FairFace, and what it cannot). It is a coarse,
+relative indicator of how a dataset spreads over skin tones, not a measurement of any person.
 """
 
 from __future__ import annotations
@@ -55,6 +57,29 @@ _SHRINK = 0.7
 _FOREHEAD_LOW, _FOREHEAD_HIGH = 0.06, 0.22
 # More pixels than this do not move a median; a regular subsample keeps the cost flat.
 _MAX_SKIN_PIXELS = 2048
+_MAX_REFERENCE_PIXELS = 16384  # image pixels sampled for the white reference
+
+# White-point correction (see docs/audit.md, "How far ITA can be trusted"): the brightest
+# WHITE_PERCENTILE of the image, per channel, is taken as white; each channel of the skin
+# pixels is divided by it (exposure and colour cast at once, white-patch retinex). Applied only
+# when that reference is clearly brighter than the skin (else the image holds no white to
+# trust, e.g. a face filling a dark frame), with the gain capped.
+WHITE_PERCENTILE = 99.0
+MIN_WHITE_OVER_SKIN = 1.5  # reference luma / median skin luma needed to correct
+MAX_WHITE_GAIN = 8.0  # no channel is amplified more than this (3 stops)
+# Skin-pixel selection after correction: skin is a warm colour (CIELab hue 15..90 degrees,
+# chroma >= 6); the darkest 10% (shadow, stubble, nostril edge) and brightest 5% (specular
+# highlight) of the region are left out.
+SKIN_HUE = (15.0, 90.0)
+SKIN_MIN_CHROMA = 6.0
+SKIN_L_PERCENTILES = (10.0, 95.0)
+_MIN_SELECTED = 20  # fewer selected pixels than this: keep the whole region
+
+# Sharpness on an absolute scale: the face region is resampled to SHARPNESS_SIZE pixels
+# square before the variance of its Laplacian, so the number means the same detail whatever
+# the image resolution (a small face upsampled is soft, as it looks).
+SHARPNESS_SIZE = 96
+_LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 
 
 def skin_tone_label(ita: float) -> str | None:
@@ -69,15 +94,7 @@ def skin_tone_label(ita: float) -> str | None:
 
 def rgb_to_lab(pixels: np.ndarray) -> np.ndarray:
     """CIELab (D65) of RGB uint8 pixels (..., 3) with exact sRGB linearization; float32."""
-    lin = SRGB_TO_LINEAR[pixels]
-    xyz = lin @ RGB_TO_XYZN.T
-    eps, kappa = 216.0 / 24389.0, 24389.0 / 27.0
-    f = np.where(xyz > eps, np.cbrt(xyz), (kappa * xyz + 16.0) / 116.0)
-    lab = np.empty_like(f)
-    lab[..., 0] = 116.0 * f[..., 1] - 16.0
-    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
-    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
-    return lab
+    return lab_of_linear(SRGB_TO_LINEAR[pixels])
 
 
 def ita_of_pixels(pixels: np.ndarray) -> float:
@@ -101,6 +118,74 @@ def ita_of_pixels(pixels: np.ndarray) -> float:
         part = np.partition(x, (k - 1, k))
         mid = part[k - 1 : k + 1]
     return float(np.degrees(np.arctan(mid)).mean())
+
+
+def _median_ita(L: np.ndarray, b: np.ndarray) -> float:
+    """Median per-pixel ITA of CIELab L*, b* arrays (b* floored as in :func:`ita_of_pixels`)."""
+    if L.size == 0:
+        return float("nan")
+    x = (L - 50.0) / np.maximum(b, 1e-3)
+    return float(np.degrees(np.arctan(np.median(x))))
+
+
+def lab_of_linear(lin: np.ndarray) -> np.ndarray:
+    """CIELab (D65) of linear-light sRGB values (..., 3) in [0, 1]."""
+    xyz = lin @ RGB_TO_XYZN.T
+    eps, kappa = 216.0 / 24389.0, 24389.0 / 27.0
+    f = np.where(xyz > eps, np.cbrt(xyz), (kappa * xyz + 16.0) / 116.0)
+    lab = np.empty_like(f)
+    lab[..., 0] = 116.0 * f[..., 1] - 16.0
+    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
+    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
+    return lab
+
+
+def white_reference(img: np.ndarray) -> np.ndarray:
+    """Linear RGB of the image's white: the WHITE_PERCENTILE of each channel (sRGB code
+    values through the exact table), from a regular grid of at most 16,384 pixels."""
+    h, w = img.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(h * w / _MAX_REFERENCE_PIXELS))))
+    small = np.ascontiguousarray(img[::step, ::step])
+    k = WHITE_PERCENTILE / 100.0 * (small.shape[0] * small.shape[1] - 1)
+    ref = np.empty(3, np.float32)
+    for c in range(3):
+        cum = np.cumsum(cv2.calcHist([small], [c], None, [256], [0, 256]).ravel())
+        ref[c] = SRGB_TO_LINEAR[min(255, int(np.searchsorted(cum, k, side="right")))]
+    return ref
+
+
+_TAN_HUE = (math.tan(math.radians(SKIN_HUE[0])), math.tan(math.radians(SKIN_HUE[1])))
+
+
+def corrected_ita(skin: np.ndarray, ref: np.ndarray | None,
+                  select: bool = True) -> tuple[float, bool]:
+    """ITA of skin pixels (uint8 (N, 3)) after the white-point correction (``ref``: the
+    image's white, None for none), with skin-like pixels only (``select``); returns
+    ``(ita, corrected)`` (``corrected`` False: no usable white in the image)."""
+    if skin.size == 0:
+        return float("nan"), False
+    lin = SRGB_TO_LINEAR[skin.reshape(-1, 3)]
+    corrected = False
+    if ref is not None:
+        skin_y = float(np.median(lin @ _LUMA))
+        ref_y = float(ref @ _LUMA)
+        if ref_y >= MIN_WHITE_OVER_SKIN * skin_y and ref.min() > 0:
+            gain = np.minimum(1.0 / ref, MAX_WHITE_GAIN).astype(np.float32)
+            lin = np.minimum(lin * gain, 1.0)
+            corrected = True
+    lab = lab_of_linear(lin)
+    L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
+    n = L.size
+    lo_k = int(SKIN_L_PERCENTILES[0] / 100.0 * (n - 1))
+    hi_k = int(SKIN_L_PERCENTILES[1] / 100.0 * (n - 1))
+    part = np.partition(L, (lo_k, hi_k))
+    lo, hi = part[lo_k], part[hi_k]
+    # hue in (15, 90) degrees without arctan: a > 0, and b / a between tan(15) and tan(90)
+    sel = ((a * a + b * b >= SKIN_MIN_CHROMA ** 2) & (a > 0) & (b > a * _TAN_HUE[0])
+           & (L > lo) & (L < hi))
+    if not select or int(sel.sum()) < _MIN_SELECTED:
+        sel = np.ones_like(sel)
+    return _median_ita(L[sel], b[sel]), corrected
 
 
 def _shrink(poly: np.ndarray, factor: float) -> np.ndarray:
@@ -139,19 +224,11 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return img
 
 
-def face_attributes(image: np.ndarray, landmarks: np.ndarray | None = None) -> dict:
-    """Skin tone, sharpness, brightness and face size of one face.
-
-    ``image`` is RGB uint8 HxWx3; ``landmarks`` the 68 (x, y) points in its pixels. Without
-    landmarks, the central half of the image stands for the face (aligned crops, or detector
-    failures) and ``region`` says ``"center"`` so the report can tell the two apart.
-
-    Returns ``ita`` (degrees, NaN when no skin pixel), ``skin_tone`` (Del Bino label or None),
-    ``sharpness`` (variance of the Laplacian of the face's grey levels; grows with detail and
-    with resolution), ``brightness`` (mean Rec. 601 luma of the face region, 0..255),
-    ``face_size`` (inter-ocular distance in pixels, NaN without landmarks), ``skin_pixels``
-    and ``region`` (``"landmarks"`` or ``"center"``).
-    """
+def face_regions(image: np.ndarray, landmarks: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, str]:
+    """``(rgb, skin, face, face_size, region)``: the image as RGB uint8, all its skin pixels
+    ((N, 3)), the face box, the inter-ocular distance
+    and ``"landmarks"`` or ``"center"`` (no usable landmarks: the central half of the image)."""
     img = _as_rgb(image)
     h, w = img.shape[:2]
     if landmarks is not None:
@@ -181,23 +258,52 @@ def face_attributes(image: np.ndarray, landmarks: np.ndarray | None = None) -> d
         face = img[cy0:cy1, cx0:cx1]
         skin = face.reshape(-1, 3)
         face_size = float("nan")
+    return img, skin, face, face_size, region
+
+
+def face_attributes(image: np.ndarray, landmarks: np.ndarray | None = None) -> dict:
+    """Skin tone, sharpness, brightness and face size of one face.
+
+    ``image`` is RGB uint8 HxWx3; ``landmarks`` the 68 (x, y) points in its pixels. Without
+    landmarks, the central half of the image stands for the face (aligned crops, or detector
+    failures) and ``region`` says ``"center"`` so the report can tell the two apart.
+
+    Returns ``ita`` (degrees, NaN when no skin pixel: white-point corrected, skin-like pixels
+    only, see :func:`corrected_ita`), ``skin_tone`` (its Del Bino label or None), ``ita_raw``
+    (the uncorrected median over all region pixels), ``white_corrected`` (whether the image
+    had a white to correct with), ``sharpness`` (variance of the Laplacian of the face
+    resampled to 96x96: an absolute scale), ``brightness`` (mean Rec. 601 luma of the face
+    region, 0..255), ``face_size`` (inter-ocular distance in pixels, NaN without landmarks),
+    ``skin_pixels`` and ``region`` (``"landmarks"`` or ``"center"``).
+    """
+    img, skin, face, face_size, region = face_regions(image, landmarks)
     n_skin = int(skin.shape[0])
     if n_skin > _MAX_SKIN_PIXELS:  # a regular subsample keeps the time budget on big faces
         skin = skin[:: -(-n_skin // _MAX_SKIN_PIXELS)]
-    ita = ita_of_pixels(skin)
+    ita_raw = ita_of_pixels(skin)
+    ita, corrected = corrected_ita(skin, white_reference(img))
     gray = cv2.cvtColor(np.ascontiguousarray(face), cv2.COLOR_RGB2GRAY)
-    if gray.size and min(gray.shape) >= 3:
-        _, std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
-        sharpness = float(std[0, 0] ** 2)
-    else:
-        sharpness = float("nan")
+    sharpness = sharpness_of(gray)
     brightness = cv2.mean(gray)[0] if gray.size else float("nan")
     return {
         "ita": ita,
         "skin_tone": skin_tone_label(ita),
+        "ita_raw": ita_raw,
+        "white_corrected": corrected,
         "sharpness": sharpness,
         "brightness": brightness,
         "face_size": face_size,
         "skin_pixels": n_skin,
         "region": region,
     }
+
+
+def sharpness_of(gray: np.ndarray) -> float:
+    """Variance of the Laplacian of a face region resampled to SHARPNESS_SIZE square (an
+    absolute scale: see ``SHARPNESS_BINS`` in :mod:`maskgen.audit.stats`); NaN when tiny."""
+    if gray.size == 0 or min(gray.shape) < 3:
+        return float("nan")
+    interp = cv2.INTER_AREA if min(gray.shape) >= SHARPNESS_SIZE else cv2.INTER_LINEAR
+    g = cv2.resize(gray, (SHARPNESS_SIZE, SHARPNESS_SIZE), interpolation=interp)
+    _, std = cv2.meanStdDev(cv2.Laplacian(g, cv2.CV_32F))
+    return float(std[0, 0] ** 2)

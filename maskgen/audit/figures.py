@@ -15,10 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from maskgen.audit.attributes import ITA_BINS  # noqa: E402
+from maskgen.audit.attributes import ITA_BINS, SKIN_TONES  # noqa: E402
+from maskgen.audit.escape import mpl  # noqa: E402
 from maskgen.audit.stats import IPI_LABELS  # noqa: E402
 
-DPI = 90
+DPI = 150  # sharp on high-density screens; fonts are sized in points, so they stay readable
 BLUE, ORANGE, GREY, RED = "#4C72B0", "#DD8452", "#8C8C8C", "#C44E52"
 # Swatches for the skin-tone bins (display only; approximate colours of each ITA range).
 TONE_COLOURS = ["#f3d9c6", "#e6bd9c", "#c99b74", "#a8744f", "#7a4f33", "#4a3020"]
@@ -26,26 +27,49 @@ TONE_COLOURS = ["#f3d9c6", "#e6bd9c", "#c99b74", "#a8744f", "#7a4f33", "#4a3020"
 plt.rcParams.update({
     "font.size": 9,
     "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8.5,
+    "ytick.labelsize": 8.5,
+    "figure.constrained_layout.use": True,  # room for every tick label, never clipped
     "axes.spines.top": False,
     "axes.spines.right": False,
     "svg.hashsalt": "maskgen",
 })
 
 
+PALETTE_COLOURS = 128  # charts hold few colours: a palette PNG is ~3x smaller than RGBA
+
+
 def _png(fig) -> bytes:
+    """The figure as a palette PNG at DPI (no metadata but the resolution: same bytes for
+    the same figure)."""
+    from PIL import Image
+
     buf = io.BytesIO()
-    # fixed margins instead of bbox_inches="tight": one draw instead of two
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     plt.close(fig)
-    return buf.getvalue()
+    buf.seek(0)
+    img = Image.open(buf).convert("RGB").quantize(
+        colors=PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    img.save(out, format="PNG", optimize=True, dpi=(DPI, DPI))
+    return out.getvalue()
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "x"
+    """A file-name-safe form of a name; different names that would collide keep apart by a
+    short hash of the name."""
+    base = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:48] or "x"
+    if base != name:
+        import zlib
+
+        base += f"_{zlib.crc32(name.encode('utf-8')) & 0xffff:04x}"
+    return base
 
 
 def _short(labels: list[str], n: int = 18) -> list[str]:
-    return [s if len(s) <= n else s[: n - 1] + "…" for s in labels]
+    """Tick labels shortened and escaped (a ``$`` in a name is a dollar, not mathtext)."""
+    return [mpl(s if len(s) <= n else s[: n - 1] + "…") for s in map(str, labels)]
 
 
 def _ticks(ax, x: np.ndarray, labels: list[str]) -> None:
@@ -62,7 +86,7 @@ def _bars(ax, labels: list[str], values: list[float], title: str, color=BLUE, pc
     x = np.arange(len(labels))
     ax.bar(x, values, color=color)
     _ticks(ax, x, labels)
-    ax.set_title(title)
+    ax.set_title(mpl(title))
     if pct:
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
 
@@ -88,7 +112,6 @@ def composition_figure(stats: dict) -> bytes:
         ax.set_title("masked share per identity (≥2 images)")
         ax.set_xlabel("masked share")
         ax.set_ylabel("identities")
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.3, top=0.88, wspace=0.3)
     return _png(fig)
 
 
@@ -101,7 +124,6 @@ def masks_figure(stats: dict) -> bytes | None:
     for ax, c in zip(axes[0], cols):
         d = m[c]
         _bars(ax, list(d), list(d.values()), c.replace("_", " "), color=ORANGE)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.3, top=0.88, wspace=0.35)
     return _png(fig)
 
 
@@ -119,7 +141,6 @@ def reasons_figure(stats: dict) -> bytes | None:
         ax.set_yticks(y, _short([k for k, _ in items], 34))
         ax.invert_yaxis()
         ax.set_title(f"{t}: {sum(d.values())} images")
-    fig.subplots_adjust(left=0.3, right=0.97, bottom=0.12, top=0.88, wspace=0.9)
     return _png(fig)
 
 
@@ -160,7 +181,6 @@ def attribute_figure(name: str, entry: dict) -> bytes:
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.set_title("masked share (95% CI)" if part == "mask_ratio"
                      else "failure rate (95% CI)")
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.3, top=0.88, wspace=0.35)
     return _png(fig)
 
 
@@ -199,7 +219,92 @@ def numeric_figure(stats: dict) -> bytes | None:
             counts, edges = np.histogram(v, bins=40)
             ax.stairs(counts, edges, fill=True, color=BLUE)
         ax.set_title(label)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.1, top=0.9, wspace=0.3, hspace=0.45)
+    return _png(fig)
+
+
+def _heatmap(ax, values, rows, cols, title, fmt, cmap, vmax=None) -> None:
+    v = np.array([[np.nan if x is None else float(x) for x in r] for r in values], dtype=float)
+    im = ax.imshow(v, cmap=cmap, vmin=0, vmax=vmax if vmax is not None else np.nanmax(v)
+                   if np.isfinite(v).any() else 1, aspect="auto")
+    ax.set_xticks(np.arange(len(cols)), _short(cols, 14), rotation=35 if len(cols) > 3 else 0,
+                  ha="right" if len(cols) > 3 else "center")
+    ax.set_yticks(np.arange(len(rows)), _short(rows, 18))
+    ax.set_title(mpl(title))
+    big = len(rows) * len(cols) <= 40
+    for i in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            if big and np.isfinite(v[i, j]):
+                lim = im.norm(v[i, j])
+                ax.text(j, i, fmt(v[i, j]), ha="center", va="center", fontsize=7.5,
+                        color="white" if lim > 0.6 else "black")
+    ax.spines[:].set_visible(False)
+
+
+def intersection_figure(key: str, x: dict) -> bytes:
+    """Share of images and failure rate of every cell of one intersection."""
+    panels = [("share", "share of images", "Blues")]
+    if "failure_rate" in x:
+        panels.append(("failure_rate", "failure rate", "Reds"))
+    if "masked_ratio" in x:
+        panels.append(("masked_ratio", "masked share", "Oranges"))
+    w = 1.2 + 0.55 * len(x["cols"])
+    h = 1.3 + 0.32 * len(x["rows"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.2, w) * len(panels), max(2.4, h)),
+                             squeeze=False)
+    for ax, (k, t, cmap) in zip(axes[0], panels):
+        _heatmap(ax, x[k], x["rows"], x["cols"], f"{key}: {t}", lambda v: f"{v:.0%}", cmap)
+    return _png(fig)
+
+
+def mask_mix_figure(col: str, entry: dict) -> bytes:
+    """Mask type and wear mode within the masked images of each group (stacked shares)."""
+    parts = [p for p in ("mask_type", "wear") if p in entry]
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.4 * len(parts), 0.9 + 0.3 * max(
+        len(entry[p]["groups"]) for p in parts)), squeeze=False)
+    palette = plt.get_cmap("tab10")
+    for ax, p in zip(axes[0], parts):
+        e = entry[p]
+        c = np.asarray(e["counts"], dtype=float)
+        share = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+        left = np.zeros(len(e["groups"]))
+        y = np.arange(len(e["groups"]))
+        for j, v in enumerate(e["values"]):
+            ax.barh(y, share[:, j], left=left, color=palette(j % 10), label=mpl(v))
+            left += share[:, j]
+        ax.set_yticks(y, _short(e["groups"]))
+        ax.invert_yaxis()
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_title(mpl(f"{p.replace('_', ' ')} by {col}"))
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
+
+
+def skin_check_figure(check: dict) -> bytes | None:
+    """ITA bins within each label group and each brightness bin (stacked shares)."""
+    labels = check.get("by_label", {})
+    first = [c for c in ("race", "ethnicity") if c in labels] + [c for c in labels
+                                                                 if c not in ("race", "ethnicity")]
+    parts = [(f"by {c}", labels[c]) for c in first[:2]]
+    if "by_brightness" in check:  # lighting: the first thing to rule out
+        parts.insert(min(1, len(parts)), ("by face brightness", check["by_brightness"]))
+    parts = [(t, e) for t, e in parts if e["groups"]][:3]
+    if not parts:
+        return None
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.0 * len(parts), 1.2 + 0.3 * max(
+        len(e["groups"]) for _, e in parts)), squeeze=False)
+    for ax, (t, e) in zip(axes[0], parts):
+        share = np.array([[0.0 if x is None else x for x in r] for r in e["share"]])
+        left = np.zeros(len(e["groups"]))
+        y = np.arange(len(e["groups"]))
+        for j, tone in enumerate(SKIN_TONES):
+            ax.barh(y, share[:, j], left=left, color=TONE_COLOURS[j], label=tone,
+                    edgecolor="white", linewidth=0.3)
+            left += share[:, j]
+        ax.set_yticks(y, _short(e["groups"]))
+        ax.invert_yaxis()
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_title(mpl(f"skin-tone bins {t}"))
+    axes[0, -1].legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
 
 
@@ -213,4 +318,13 @@ def all_figures(stats: dict) -> dict[str, bytes]:
             out[name] = png
     for col, entry in stats["attributes"].items():
         out[f"group_{slug(col)}.png"] = attribute_figure(col, entry)
+    for key, x in (stats.get("intersections") or {}).items():
+        out[f"cross_{slug(key)}.png"] = intersection_figure(key, x)
+    for col, e in (stats.get("mask_mix_by_group") or {}).items():
+        out[f"maskmix_{slug(col)}.png"] = mask_mix_figure(col, e)
+    check = stats.get("skin_tone_check")
+    if check:
+        png = skin_check_figure(check)
+        if png is not None:
+            out["skin_tone_check.png"] = png
     return out

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from maskgen.audit.attributes import ITA_BINS
+from maskgen.audit.escape import md
 from maskgen.audit.figures import slug
 from maskgen.audit.metrics import (
     FAILURE_RATE_FACTOR,
@@ -20,7 +22,7 @@ from maskgen.audit.metrics import (
     UNDER_REPRESENTED,
     Z_ALERT,
 )
-from maskgen.audit.stats import IPI_LABELS
+from maskgen.audit.stats import IPI_LABELS, SHARPNESS_LABELS
 
 
 @dataclass
@@ -60,7 +62,10 @@ def summary_rows(stats: dict) -> list[list[str]]:
     return rows
 
 
-def build_blocks(stats: dict, figures: dict[str, bytes], title: str) -> list[Block]:
+def build_blocks(stats: dict, figures: dict[str, bytes], title: str,
+                 thumbs: dict[str, bytes] | None = None) -> list[Block]:
+    """The report as blocks; ``thumbs`` are the sample strips (described in
+    ``stats["_thumbnails"]``)."""
     comp, masks = stats["composition"], stats["masks"]
     B: list[Block] = [Block("h1", title)]
     B.append(Block("table", (["", ""], summary_rows(stats))))
@@ -118,9 +123,15 @@ def build_blocks(stats: dict, figures: dict[str, bytes], title: str) -> list[Blo
                                          [[k, f"{v:,}", _pct(v / tot)] for k, v in d.items()])))
         if "fit_score" in masks:
             fs = masks["fit_score"]
-            B.append(Block("p", f"Mask fit score: median {_num(fs.get('median'), 3)}, 5th "
-                                f"percentile {_num(fs.get('p05'), 3)}; {masks['poor_fit']:,} "
-                                f"masked images below {masks['fit_threshold']}."))
+            if masks.get("fit_score_constant"):
+                B.append(Block("p", f"Mask fit score: {_num(fs.get('median'), 3)} for every "
+                                    "masked image, as the manifest records it: a constant "
+                                    "score carries no information about fit here."))
+            else:
+                B.append(Block("p", f"Mask fit score (as the manifest records it): median "
+                                    f"{_num(fs.get('median'), 3)}, 5th percentile "
+                                    f"{_num(fs.get('p05'), 3)}; {masks['poor_fit']:,} masked "
+                                    f"images below {masks['fit_threshold']}."))
     else:
         B.append(Block("p", "This source carries no mask information (not a build, or no image "
                             "was masked)."))
@@ -133,6 +144,10 @@ def build_blocks(stats: dict, figures: dict[str, bytes], title: str) -> list[Blo
                         "images (kept + failed)."))
     for col, e in stats["attributes"].items():
         B.extend(_attribute_blocks(col, e))
+    B.extend(intersection_blocks(stats))
+    B.extend(mask_mix_blocks(stats))
+    B.extend(sample_blocks(stats, thumbs or {}))
+    B.extend(skin_check_blocks(stats))
 
     B.append(Block("h2", "Distributions of model-free attributes"))
     if "attributes.png" in figures:
@@ -151,6 +166,142 @@ def build_blocks(stats: dict, figures: dict[str, bytes], title: str) -> list[Blo
 
     B.append(Block("h2", "Method"))
     B.extend(method_blocks())
+    return B
+
+
+def intersection_blocks(stats: dict) -> list[Block]:
+    inter = stats.get("intersections") or {}
+    if not inter:
+        return []
+    B = [Block("h2", "Intersections"),
+         Block("p", "Two attributes at a time: a dataset balanced by each attribute alone can "
+                    "still hold few images of one combination. Each cell: kept images and "
+                    "their share, the failure rate over attempted images and the masked share "
+                    f"(cells under {MIN_GROUP_FOR_RATES} images are shown, not flagged).")]
+    for key, x in inter.items():
+        B.append(Block("h3", key))
+        B.append(Block("figure", (f"cross_{slug(key)}.png", f"{key}: share of images, failure "
+                                                           "rate and masked share per cell")))
+        hdr = [x["columns"][0] + " \\ " + x["columns"][1]] + list(x["cols"])
+        rows = []
+        for i, r in enumerate(x["rows"]):
+            cells = []
+            for j in range(len(x["cols"])):
+                t = f"{x['count'][i][j]:,} ({_pct(x['share'][i][j])})"
+                if "failure_rate" in x and x["failure_rate"][i][j] is not None:
+                    t += f"; fail {_pct(x['failure_rate'][i][j])}"
+                if "masked_ratio" in x and x["masked_ratio"][i][j] is not None:
+                    t += f"; masked {_pct(x['masked_ratio'][i][j])}"
+                cells.append(t)
+            rows.append([r] + cells)
+        B.append(Block("table", (hdr, rows)))
+        if x.get("cells_under_min"):
+            B.append(Block("p", f"{x['cells_under_min']} cells hold fewer than "
+                                f"{MIN_GROUP_FOR_RATES} images."))
+    return B
+
+
+def mask_mix_blocks(stats: dict) -> list[Block]:
+    mix = stats.get("mask_mix_by_group") or {}
+    if not mix:
+        return []
+    B = [Block("h2", "Mask type and wear mode per group"),
+         Block("p", "Among the masked images of each group: which mask types and wear modes "
+                    "they got. The mix should not depend on the group; a chi-square test of "
+                    "independence (groups of at least "
+                    f"{MIN_GROUP_FOR_RATES} masked images) gives the p-value.")]
+    for col, e in mix.items():
+        B.append(Block("h3", f"by {col}"))
+        B.append(Block("figure", (f"maskmix_{slug(col)}.png",
+                                  f"Mask type and wear mode within each {col} group")))
+        for part, x in e.items():
+            bits = [f"{part.replace('_', ' ')}: chi-square p = "
+                    + ("–" if x["chi2_p"] is None else f"{x['chi2_p']:.3g}")]
+            g = x.get("largest_gap")
+            if g:
+                bits.append(f"largest gap: {g['value']} is {_pct(g['share'])} of the masks of "
+                            f"{g['group']} vs {_pct(g['overall'])} overall")
+            B.append(Block("p", "; ".join(bits) + "."))
+    return B
+
+
+def sample_blocks(stats: dict, thumbs: dict[str, bytes]) -> list[Block]:
+    """Strips of masked samples (per mask type and wear mode) and of failed images (per
+    group): what "masked" and "failed" look like."""
+    desc = stats.get("_thumbnails") or []
+    if stats.get("_thumbnails_off"):
+        return [Block("h2", "Samples"),
+                Block("p", "Sample thumbnails were left out of this report (--no-thumbnails): "
+                           "it holds no copy of any source image.")]
+    if not desc:
+        return []
+    B = [Block("h2", "Samples")]
+    for section, title, text in (
+            ("masked", "Masked samples per mask type and wear mode",
+             "Training images as stored in the shards, chosen by a hash of their key."),
+            ("failed", "Failed images per group",
+             "Images where no face was found or the file could not be read (a crossed tile), "
+             "shown whole."),
+            ("tone", "Kept faces per skin-tone bin",
+             "Source images whose face the audit put in each ITA bin: what the bins mean in "
+             "this dataset (see the skin-tone check below).")):
+        items = [d for d in desc if d["section"] == section and d["name"] in thumbs]
+        if not items:
+            continue
+        B.append(Block("h3", title))
+        B.append(Block("p", text))
+        for d in items:
+            B.append(Block("figure", (d["name"], f"{d['label']}: {d['shown']} of "
+                                                 f"{d['count']:,} images")))
+    return B
+
+
+def skin_check_blocks(stats: dict) -> list[Block]:
+    chk = stats.get("skin_tone_check")
+    if not chk:
+        return []
+    B = [Block("h2", "Skin-tone check"),
+         Block("p", "How far the skin-tone bars can be trusted. ITA is measured on "
+                    "uncalibrated photographs: exposure and the colour of the light move it as "
+                    "much as skin does. The audit corrects what the image allows (the "
+                    "brightest 1% of the image, per channel, is taken as white: exposure and "
+                    "colour cast are divided out) and keeps only skin-coloured pixels of the "
+                    "cheeks and forehead. On FairFace (5,000 validation crops with perceived "
+                    "race labels) this brings the share of faces binned \"dark\" from 25.5% "
+                    "to 9.5% (12.9% are labelled Black), the share of faces labelled White "
+                    "binned brown or dark from 40.3% to 16.5%, and the correlation of ITA with "
+                    "image brightness among faces labelled White from 0.77 to 0.40; the "
+                    "ordering of faces labelled White over faces labelled Black stays about "
+                    "the same (AUC 0.77 vs 0.79). ITA from photos describes how a dataset "
+                    "spreads, roughly; it misplaces many single faces by one or two bins, and "
+                    "the bins' names (from skin colorimetry) do not transfer to photos.")]
+    bits = []
+    if chk.get("white_reference_share") is not None:
+        bits.append(f"{_pct(chk['white_reference_share'])} of the faces had a white reference "
+                    "in their image (the others are measured uncorrected)")
+    if chk.get("spearman_ita_brightness") is not None:
+        bits.append(f"Spearman correlation of ITA with face brightness in this dataset: "
+                    f"{chk['spearman_ita_brightness']:.2f} (near 1: the bins follow the "
+                    f"lighting more than the skin)")
+    if chk.get("uncorrected_share"):
+        u, c = chk["uncorrected_share"], chk["corrected_share"]
+        bits.append("share binned dark: " + f"{_pct(c.get('dark'))} corrected, "
+                    f"{_pct(u.get('dark'))} uncorrected")
+    if bits:
+        B.append(Block("p", "; ".join(bits) + "."))
+    B.append(Block("figure", ("skin_tone_check.png", "Skin-tone bins within each labelled "
+                                                      "group and each brightness bin")))
+    for col, e in (chk.get("by_label") or {}).items():
+        hdr = [col, "images"] + list(e["tones"]) + ["median ITA"]
+        rows = [[g, f"{sum(c):,}"] + [_pct(x) for x in sh] + [_num(m, 1)]
+                for g, c, sh, m in zip(e["groups"], e["counts"], e["share"], e["median_ita"])]
+        B.append(Block("table", (hdr, rows)))
+    if "by_brightness" in chk:
+        e = chk["by_brightness"]
+        hdr = ["face brightness", "images"] + list(e["tones"])
+        rows = [[g, f"{sum(c):,}"] + [_pct(x) for x in sh]
+                for g, c, sh in zip(e["groups"], e["counts"], e["share"])]
+        B.append(Block("table", (hdr, rows)))
     return B
 
 
@@ -176,14 +327,19 @@ def method_blocks() -> list[Block]:
         for lab, lo, hi in ITA_BINS)
     return [
         Block("p", "Skin tone: Individual Typology Angle ITA = atan((L* − 50) / b*) · 180/π, "
-                   "median over cheek and forehead pixels located by the 68 landmarks (eyes, "
-                   "brows, nostrils and lips excluded), CIELab D65 with sRGB linearization; "
+                   "median over the skin-coloured cheek and forehead pixels located by the 68 "
+                   "landmarks (eyes, brows, nostrils and lips excluded; shadows and highlights "
+                   "dropped), after a white-point correction from the image's brightest 1%, "
+                   "CIELab D65 with sRGB linearization; "
                    f"Del Bino scale: {scale}. ITA from photographs depends on lighting and white "
                    "balance: it describes the spread of a dataset, not any person."),
         Block("p", "Quality: sharpness = variance of the Laplacian of the face region's grey "
-                   "levels (grows with detail and resolution); brightness = mean Rec. 601 luma "
-                   "of the face region; face size = inter-ocular distance in pixels; pose = "
-                   "yaw/pitch/roll from the landmarks."),
+                   "levels after resampling it to 96×96 pixels, so the scale is absolute: "
+                   f"{', '.join(SHARPNESS_LABELS)} (a sharp face blurred with a Gaussian of "
+                   "σ = 2 px at that scale scores about 8, σ = 1 px about 33; a face of about "
+                   "25 px upsampled scores 10-40); brightness = mean Rec. 601 luma of the face "
+                   "region; face size = inter-ocular distance in pixels; pose = yaw/pitch/roll "
+                   "from the landmarks."),
         Block("p", f"Warnings: a group is under-represented below {UNDER_REPRESENTED:g}× its "
                    f"target share; masked at a different rate when its masked share is more "
                    f"than {MASK_RATIO_TOLERANCE:.0%} away from the overall one and |z| > "
@@ -211,8 +367,6 @@ def _attribute_blocks(col: str, e: dict) -> list[Block]:
         bits.append(f"failure-rate spread {_pct(e['failure_rate']['spread'])}")
     if bal["unknown"]:
         bits.append(f"{bal['unknown']:,} kept images without a value")
-    if "edges" in e:
-        bits.append(f"tercile edges {e['edges'][0]:.1f}, {e['edges'][1]:.1f}")
     out.append(Block("p", "; ".join(bits) + "."))
     out.append(Block("figure", (f"group_{slug(col)}.png", f"{e['title']}: shares, masked share "
                                                           f"and failure rate per group")))
@@ -249,19 +403,23 @@ def _attribute_blocks(col: str, e: dict) -> list[Block]:
 
 # ------------------------------------------------------------------ renderers
 def _md_cell(s: str) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    return md(s)
 
 
-def render_markdown(blocks: list[Block], figure_dir: str = "report") -> str:
+def render_markdown(blocks: list[Block], figure_dir: str = "report",
+                    figures: Iterable[str] | None = None) -> str:
+    """Markdown of the blocks; every text is escaped (names from the data stay text).
+    ``figures``: names of the figure files present (others are left out)."""
+    present = None if figures is None else set(figures)
     out: list[str] = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
-            out.append("#" * int(b.kind[1]) + " " + str(b.data))
+            out.append("#" * int(b.kind[1]) + " " + md(b.data))
         elif b.kind == "p":
-            out.append(str(b.data))
+            out.append(md(b.data))
         elif b.kind == "warnings":
             items = b.data or []
-            out.append("\n".join(f"- ⚠ {w}" for w in items) if items else "No warnings.")
+            out.append("\n".join(f"- ⚠ {md(w)}" for w in items) if items else "No warnings.")
         elif b.kind == "table":
             hdr, rows = b.data
             out.append("| " + " | ".join(_md_cell(h) for h in hdr) + " |")
@@ -270,7 +428,9 @@ def render_markdown(blocks: list[Block], figure_dir: str = "report") -> str:
                 out[-1] += "\n| " + " | ".join(_md_cell(c) for c in r) + " |"
         elif b.kind == "figure":
             name, caption = b.data
-            out.append(f"![{caption}]({figure_dir}/{name})")
+            if present is not None and name not in present:
+                continue
+            out.append(f"![{md(caption)}]({figure_dir}/{name})")
     return "\n\n".join(out) + "\n"
 
 
@@ -332,7 +492,8 @@ def render_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> s
             png = figures.get(name)
             if png is None:
                 continue
-            uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+            mime = "image/jpeg" if name.endswith(".jpg") else "image/png"
+            uri = f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
             out.append(f'<figure><img src="{uri}" alt="{e(caption)}" data-name="{e(name)}">'
                        f"<figcaption>{e(caption)}</figcaption></figure>")
     out.append("</body></html>")

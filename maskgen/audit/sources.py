@@ -20,11 +20,14 @@ import pyarrow.parquet as pq
 import yaml
 
 from maskgen.audit.attributes import face_attributes
+from maskgen.audit.workers import Progress, chunked, map_in_workers
+from maskgen.datasets.catalog import DatasetInfo, identify, lookup
 from maskgen.datasets.manifest import CORE_NAMES, conform
+from maskgen.datasets.sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES  # noqa: E402
+from maskgen.errors import InputError, OptionError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ATTRIBUTE_COLUMNS = ["ita", "skin_tone", "sharpness", "brightness", "face_size"]
-RAY_OBJECT_STORE_BYTES = 100 * 1024 * 1024  # tasks return small dicts only
+CHUNK = 50  # images per worker task: small enough for even progress, large enough to amortise
 
 
 @dataclass
@@ -39,9 +42,29 @@ class AuditInput:
     dataset_info: dict | None = None
     notes: list[str] = field(default_factory=list)
     labels_info: dict | None = None
+    path: Path | None = None  # the folder or manifest audited
+    src: object | None = None  # the Source relative image paths belong to (picklable)
+    dataset: DatasetInfo | None = None  # the known dataset of the images (catalog)
+
+    @property
+    def flat(self) -> bool:
+        """A folder with no identity structure: every image is its own identity."""
+        return (self.kind == "folder" and len(self.table) > 1
+                and self.table["identity"].nunique() == len(self.table))
+
+    def has_shards(self) -> bool:
+        """True when a build folder holds shards that the card may point ``configs:`` at."""
+        if self.kind != "build" or self.build_dir is None:
+            return False
+        info = self.dataset_info or {}
+        if info.get("num_samples") == 0:
+            return False
+        return any((self.build_dir / "shards").glob("*.tar"))
 
     def source(self) -> dict:
         out = {"kind": self.kind, "name": self.name}
+        if self.dataset is not None:
+            out["dataset"] = {"name": self.dataset.name, "license": self.dataset.license}
         if self.labels_info:
             out["labels"] = self.labels_info
         if self.notes:
@@ -64,6 +87,7 @@ def load_input(
     workers: int = 1,
     backend: str = "auto",
     fill_failed: bool = True,
+    progress: bool = False,
 ) -> AuditInput:
     """Open ``path``: a build folder (``manifest.parquet`` inside), a manifest file, or an
     image folder (scanned). Missing attributes are computed from the images when
@@ -71,31 +95,36 @@ def load_input(
     (no landmarks) get them from the image centre."""
     p = Path(path)
     if p.is_dir() and (p / "manifest.parquet").is_file():
-        inp = AuditInput(table=pd.DataFrame(), kind="build", name=p.name, build_dir=p)
+        inp = AuditInput(table=pd.DataFrame(), kind="build", name=p.name, build_dir=p, path=p)
         mpath = p / "manifest.parquet"
         if (p / "build.yaml").is_file():
-            inp.build_config = yaml.safe_load((p / "build.yaml").read_text()) or {}
+            inp.build_config = _read_yaml(p / "build.yaml")
         if (p / "dataset.json").is_file():
-            inp.dataset_info = json.loads((p / "dataset.json").read_text())
+            inp.dataset_info = _read_json(p / "dataset.json")
     elif p.is_file() and p.suffix == ".parquet":
-        inp = AuditInput(table=pd.DataFrame(), kind="manifest", name=p.stem)
+        inp = AuditInput(table=pd.DataFrame(), kind="manifest", name=p.stem, path=p)
         mpath = p
     elif p.is_dir():
-        table = scan_folder(p, workers=workers, backend=backend)
-        return AuditInput(table=table, kind="folder", name=p.name,
-                          notes=_folder_notes(table))
+        table = scan_folder(p, workers=workers, backend=backend, progress=progress)
+        src = table.attrs.pop("source", None)
+        notes = _folder_notes(table) + [f"{k} ({v:,})" for k, v in
+                                        sorted(table.attrs.pop("scan_notes", {}).items())]
+        return AuditInput(table=table, kind="folder", name=p.name, path=p, src=src,
+                          notes=notes)
     else:
-        raise FileNotFoundError(f"nothing to audit at {path}: expected a build folder, a "
-                                f"manifest .parquet file or a folder of images")
+        raise InputError(f"nothing to audit at {path}: expected a build folder, a "
+                         f"manifest .parquet file or a folder of images")
     needs = compute_attributes and _missing_attributes(pq.read_schema(mpath).names, mpath)
     inp.table = read_manifest_frame(mpath, columns=["landmarks"] if needs else [])
+    inp.src = source_of(inp)
     if needs:
-        n = fill_attributes(inp.table, _source_root(inp))
+        n = fill_attributes(inp.table, inp.src, workers=workers, progress=progress)
         inp.table = inp.table.drop(columns=["landmarks"], errors="ignore")
         inp.notes.append(f"skin tone and quality attributes computed from {n} source images "
                          f"(the manifest lacked them)")
     elif fill_failed:
-        n = fill_attributes(inp.table, _source_root(inp), only_failed=True)
+        n = fill_attributes(inp.table, inp.src, only_failed=True, workers=workers,
+                            progress=progress)
         if n:
             inp.notes.append(f"skin tone and quality of the {n} failed images measured on the "
                              f"image centre (no landmarks), so failure rates can be sliced by them")
@@ -110,18 +139,107 @@ def _missing_attributes(names: list[str], mpath: Path) -> bool:
     return bool(ok.any() and col.loc[ok, "ita"].isna().all())
 
 
-def _source_root(inp: AuditInput) -> Path | None:
-    """Where relative ``path`` values of a build manifest live (the build's source folder)."""
+def _read_yaml(p: Path) -> dict:
+    try:
+        obj = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read {p}: {exc}") from exc
+    return obj if isinstance(obj, dict) else {}
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"cannot read {p}: {exc}") from exc
+    return obj if isinstance(obj, dict) else {}
+
+
+def _source_string(inp: AuditInput) -> str | None:
     cfg = inp.build_config or {}
-    for k in ("source", "input", "source_dir", "input_dir", "root"):
-        v = cfg.get(k)
-        if isinstance(v, str) and Path(v).is_dir():
-            return Path(v)
-        if isinstance(v, dict):
-            for kk in ("path", "root", "dir"):
-                if isinstance(v.get(kk), str) and Path(v[kk]).is_dir():
-                    return Path(v[kk])
-    return inp.build_dir
+    v = cfg.get("source")
+    return v if isinstance(v, str) else None
+
+
+def source_of(inp: AuditInput):
+    """The source a manifest's relative paths belong to (a
+    :class:`maskgen.datasets.sources.Source`, or None when it cannot be found here): the
+    build's ``source`` parsed again (with its ``identity_depth``), else the root recorded in
+    ``dataset.json``, else the manifest's own folder."""
+    from maskgen.datasets.sources import parse_source
+
+    cfg = inp.build_config or {}
+    depth = cfg.get("identity_depth", 1)
+    depth = depth if isinstance(depth, int) else 1
+    spec = _source_string(inp)
+    info = inp.dataset_info or {}
+    src_info = info.get("source")
+    roots = [info.get("root"), info.get("source_root"),
+             src_info.get("root") if isinstance(src_info, dict) else None]
+    kind = src_info.partition(":")[0] if isinstance(src_info, str) and ":" in src_info else None
+    cands = [spec] if spec else []
+    cands += [f"{kind}:{r}" if kind else r for r in roots if isinstance(r, str) and r]
+    if inp.kind == "manifest" and inp.path is not None:
+        cands.append(f"folder:{inp.path.parent}")
+    for c in cands:
+        try:
+            return parse_source(c, identity_depth=depth)
+        except Exception:  # a source not on this machine: try the next
+            continue
+    return None
+
+
+def resolve_dataset(inp: AuditInput, name: str | None = None) -> AuditInput:
+    """Which known dataset the audited images come from (exact names only).
+
+    ``name`` (the user's ``--dataset``) must be a catalog name. Otherwise: what the build
+    recorded of its source (a catalog name in ``dataset.json`` or the ``source`` of
+    ``build.yaml``, e.g. ``lfw``, or the name of its folder), else the audited folder's name.
+    """
+    if name:
+        info = lookup(name)
+        if info is None:
+            from maskgen.datasets.catalog import names
+
+            raise OptionError(f"--dataset {name!r} is not a known dataset; known: "
+                              f"{', '.join(names())} (or leave it out and set --license)")
+        inp.dataset = info
+        return inp
+    cands: list[str] = []
+    src = (inp.dataset_info or {}).get("source")
+    if isinstance(src, dict):
+        cands += [str(src[k]) for k in ("dataset", "name") if isinstance(src.get(k), str)]
+        info_src = src.get("info")
+        if isinstance(info_src, dict) and isinstance(info_src.get("name"), str):
+            cands.append(info_src["name"])
+    for spec in (_source_string(inp), src if isinstance(src, str) else None):
+        if not spec:
+            continue
+        kind, sep, rest = spec.partition(":")
+        if sep and kind.isalpha() and len(kind) > 1:  # kind:path (a Windows drive is 1 letter)
+            cands.append(kind)  # the "lfw" source kind is LFW
+            spec = rest
+        if spec:
+            cands.append(spec)
+            p = PurePosixPath(spec.replace("\\", "/"))
+            if p.suffix in (".rec", ".idx", ".tar") or "{" in p.name or "*" in p.name:
+                p = p.parent  # a record file or shard pattern: its folder names the dataset
+            info = identify(p)
+            if info is not None:
+                inp.dataset = info
+                return inp
+    if inp.kind == "manifest" and "source" in inp.table.columns:
+        kinds = inp.table["source"].dropna().unique()
+        if len(kinds) == 1:
+            cands.append(str(kinds[0]))
+    for c in cands:
+        info = lookup(c)
+        if info is not None:
+            inp.dataset = info
+            return inp
+    if inp.kind == "folder" and inp.path is not None:
+        inp.dataset = identify(inp.path.resolve())
+    return inp
 
 
 def _folder_notes(table: pd.DataFrame) -> list[str]:
@@ -132,12 +250,6 @@ def _folder_notes(table: pd.DataFrame) -> list[str]:
 
 
 # ------------------------------------------------------------------ folder scan
-def list_images(root: Path) -> list[Path]:
-    """Image files under ``root`` in a stable order (sorted relative paths)."""
-    out = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    return sorted(out, key=lambda q: q.relative_to(root).as_posix())
-
-
 def _key(rel: PurePosixPath) -> str:
     return str(rel.with_suffix("")).replace("/", "-").replace(".", "_")
 
@@ -154,21 +266,68 @@ def _pose(face) -> tuple[float, float, float]:
     return (float(a[0]), float(a[1]), float(a[2])) if a.size >= 3 else (np.nan,) * 3  # type: ignore
 
 
-def analyse_image(path: Path, backend: str = "auto") -> dict:
+def choose_backend(backend: str, img: np.ndarray) -> str:
+    """The landmark backend for one image: the landmarks module's own resolution when it
+    offers one (``resolve_backend``, the same as the build's), else ``auto`` = ``aligned``
+    for square crops <= 128 px (insightface releases: detectors miss faces that fill the
+    frame), dlib otherwise."""
+    from maskgen.masks import landmarks as L
+
+    resolve = getattr(L, "resolve_backend", None)
+    if resolve is not None:
+        return resolve(backend, img.shape)
+    if backend != "auto":
+        return backend
+    h, w = img.shape[:2]
+    return "aligned" if h == w and h <= 128 else "dlib"
+
+
+def read_image(loc: tuple) -> tuple[np.ndarray | None, str]:
+    """Decode the image of a locator ``(source, path, offset, nbytes, member)`` (in a worker
+    only); ``source`` is the :class:`maskgen.datasets.sources.Source` that relative paths
+    belong to, or None for an absolute file path. Never raises.
+
+    Only regular files are read, below a size cap checked before reading (the sources'
+    readers); decoding goes through :mod:`maskgen.masks.imageio` (its pixel caps apply).
+    """
+    from maskgen.datasets.sources import read_file
+    from maskgen.masks.imageio import decode_image
+
+    src, path, offset, nbytes, member = loc
+    if path is None:
+        return None, "unreadable: no path"
+    has_offset = offset is not None and not pd.isna(offset) and int(offset) >= 0  # -1: none
+    try:
+        if src is not None and not os.path.isabs(path):
+            data = src.read_bytes(path, int(offset) if has_offset else None,
+                                  None if nbytes is None or pd.isna(nbytes) or int(nbytes) < 0 else int(nbytes),
+                                  member if isinstance(member, str) else None)
+        elif not has_offset and not isinstance(member, str):
+            data = read_file(path)
+        else:
+            return None, "unreadable: a record without its source"
+    except MemoryError:
+        return None, "unreadable: out of memory"
+    except Exception as exc:  # ReadError carries the row's reason; anything else is named
+        reason = getattr(exc, "reason", None)
+        return None, reason or f"unreadable: {type(exc).__name__}: {exc}"
+    return decode_image(data)
+
+
+def analyse_image(loc: tuple, backend: str = "auto") -> dict:
     """One image -> manifest fields: status, reason, landmarks, pose, attributes.
 
     A face that is not found still gets attributes from the image centre (``_region`` says
     so), so the failure rate can be sliced by skin tone as well as by labels.
     """
-    from maskgen.masks.imageio import load_image
-    from maskgen.masks.landmarks import detect_faces, resolve_backend, select_faces
+    from maskgen.masks.landmarks import detect_faces, select_faces
 
-    img, reason = load_image(path)
+    img, reason = read_image(loc)
     if img is None:
         return {"status": "failed", "reason": reason}
     row: dict = {"width": int(img.shape[1]), "height": int(img.shape[0])}
     try:
-        faces = detect_faces(img, backend=resolve_backend(backend, img.shape))
+        faces = detect_faces(img, backend=choose_backend(backend, img))
     except Exception as exc:  # a detector crash on one image must not stop the scan
         faces, row["reason"] = [], f"detector error: {type(exc).__name__}: {exc}"
     if not faces:
@@ -184,117 +343,200 @@ def analyse_image(path: Path, backend: str = "auto") -> dict:
                    det_score=float(getattr(f, "score", np.nan) or np.nan),
                    _faces=len(faces))
     row.update({k: attrs[k] for k in ATTRIBUTE_COLUMNS})
-    row["_region"] = attrs["region"]
+    row.update(_region=attrs["region"], _ita_raw=attrs["ita_raw"],
+               _white_corrected=attrs["white_corrected"])
     return row
 
 
-def _analyse_many(paths: list[str], backend: str) -> list[dict]:
-    return [analyse_image(Path(p), backend) for p in paths]
+def _analyse_many(items: list[tuple]) -> list[dict]:
+    """Worker task: ``(locator, backend)`` pairs -> one manifest row each."""
+    out = []
+    for loc, backend in items:
+        try:
+            out.append(analyse_image(loc, backend))
+        except Exception as exc:  # one image's bug costs only its row
+            out.append({"status": "failed", "reason": f"audit error: {type(exc).__name__}: {exc}"})
+    return out
 
 
-def _run_parallel(paths: list[Path], workers: int, backend: str) -> list[dict]:
-    """Analyse in Ray tasks of a few hundred images each (order kept)."""
-    import ray
+def _crashed_row(item, reason: str) -> dict:
+    return {"status": "failed", "reason": reason}
 
-    started = False
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, object_store_memory=RAY_OBJECT_STORE_BYTES)
-        started = True
-    try:
-        task = ray.remote(_analyse_many)
-        size = max(16, -(-len(paths) // (workers * 4)))
-        chunks = [[str(p) for p in paths[i:i + size]] for i in range(0, len(paths), size)]
-        results = ray.get([task.remote(c, backend) for c in chunks])
-    finally:
-        if started:
-            ray.shutdown()
-    return [r for chunk in results for r in chunk]
+
+def scan_source(root: Path):
+    """The build's folder scan of ``root`` (:mod:`maskgen.datasets.sources`): identity
+    folders one level down, or, when the folder holds images only, one identity per image."""
+    from maskgen.datasets.sources import parse_source
+    from maskgen.datasets.sources.base import ABOVE_IDENTITY
+
+    src = parse_source(f"folder:{root}", identity_depth=1)
+    table = src.scan()
+    drop = table.column("_drop").to_pylist()
+    if table.num_rows and all(d == ABOVE_IDENTITY for d in drop if d is not None) \
+            and all(d is not None for d in drop):
+        src = parse_source(f"folder:{root}", identity_depth=0)  # a flat folder
+        table = src.scan()
+    return src, table
 
 
 def scan_folder(root: str | os.PathLike, *, workers: int = 1, backend: str = "auto",
-                paths: Iterable[Path] | None = None) -> pd.DataFrame:
-    """Manifest-shaped table of the images under ``root`` (``identity`` = first sub-folder,
-    or the image itself in a flat folder)."""
+                paths: Iterable[Path] | None = None, progress: bool = False) -> pd.DataFrame:
+    """Manifest-shaped table of the images under ``root`` with the build's scan (every file
+    found gets a row: skipped ones with their reason), landmarks and attributes measured in
+    worker processes. ``paths``: only these images."""
+    from maskgen.datasets.sources import DROPPED_REASONS
+
     root = Path(root)
-    files = list(paths) if paths is not None else list_images(root)
-    if workers > 1 and len(files) > 64:
-        rows = _run_parallel(files, workers, backend)
-    else:
-        rows = [analyse_image(p, backend) for p in files]
+    src, table = scan_source(root)
+    scan = table.to_pandas()
+    if paths is not None:
+        wanted = [Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))).as_posix()
+                  for p in paths]
+        pos = {rel: i for i, rel in enumerate(scan["path"])}
+        scan = scan.iloc[[pos[w] for w in wanted if w in pos]].reset_index(drop=True)
+    if not len(scan):
+        raise InputError(f"no image found in {root} (looked for "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    flat = src.identity_depth == 0
+    todo = [i for i, d in enumerate(scan["_drop"]) if d is None or pd.isna(d)]
+    prog = Progress("landmarks and attributes", len(todo), enabled=progress)
+    chunks = chunked([((src, scan.at[i, "path"], None, scan.at[i, "nbytes"], None), backend)
+                      for i in todo], CHUNK)
+    done = [r for part in map_in_workers(_analyse_many, chunks, workers=workers, progress=prog,
+                                         on_crash=_crashed_row) for r in part]
+    rows: list[dict] = [{} for _ in range(len(scan))]
+    for i, r in zip(todo, done):
+        rows[i] = r
     recs = []
-    for p, row in zip(files, rows):
-        rel = PurePosixPath(p.relative_to(root).as_posix())
+    for i, rel_s in enumerate(scan["path"]):
+        rel = PurePosixPath(rel_s)
         key = _key(rel)
-        identity = rel.parts[0] if len(rel.parts) > 1 else key
-        recs.append({"key": key, "identity": identity, "source": "folder", "path": str(rel),
-                     **row})
+        d = scan.at[i, "_drop"]
+        row = rows[i] if not (isinstance(d, str) and d) else {
+            "status": "dropped" if d in DROPPED_REASONS else "failed", "reason": d}
+        identity = key if flat else (scan.at[i, "identity"] or "")
+        recs.append({"key": key, "identity": identity, "source": "folder", "path": rel_s,
+                     "nbytes": scan.at[i, "nbytes"], **row})
     df = pd.DataFrame.from_records(recs)
     for c in CORE_NAMES:
         if c not in df.columns:
             df[c] = None
     df["label"] = -1
+    df.attrs["scan_notes"] = dict(src.notes)
+    df.attrs["source"] = src
     return df
 
 
 # ------------------------------------------------------------------ attributes from a manifest
-def fill_attributes(df: pd.DataFrame, root: Path | None, only_failed: bool = False) -> int:
-    """Compute the attributes a manifest lacks, from its source images (in place); returns
-    how many rows got them.
+def _attributes_many(items: list[tuple]) -> list[dict | None]:
+    """Worker task: ``(locator, landmarks or None)`` -> the attributes (None: unreadable)."""
+    out: list[dict | None] = []
+    for loc, lm in items:
+        try:
+            img, _ = read_image(loc)
+            if img is None:
+                out.append(None)
+                continue
+            arr = None if lm is None else np.asarray(lm, np.float32).reshape(68, 2)
+            a = face_attributes(img, arr)
+            out.append({k: a[k] for k in (*ATTRIBUTE_COLUMNS, "region", "ita_raw",
+                                          "white_corrected")})
+        except Exception:  # a bad image keeps its nulls
+            out.append(None)
+    return out
 
-    Rows whose image cannot be read (record files, missing paths) keep nulls.
+
+def locators(df: pd.DataFrame, src) -> list[tuple]:
+    """``(source, path, offset, nbytes, member)`` of every row: relative paths are read
+    through ``src`` (the manifest's source, see :func:`source_of`)."""
+    def col(name):
+        return df[name].tolist() if name in df.columns else [None] * len(df)
+
+    out = []
+    for path, off, nb, mem in zip(col("path"), col("offset"), col("nbytes"), col("member")):
+        p = None if path is None or (isinstance(path, float) and np.isnan(path)) else str(path)
+        out.append((src, p, off, nb, mem if isinstance(mem, str) else None))
+    return out
+
+
+def _landmarks_136(lm) -> list | None:
+    """68 (x, y) points as a flat list, whatever the manifest's layout (flat 136 values or
+    68 pairs); None when absent or malformed."""
+    if lm is None or (isinstance(lm, float) and np.isnan(lm)):
+        return None
+    try:
+        arr = np.asarray([np.asarray(p, dtype=np.float32) for p in lm], dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    return arr.ravel().tolist() if arr.size == 136 else None
+
+
+def fill_attributes(df: pd.DataFrame, src, only_failed: bool = False, *,
+                    workers: int = 1, progress: bool = False) -> int:
+    """Compute the attributes a manifest lacks, from its source images (in place, decoded in
+    worker processes); returns how many rows got them.
+
+    Rows whose image cannot be read (missing paths, bad records) keep nulls.
     """
-    from maskgen.masks.imageio import load_image
-
     wanted = ["failed"] if only_failed else ["ok", "failed"]
-    todo = df.index[df["status"].isin(wanted) & df["ita"].isna()
-                    & df["path"].notna() & (df["offset"].isna() | (df["offset"] < 0)) & df["member"].isna()]
+    todo = df.index[df["status"].isin(wanted) & df["ita"].isna() & df["path"].notna()]
     if len(todo) == 0:
         return 0
+    pos = {ix: i for i, ix in enumerate(df.index)}
+    locs = locators(df, src)
+    lms = df["landmarks"].tolist() if "landmarks" in df.columns else [None] * len(df)
+    items = []
+    for ix in todo:
+        i = pos[ix]
+        lm = _landmarks_136(lms[i])
+        items.append((locs[i], lm))
+    prog = Progress("attributes from images", len(items), enabled=progress)
+    res = [r for part in map_in_workers(_attributes_many, chunked(items, CHUNK * 4),
+                                        workers=workers, progress=prog,
+                                        on_crash=lambda item, reason: None) for r in part]
     # rows that already had attributes: measured by whoever wrote the manifest
     region = np.where(df["ita"].notna().to_numpy(), "manifest", None).astype(object)
-    done = 0
     cols = {k: df[k].astype("object").to_numpy(copy=True) if k == "skin_tone"
             else pd.to_numeric(df[k], errors="coerce").to_numpy(dtype=np.float64, copy=True)
             for k in ATTRIBUTE_COLUMNS}
-    pos = {ix: i for i, ix in enumerate(df.index)}
-    for ix in todo:
-        p = Path(df.at[ix, "path"])
-        if not p.is_absolute() and root is not None:
-            p = root / p
-        img, _ = load_image(p)
-        if img is None:
+    extra = {k: (df[f"_{k}"].to_numpy(dtype=object, copy=True) if f"_{k}" in df.columns
+                 else np.full(len(df), None, dtype=object)) for k in ("ita_raw", "white_corrected")}
+    done = 0
+    for ix, a in zip(todo, res):
+        if a is None:
             continue
-        lm = df.at[ix, "landmarks"] if "landmarks" in df.columns else None
-        lm = None if lm is None or len(lm) != 136 else np.asarray(lm, np.float32).reshape(68, 2)
-        a = face_attributes(img, lm)
         i = pos[ix]
         for k in ATTRIBUTE_COLUMNS:
             cols[k][i] = a[k]
+        for k in extra:
+            extra[k][i] = a[k]
         region[i] = a["region"]
         done += 1
     for k in ATTRIBUTE_COLUMNS:
         df[k] = cols[k]
     df["_region"] = region
+    for k, v in extra.items():
+        df[f"_{k}"] = v
     return done
 
 
 # ------------------------------------------------------------------ labels
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
+    """A label table (CSV read as text, or Parquet); unreadable files end in ``InputError``."""
     p = Path(path)
-    if p.suffix == ".parquet":
-        lab = pd.read_parquet(p)
-    else:
-        lab = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
-    return lab
+    try:
+        if p.suffix == ".parquet":
+            return pd.read_parquet(p)
+        return pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read labels {p}: {exc}") from exc
 
 
 def _label_path_column(lab: pd.DataFrame) -> str:
     for c in ("path", "file", "filename", "image", "img"):
         if c in lab.columns:
             return c
-    raise ValueError(f"labels have no path column (path/file/filename/image): {list(lab.columns)}")
+    raise InputError(f"labels have no path column (path/file/filename/image): {list(lab.columns)}")
 
 
 def _suffixes(p: str) -> list[str]:
@@ -314,7 +556,7 @@ def join_labels(inp: AuditInput, labels: str | os.PathLike, join_on: str = "key"
     df = inp.table
     if join_on == "key":
         if "key" not in lab.columns:
-            raise ValueError("labels need a 'key' column to join on key (or use join_on='path')")
+            raise InputError("labels need a 'key' column to join on key (or use join_on='path')")
         lab_key = lab["key"].astype(str)
         target = df["key"].astype(str)
         col = "key"
@@ -341,11 +583,11 @@ def join_labels(inp: AuditInput, labels: str | os.PathLike, join_on: str = "key"
     elif join_on == "identity":  # per-identity labels (e.g. gender of each LFW person)
         col = next((c for c in ("identity", "name", "person") if c in lab.columns), None)
         if col is None:
-            raise ValueError("labels need an 'identity' (or 'name') column to join on identity")
+            raise InputError("labels need an 'identity' (or 'name') column to join on identity")
         lab_key = lab[col].astype(str)
         target = df["identity"].astype(str)
     else:
-        raise ValueError(f"join_on must be 'key', 'path' or 'identity', not {join_on!r}")
+        raise OptionError(f"join_on must be 'key', 'path' or 'identity', not {join_on!r}")
     lab = lab.assign(_k=lab_key)
     lab = lab[lab["_k"].notna()]
     dups = int(lab["_k"].duplicated().sum())

@@ -24,9 +24,15 @@ from maskgen.audit.metrics import (
     r6,
     share_balance,
 )
+from maskgen.audit.slices import (
+    intersection,
+    intersection_pairs,
+    mask_mix_by_group,
+    skin_tone_check,
+)
 from maskgen.datasets.manifest import CORE_NAMES
 
-STATS_SCHEMA = "maskgen.audit.stats/1"
+STATS_SCHEMA = "maskgen.audit.stats/2"
 FIT_THRESHOLD = 0.5  # fit_score below this counts as a poor mask fit
 DOMINANT_IDENTITY_SHARE = 0.02  # one identity above this share of images gets a warning
 MAX_GROUPS = 50  # a label column with more distinct values is not a grouping column
@@ -37,6 +43,11 @@ YAW_EDGES = [0.0, 15.0, 30.0, 45.0, np.inf]
 YAW_LABELS = ["frontal <15°", "15-30°", "30-45°", "≥45°"]
 BRIGHTNESS_EDGES = [-np.inf, 70.0, 110.0, 160.0, np.inf]
 BRIGHTNESS_LABELS = ["dark <70", "dim 70-110", "normal 110-160", "bright ≥160"]
+# Sharpness: variance of the Laplacian of the face resampled to 96x96 (absolute scale).
+# Calibrated on LFW and FairFace faces blurred at that scale (benchmarks/audit_sharpness.py):
+# a Gaussian blur of sigma 2 px leaves a median of 8-9, sigma 1 px 32-34, originals 120-170.
+SHARPNESS_EDGES = [-np.inf, 10.0, 40.0, np.inf]
+SHARPNESS_LABELS = ["blurry <10", "soft 10-40", "sharp ≥40"]
 FACE_SIZE_EDGES = [-np.inf, 20.0, 40.0, 80.0, np.inf]
 FACE_SIZE_LABELS = ["<20 px", "20-40 px", "40-80 px", "≥80 px"]
 IPI_EDGES = [1, 2, 3, 5, 10, 20, 50, 10**12]
@@ -53,13 +64,13 @@ VALUE_ORDERS: dict[str, list[str]] = {
     "yaw_bin": YAW_LABELS,
     "brightness_bin": BRIGHTNESS_LABELS,
     "face_size_bin": FACE_SIZE_LABELS,
-    "sharpness_bin": ["low", "medium", "high"],
+    "sharpness_bin": SHARPNESS_LABELS,
 }
 # Defined only when landmarks were found: a failure rate per bin would be meaningless.
 LANDMARK_ONLY = {"yaw_bin", "face_size_bin"}
 CONDITION_TITLES = {
     "yaw_bin": "head yaw (absolute)",
-    "sharpness_bin": "sharpness (tercile of this dataset)",
+    "sharpness_bin": "sharpness (Laplacian variance at 96 px)",
     "brightness_bin": "face brightness (luma)",
     "face_size_bin": "face size (inter-ocular distance)",
 }
@@ -102,14 +113,7 @@ def derive_columns(df: pd.DataFrame) -> pd.DataFrame:
     if "face_size" in out.columns:
         out["face_size_bin"] = bin_values(out["face_size"], FACE_SIZE_EDGES, FACE_SIZE_LABELS)
     if "sharpness" in out.columns:
-        s = pd.to_numeric(out["sharpness"], errors="coerce")
-        ok = s[_status(out) == "ok"].dropna()
-        if len(ok) >= 3:
-            q1, q2 = (float(x) for x in np.quantile(ok.to_numpy(), [1 / 3, 2 / 3]))
-            out["sharpness_bin"] = bin_values(s, [-np.inf, q1, q2, np.inf], ["low", "medium", "high"])
-            out.attrs["sharpness_terciles"] = [r6(q1), r6(q2)]
-        else:
-            out["sharpness_bin"] = pd.Series(UNKNOWN, index=out.index, dtype="object")
+        out["sharpness_bin"] = bin_values(out["sharpness"], SHARPNESS_EDGES, SHARPNESS_LABELS)
     return out
 
 
@@ -272,8 +276,27 @@ def compute_stats(
         for part in ("balance", "mask_ratio", "failure_rate", "fit_failure_rate"):
             warnings.extend(entry.get(part, {}).get("warnings", []))
         attrs[col] = entry
-    if "sharpness_terciles" in df.attrs and "sharpness_bin" in attrs:
-        attrs["sharpness_bin"]["edges"] = df.attrs["sharpness_terciles"]
+
+    # --- slices: intersections, mask mix per group, the skin-tone check
+    demo_cols = [c for c in demo if c in attrs]
+    intersections = {}
+    for a, b in intersection_pairs(demo_cols):
+        x = intersection(df, ok, attempted, failed, a, b, VALUE_ORDERS)
+        if x is not None:
+            intersections[f"{a} × {b}"] = x
+            warnings.extend(x.get("mask_ratio_warnings", []) + x.get("failure_warnings", []))
+    mix_by_group = {}
+    if has_mask and len(ok):
+        for col in demo_cols:
+            e = mask_mix_by_group(ok, col, VALUE_ORDERS.get(col))
+            if e:
+                mix_by_group[col] = e
+                for part in e.values():
+                    warnings.extend(part["warnings"])
+    tone_check = skin_tone_check(ok, demo_cols, VALUE_ORDERS) if len(ok) else None
+    if "fit_score" in masks:
+        fs = masks["fit_score"]
+        masks["fit_score_constant"] = bool(fs.get("count", 0) > 1 and fs.get("min") == fs.get("max"))
 
     numeric = {c: numeric_summary(ok[c]) for c in NUMERIC_COLUMNS if _has_values(ok, c)}
     region = None
@@ -285,6 +308,9 @@ def compute_stats(
         "composition": comp,
         "masks": masks,
         "attributes": attrs,
+        "intersections": intersections,
+        "mask_mix_by_group": mix_by_group,
+        "skin_tone_check": tone_check,
         "numeric": numeric,
         "warnings": warnings,
     }
