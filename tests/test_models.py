@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from maskgen.training.ema import ModelEma
-from maskgen.training.heads import CombinedMarginLoss, NormalizedClassifier
+from maskgen.training.heads import CombinedMarginLoss, PartialFC, shard_range
 from maskgen.training.methods import create_method, list_methods
 from maskgen.training.models import create_model, list_models
 from maskgen.training.models.registry import model_factory
@@ -94,17 +94,31 @@ def test_arcface_cosface_combined_margins():
 
 def test_partial_fc_keeps_positives_and_remaps_labels():
     torch.manual_seed(0)
-    head = NormalizedClassifier(16, 1000, sample_rate=0.1).train()
+    head = PartialFC(16, 1000, CombinedMarginLoss(s=64, m2=0.5), sample_rate=0.1).train()
     labels = torch.tensor([7, 999, 7, 123])
     index, new = head.sample(labels)
     assert index.numel() == 100 and torch.all(index[1:] > index[:-1])
     assert torch.equal(index[new], labels)
-    cos, new_labels = head(torch.randn(4, 16), labels)
-    assert cos.shape == (4, 100) and int(new_labels.max()) < 100
-    assert new_labels[0] == new_labels[2]  # the same class maps to the same sampled column
-    head.eval()
-    cos, same = head(torch.randn(4, 16), labels)
-    assert cos.shape == (4, 1000) and torch.equal(same, labels)
+    assert new[0] == new[2]  # the same class maps to the same sampled column
+    # a -1 label (a class another rank holds) stays -1 and pulls no row in
+    index2, new2 = head.sample(torch.tensor([5, -1]))
+    assert new2[1] == -1 and 5 in index2.tolist()
+    loss, acc = head(torch.randn(4, 16), labels)
+    assert loss.ndim == 0 and torch.isfinite(loss) and 0.0 <= float(acc) <= 1.0
+    head.eval()  # no sampling outside training: the full classifier, the plain cross-entropy
+    emb = torch.randn(4, 16)
+    loss_eval, _ = head(emb, labels)
+    cos = torch.nn.functional.linear(torch.nn.functional.normalize(emb), torch.nn.functional.normalize(head.weight))
+    assert torch.allclose(loss_eval, head.margin(cos, labels), atol=1e-5)
+
+
+def test_shard_ranges_cover_every_class_once():
+    for classes, world in [(10, 4), (7, 2), (4, 4), (1000, 3)]:
+        ranges = [shard_range(classes, r, world) for r in range(world)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == classes
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        sizes = [b - a for a, b in ranges]
+        assert max(sizes) - min(sizes) <= 1
 
 
 @pytest.mark.parametrize(("name", "sample_rate"), [("arcface", 1.0), ("cosface", 0.5), ("combined", 0.5)])
@@ -148,3 +162,4 @@ def test_freeze_trains_only_matching_prefixes_and_ema_averages():
     d = min(0.5, 2 / 11)  # warm-up decay of the first update
     expect = d * before["backbone.fc.weight"] + (1 - d) * after["backbone.fc.weight"]
     assert torch.allclose(ema.state_dict()["backbone.fc.weight"], expect, atol=1e-6)
+    assert not any(k.startswith("head.") for k in ema.state_dict())  # the EMA never copies the classifier
