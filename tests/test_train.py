@@ -456,3 +456,185 @@ def test_loader_reads_shards_over_http(shards: Path):
         assert all(torch.equal(a["image"], b["image"]) for a, b in zip(got, want))
     finally:
         server.shutdown()
+
+
+# -- safety: checkpoints are data, shards that end early are errors ---------------------------------
+class _Payload:
+    """Unpickling this creates ``marker``: what a hostile checkpoint would do with code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _malicious_checkpoint(path: Path, marker: Path, config: dict | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": 5, "model": {"x": _Payload(marker)}, "config": config or {}}, path)
+    return path
+
+
+def test_malicious_checkpoints_never_run_through_any_entry_point(tmp_path: Path, shards: Path, lfw_dir: Path):
+    from click.testing import CliRunner
+
+    from maskgen.eval.cli import eval_cmd
+    from maskgen.training.checkpoint import UnsafeCheckpointError
+    from maskgen.training.cli import export as export_cmd
+    from maskgen.training.cli import train as train_cmd
+
+    marker = tmp_path / "pwned"
+    evil = _malicious_checkpoint(tmp_path / "evil.pt", marker)
+    runner = CliRunner()
+    pattern = str(shards / "shards" / "*.tar")
+    base = ["--shards", pattern, "--model", "mobilefacenet", "--set", "model_options.input_size=32",
+            "--image-size", "32", "--batch-size", "4", "--max-steps", "1", "--num-workers", "0",
+            "--output", str(tmp_path / "runs")]
+    # maskgen export
+    res = runner.invoke(export_cmd, [str(evil), str(tmp_path / "m.onnx")])
+    assert isinstance(res.exception, UnsafeCheckpointError), res.output
+    # train --init-from
+    res = runner.invoke(train_cmd, base + ["--name", "init", "--init-from", str(evil)])
+    assert isinstance(res.exception, UnsafeCheckpointError), res.output
+    # train --resume latest: a hostile file planted as the newest checkpoint of the run
+    _malicious_checkpoint(tmp_path / "runs" / "res" / "checkpoints" / "step_000000005.pt", marker)
+    res = runner.invoke(train_cmd, base + ["--name", "res", "--resume", "latest"])
+    assert isinstance(res.exception, UnsafeCheckpointError), res.output
+    # maskgen eval --model ckpt:
+    person = sorted(p for p in lfw_dir.iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) >= 2)[0]
+    a, b = sorted(person.glob("*.jpg"))[:2]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"{person.name}/{a.name} {person.name}/{b.name} 1\n")
+    res = runner.invoke(eval_cmd, ["--model", f"ckpt:{evil}", "--pairs", str(pairs), "--images", str(lfw_dir),
+                                   "--cases", "1", "--no-identification", "-o", str(tmp_path / "ev")])
+    assert isinstance(res.exception, UnsafeCheckpointError), res.output
+    # and the library calls behind them
+    from maskgen.training.checkpoint import backbone_state, load_checkpoint, load_model
+
+    for call in (load_checkpoint, load_model, backbone_state):
+        with pytest.raises(UnsafeCheckpointError) as info:
+            call(evil)
+        assert "\n" not in str(info.value) and "refused" in str(info.value)
+    assert not marker.exists()
+
+
+def test_truncated_newest_checkpoint_resumes_from_the_newest_good_one(tmp_path: Path, shards: Path, caplog):
+    common = dict(TINY, model="mobilefacenet", shards=str(shards / "shards" / "*.tar"), output=str(tmp_path),
+                  name="cut", batch_size=8, save_every=2, keep_checkpoints=3)
+    first = train(common, max_steps=4)
+    names = [p.name for p in list_checkpoints(first.run_dir)]
+    assert names == ["step_000000002.pt", "step_000000004.pt"]
+    newest = list_checkpoints(first.run_dir)[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a real truncated file
+    with caplog.at_level("WARNING", logger="maskgen.train"):
+        rest = train(common, max_steps=6, resume="latest")
+    assert rest.step == 6 and len(rest.history) == 4  # steps 3..6, resumed from step 2
+    text = caplog.text
+    assert "step_000000004.pt" in text and "truncated or unreadable" in text
+    assert "resuming from step_000000002.pt" in text
+    # a checkpoint file named explicitly that is truncated: a one-line error, not a crash
+    from maskgen.training.checkpoint import CorruptCheckpointError, load_checkpoint
+
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(list_checkpoints(rest.run_dir)[-1].read_bytes()[:100])
+    with pytest.raises(CorruptCheckpointError, match="truncated or unreadable"):
+        load_checkpoint(cut)
+
+
+def _truncate_at_member(path: Path, members: int) -> None:
+    """Cut a tar right after its first ``members`` members (a header boundary: tarfile itself
+    reads such a file without any error)."""
+    with tarfile.open(path) as tf:
+        infos = tf.getmembers()
+    end = infos[members - 1].offset_data + -(-infos[members - 1].size // 512) * 512
+    data = path.read_bytes()[:end]
+    path.write_bytes(data)
+
+
+def test_unreadable_shards_are_errors_never_silent(tmp_path: Path, lfw_samples):
+    from click.testing import CliRunner
+
+    from maskgen.training.cli import train as train_cmd
+
+    write_shards(tmp_path / "data", lfw_samples[:96], 32)  # 3 shards of 32 samples
+    d = tmp_path / "data" / "shards"
+    half = d / "train-000001.tar"
+    half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])  # cut inside a member
+    _truncate_at_member(d / "train-000002.tar", 5 * 10)  # 10 whole samples of 32 left
+    res = train(dict(TINY), shards=str(d / "*.tar"), output=str(tmp_path / "runs"), name="bad", max_steps=12,
+                batch_size=8, shuffle_buffer=0)
+    assert set(res.bad_shards) == {"train-000001.tar", "train-000002.tar"}
+    assert "10 of the 32 samples" in res.bad_shards["train-000002.tar"]
+    assert res.skipped.get("unreadable_shard", 0) >= 2 and any(k.startswith("tar_error:") for k in res.skipped)
+    out = CliRunner().invoke(train_cmd, ["--shards", str(d / "*.tar"), "--model", "iresnet18", "--set",
+                                         "model_options.input_size=32", "--image-size", "32", "--batch-size", "8",
+                                         "--max-steps", "2", "--num-workers", "0", "--shuffle-buffer", "0",
+                                         "--output", str(tmp_path / "runs"), "--name", "cli"])
+    assert out.exit_code == 0, out.output
+    assert "error: shard train-000002.tar could not be read to its end" in out.output
+
+
+def test_typed_options_fail_up_front_with_one_line(tmp_path: Path, shards: Path):
+    from click.testing import CliRunner
+
+    from maskgen.training.config import ConfigError, resolve_config
+    from maskgen.training.cli import train as train_cmd
+
+    runner = CliRunner()
+    pattern = str(shards / "shards" / "*.tar")
+    for args, message in [
+        (["--set", "lr=abc"], "lr: expected a number, got 'abc'"),
+        (["--set", "batch_size=0"], "batch_size must be >= 1"),
+        (["--set", "freeze_bn=maybe"], "freeze_bn: expected true or false"),
+        (["--set", "nope=1"], "unknown config keys ['nope']"),
+        (["--set", "ema=1.5"], "ema must be < 1.0"),
+    ]:
+        res = runner.invoke(train_cmd, ["--shards", pattern, "--print-config", *args])
+        assert isinstance(res.exception, ConfigError), (args, res.output)
+        assert message in str(res.exception) and "\n" not in str(res.exception)
+    with pytest.raises(ConfigError, match="model/method options"):
+        train(dict(TINY), shards=pattern, output=str(tmp_path), method_options={"sample_rate": "abc"}, max_steps=1)
+    # the flags come from the same table: help text and a typed click option per key
+    help_text = runner.invoke(train_cmd, ["--help"]).output
+    assert "--batch-size INTEGER" in help_text and "samples per step on each rank" in help_text
+    assert resolve_config(shards="x", lr=1, milestones=(2, 3))["lr"] == 1.0  # ints for floats, lists
+    res = runner.invoke(train_cmd, ["--shards", str(tmp_path / "none-*.tar"), "--output", str(tmp_path)])
+    assert isinstance(res.exception, InputError) and "no shard matches" in str(res.exception)
+
+
+def test_one_loader_iterator_serves_every_epoch_with_the_same_workers(shards: Path):
+    """Workers start once per run: one iterator over 3 epochs gives exactly the batches of three
+    per-epoch iterators, from the same 2 worker processes (and resumes mid-epoch the same way)."""
+    cfg = _loader_cfg(shards, num_workers=2, steps_per_epoch=3)
+    per_epoch = [b for e in range(3) for b in _batches(cfg, epoch=e)]
+    loader, stream = make_loader(cfg)
+    stream.set_position(0, 0, end_step=9)
+    whole = list(loader)
+    assert [b["key"] for b in whole] == [b["key"] for b in per_epoch]
+    assert len({b["_worker_pid"] for b in whole}) == 2
+    stream.set_position(1, 1, end_step=8)  # resumed at epoch 1, step 1; stops inside epoch 2
+    tail = list(loader)
+    assert [b["key"] for b in tail] == [b["key"] for b in per_epoch[4:8]]
+
+
+def test_nonfinite_step_is_skipped_on_the_device():
+    from maskgen.training.methods import create_method
+    from maskgen.training.models import create_model
+    from maskgen.training.trainer import GradClipper, build_optimizer, train_step
+
+    torch.manual_seed(0)
+    method = create_method("arcface", create_model("mobilefacenet", input_size=32), 4)
+    params = [p for p in method.parameters() if p.requires_grad]
+    opt = build_optimizer({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}, params)
+    assert opt.maskgen_fused  # torch's fused kernels exist on the CPU too
+    clip = GradClipper(params, [], 5.0)
+    good = {"image": torch.randn(4, 3, 32, 32), "label": torch.arange(4)}
+    _, flag = train_step(method, good, opt, clip)
+    assert flag.ndim == 0 and float(flag) == 0.0
+    before = [p.detach().clone() for p in params]
+    momentum = [opt.state[p]["momentum_buffer"].clone() for p in params]
+    bad = {"image": torch.full((4, 3, 32, 32), float("nan")), "label": torch.arange(4)}
+    _, flag = train_step(method, bad, opt, clip)
+    assert float(flag) == 1.0
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+    assert all(torch.equal(m, opt.state[p]["momentum_buffer"]) for m, p in zip(momentum, params))

@@ -19,7 +19,8 @@ def _cases(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[in
 
 @click.command("eval")
 @click.option("--model", default="dlib", show_default=True,
-              help="dlib | onnx:<path> | ckpt:<path> (a maskgen train checkpoint).")
+              help="dlib | onnx:<path> | ckpt:<checkpoint or run folder>; a+b concatenates the "
+                   "normalised features of several (Qi et al.). BFM models are scored with their routed protocol.")
 @click.option("--pairs", type=click.Path(exists=True, dir_okay=False), default=None,
               help="LFW-format pairs.txt or a 'a b issame [fold]' list (default: LFW View 2 in the data home).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
@@ -46,16 +47,18 @@ def _cases(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[in
 @click.option("--skin-tone/--no-skin-tone", default=False, show_default=True,
               help="Group by skin tone (ITA bins) measured on each face.")
 @click.option("--landmarks", default=None, help="dlib | aligned (default: dlib for photos, aligned for .bin).")
-@click.option("--device", default="cpu", show_default=True, help="Device of ckpt: models.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (a GPU when torch, for ckpt:, or onnxruntime's CUDA provider, for onnx:, has one), cpu, cuda.")
 @click.option("--verbose", "-v", is_flag=True)
-def eval_cmd(verbose: bool, **kwargs) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def eval_cmd(verbose: bool, quiet: bool, **kwargs) -> None:
     """Verification (LFW 10-fold, TAR@FAR), masked Cases 1/2/3, identification, per-group figures."""
     from maskgen.eval.api import evaluate
     from maskgen.eval.report import markdown_table
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     try:
-        res = evaluate(progress=click.echo if verbose else None, **kwargs)
+        res = evaluate(progress=None if quiet else (lambda line: click.echo(line, err=True)), **kwargs)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(markdown_table(res), nl=False)

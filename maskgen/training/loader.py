@@ -217,7 +217,7 @@ class ShardStream(IterableDataset):
     def __init__(self, cfg: LoaderConfig):
         super().__init__()
         self.cfg = cfg
-        self.epoch = 0
+        self.epoch = self.start_epoch = 0
         self.start_step = 0
         self.end_step: int | None = None
         self._skipped: Counter[str] = Counter()
@@ -228,12 +228,14 @@ class ShardStream(IterableDataset):
         """Start the next iterator at (epoch, step in epoch) and run to global step ``end_step``
         (default: the end of that epoch)."""
         self.epoch, self.start_step = int(epoch), int(step)
+        self.start_epoch = self.epoch  # self.epoch moves on while an iterator walks the epochs
         self.end_step = None if end_step is None else int(end_step)
 
     # -- shard plan ---------------------------------------------------------------------------
     def _handler(self, exn: Exception) -> bool:
         self._skipped[f"tar_error:{type(exn).__name__}"] += 1
-        self._tar_error = f"{type(exn).__name__}: {exn}"
+        first = exn.args[0] if exn.args else ""
+        self._tar_error = f"{type(exn).__name__}: {first if isinstance(first, str) else exn}"
         return True
 
     def _shard_passes(self, gslot: int, nslots: int) -> Iterator[list[tuple[str, int | None]]]:
@@ -404,8 +406,8 @@ class ShardStream(IterableDataset):
         takes batch k of it from worker k % num_workers, so in every epoch a worker serves the
         steps of one residue class, i.e. one slot's stream of that epoch.
         """
-        steps, start = self.cfg.steps_per_epoch, self.epoch * self.cfg.steps_per_epoch + self.start_step
-        epoch = self.epoch if epoch is None else epoch
+        steps, start = self.cfg.steps_per_epoch, self.start_epoch * self.cfg.steps_per_epoch + self.start_step
+        epoch = self.start_epoch if epoch is None else epoch
         end = self._end()
         first = epoch * steps  # global step of this epoch's first batch
         slot = (worker + start - first) % num_workers
@@ -417,12 +419,12 @@ class ShardStream(IterableDataset):
 
     def _end(self) -> int:
         steps = self.cfg.steps_per_epoch
-        return self.end_step if self.end_step is not None else (self.epoch + 1) * steps
+        return self.end_step if self.end_step is not None else (self.start_epoch + 1) * steps
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        start_epoch, steps = self.epoch, self.cfg.steps_per_epoch
+        start_epoch, steps = self.start_epoch, self.cfg.steps_per_epoch
         last_epoch = (self._end() - 1) // steps
         try:
             for epoch in range(start_epoch, last_epoch + 1):

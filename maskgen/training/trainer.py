@@ -51,6 +51,7 @@ from maskgen.training.ema import ModelEma
 from maskgen.training.heads import classifier_prefixes, classifier_sharding, is_classifier_key
 from maskgen.training.loader import LoaderConfig, expand_shards, make_loader, read_dataset_info, to_device
 from maskgen.training.methods import method_class
+from maskgen.training.progress import format_eta
 from maskgen.training.schedules import build_schedule
 
 log = logging.getLogger("maskgen.train")
@@ -232,13 +233,6 @@ def wrap_model(method: nn.Module, cfg: dict[str, Any], di: DistInfo) -> nn.Modul
         method, device_ids=[di.device.index] if di.device.type == "cuda" else None,
         find_unused_parameters=bool(cfg["find_unused_parameters"]),
     )
-
-
-def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def train(config: dict[str, Any] | str | os.PathLike | None = None, **overrides: Any) -> TrainResult:
