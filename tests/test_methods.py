@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskgen.training.inference import ConcatEmbedder, MethodEmbedder, bfm_pair_scores, split_bfm
+from maskgen.training.checkpoint import Embedder
+from maskgen.training.inference import bfm_pair_scores, split_bfm
 from maskgen.training.methods import create_method, list_methods, method_class
 from maskgen.training.methods.bfm import guided_loss
 from maskgen.training.methods.triplet import sample_triplets, triplet_loss
@@ -114,7 +115,7 @@ def test_loss_finite_and_decreasing_on_random_batch(trained) -> None:
     assert np.isfinite(losses).all()
     assert min(losses[-2:]) < losses[0]
     with torch.no_grad():
-        emb = MethodEmbedder(method)(batch["image"][:2])
+        emb = Embedder(method)(batch["image"][:2])
     assert emb.shape == (2, 2 * EMB if name == "bfm" else EMB)
 
 
@@ -136,7 +137,7 @@ def test_multitask_loss_is_arcface_plus_log_mask_loss() -> None:
     assert torch.allclose(out["loss"].detach(), expected, atol=1e-5)
     probs = method.eval().predict_mask(random_batch()["image"])
     assert probs.shape == (8,) and bool(((probs >= 0) & (probs <= 1)).all())
-    assert callable(MethodEmbedder(method).mask_logits)
+    assert Embedder(method).has_mask_head
 
 
 def test_multitask_falls_back_to_embedding_without_fc() -> None:
@@ -265,23 +266,6 @@ def test_triplet_trains_only_the_added_layer() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone.")
                and "running" not in k and "num_batches" not in k)
     assert not torch.equal(before["neck.0.weight"], after["neck.0.weight"])
-
-
-def test_concat_embedder_cosine_is_mean_of_model_cosines() -> None:
-    torch.manual_seed(0)
-    m1 = create_model("mfr_iresnet18", **TINY).eval()
-    m2 = create_model("ressanet_small", width=4, embedding_size=16, input_size=SIZE).eval()
-    cat = ConcatEmbedder([m1, m2]).eval()
-    x = torch.randn(4, 3, SIZE, SIZE)
-    with torch.no_grad():
-        e = cat(x)
-        c1 = torch.nn.functional.cosine_similarity(m1(x[:2]), m1(x[2:]))
-        c2 = torch.nn.functional.cosine_similarity(m2(x[:2]), m2(x[2:]))
-    assert e.shape == (4, EMB + 16)
-    c = torch.nn.functional.cosine_similarity(e[:2], e[2:])
-    assert torch.allclose(c, (c1 + c2) / 2, atol=1e-5)
-    with pytest.raises(ValueError):
-        ConcatEmbedder([m1])
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "methods").glob("*.yaml")), ids=lambda p: p.stem)
@@ -427,8 +411,8 @@ def test_methods_run_in_the_trainer(name: str, twins_shards: Path, tmp_path: Pat
     assert all(np.isfinite(row["loss"]) for row in result.history)
     embedder, cfg = load_model(result.run_dir)
     assert cfg["method"] == name
-    wrapped = MethodEmbedder(embedder.method).eval()
     with torch.no_grad():
-        emb = wrapped(torch.zeros(2, 3, SIZE, SIZE))
+        emb = embedder(torch.zeros(2, 3, SIZE, SIZE))
     assert emb.shape == (2, 2 * EMB if name == "bfm" else EMB)
-    assert hasattr(wrapped, "mask_logits") == (name != "triplet")
+    assert embedder.has_mask_head == (name != "triplet")
+    assert embedder.protocol == ("bfm" if name == "bfm" else "cosine")

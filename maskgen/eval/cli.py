@@ -69,12 +69,14 @@ def eval_cmd(verbose: bool, quiet: bool, **kwargs) -> None:
 @click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder the pair keys are relative to (default: the pairs file's folder).")
-@click.option("--out", "-o", required=True, help="The .bin file to write.")
+@click.option("--out", "-o", required=True,
+              help="The .bin file to write; with several cases '{case}' in the name is filled in "
+                   "(else _case<N> is added).")
 @click.option("--align/--no-align", default=True, show_default=True,
               help="Store aligned crops (default) or the original file bytes.")
 @click.option("--size", default=112, show_default=True, help="Side of the aligned crops.")
-@click.option("--case", type=click.IntRange(1, 3), default=1, show_default=True,
-              help="1 unmasked, 2 second image masked, 3 both masked.")
+@click.option("--case", "case", default="1", show_default=True, callback=_cases,
+              help="1 unmasked, 2 second image masked, 3 both masked; a comma list writes one pack each.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--mask-type", default="random", show_default=True)
 @click.option("--quality", default=95, show_default=True, help="JPEG quality of the crops.")
@@ -84,9 +86,11 @@ def make_bin(**kwargs) -> None:
     """Write an insightface verification .bin (pickled JPEG pairs + labels) from a pairs file."""
     from maskgen.eval.makebin import make_bin as run
 
+    kwargs["case"] = kwargs["case"][0] if len(kwargs["case"]) == 1 else kwargs["case"]
     try:
         stats = run(**kwargs)
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{kwargs['out']}: {stats['pairs_written']}/{stats['pairs_in']} pairs written"
-               + (f", {stats['pairs_skipped']} skipped" if stats.get("pairs_skipped") else ""))
+    for st in stats["cases"].values() if "cases" in stats else [stats]:
+        click.echo(f"{st['file']} (case {st['case']}): {st['pairs_written']}/{st['pairs_in']} pairs written"
+                   + (f", {st['pairs_skipped']} skipped" if st.get("pairs_skipped") else ""))
