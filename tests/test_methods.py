@@ -416,3 +416,40 @@ def test_methods_run_in_the_trainer(name: str, twins_shards: Path, tmp_path: Pat
     assert emb.shape == (2, 2 * EMB if name == "bfm" else EMB)
     assert embedder.has_mask_head == (name != "triplet")
     assert embedder.protocol == ("bfm" if name == "bfm" else "cosine")
+
+
+def test_method_configs_follow_their_papers() -> None:
+    """The values the papers state, read from the shipped configs (differences: docs/methods.md)."""
+    from maskgen.training.config import resolve_config
+    from maskgen.training.schedules import build_schedule
+
+    def cfg(name: str) -> dict:
+        return resolve_config(ROOT / "configs" / "methods" / f"{name}.yaml", shards="x.tar")
+
+    qi = cfg("qi2021_mfr")
+    assert (qi["warmup_epochs"], qi["epochs"], qi["train_mask_ratio"]) == (0.1, 24, 0.1)
+    lr = build_schedule(qi, 100, 2400)
+    assert lr(0) < 0.02 and lr(10) == pytest.approx(0.1)  # 0.1 epoch of warm-up
+    assert lr(10 + 1599) < 1e-4 and lr(10 + 1600) == pytest.approx(0.1)  # the minimum at 16 epochs, then a cycle
+    bfm = cfg("huang_bfm")
+    assert bfm["method_options"]["guided_stop_grad"] is False and method_class("bfm")  # Eq. 4
+    assert (bfm["schedule"], bfm["milestones"], bfm["epochs"], bfm["gamma"]) == ("step", [30.0, 60.0, 90.0], 100, 0.1)
+    assert tiny_method("bfm").guided_stop_grad is False  # the method's default too
+    sharma = cfg("sharma_triplet")
+    assert sharma["method_options"]["margin"] == 0.5 and sharma["lr"] == 0.01 and sharma["freeze"] == ["neck"]
+    assert method_class("triplet").needs_pretrained
+    montero = cfg("montero_multitask_arcface")
+    assert montero["model_options"]["dropout"] > 0 and montero["mask_choice_per_epoch"] is True
+    gao = cfg("gao_ressanet")
+    assert gao["model"] == "ressanet" and cfg("gao_ressanet100_partialfc")["model"] == "ressanet100"
+
+
+def test_multitask_mask_head_reads_the_features_after_dropout() -> None:
+    torch.manual_seed(0)
+    backbone = create_model("iresnet18", embedding_size=EMB, input_size=SIZE, dropout=0.5)
+    method = create_method("multitask_arcface", backbone, 4, embedding_size=EMB).train()
+    seen = []
+    method.mask_head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    method(random_batch())
+    dropped = float((seen[0] == 0).float().mean())
+    assert 0.35 < dropped < 0.65  # half the features zeroed: the head sits after the dropout

@@ -56,7 +56,8 @@ def build_schedule(config: dict, steps_per_epoch: int, total_steps: int) -> Call
     if warmup is None:
         warmup = int(round(float(config.get("warmup_epochs") or 0.0) * steps_per_epoch))
     milestones = [int(round(float(e) * steps_per_epoch)) for e in config.get("milestones") or []]
-    cycle = config.get("cycle_steps") or steps_per_epoch
+    cycle = config.get("cycle_steps") or (
+        int(round(float(config["cycle_epochs"]) * steps_per_epoch)) if config.get("cycle_epochs") else steps_per_epoch)
     decay = config.get("decay_epochs")
     decay_steps = int(round(float(decay) * steps_per_epoch)) if decay else None
     base = float(config["lr"])
