@@ -39,7 +39,7 @@ from maskgen.training.loader import (  # noqa: E402
     read_dataset_info,
     to_device,
 )
-from maskgen.training.trainer import build_optimizer, pick_precision, train_step  # noqa: E402
+from maskgen.training.trainer import GradClipper, build_optimizer, pick_precision, train_step  # noqa: E402
 
 
 def _setup(args, device: torch.device):
@@ -58,8 +58,10 @@ def _setup(args, device: torch.device):
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg, params)
-    model = torch.compile(method) if args.compile else method
-    return model, optimizer, params, scaler, amp_dtype, precision, channels_last
+    if args.compile:
+        method.compile()  # in place, as the trainer does (and before DDP when there is one)
+    clip = GradClipper(params, [], 5.0)
+    return method, optimizer, clip, scaler, amp_dtype, precision, channels_last
 
 
 def _sync(device: torch.device) -> None:
@@ -68,7 +70,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_synthetic(args, device: torch.device) -> dict:
-    model, opt, params, scaler, amp_dtype, precision, cl = _setup(args, device)
+    model, opt, clip, scaler, amp_dtype, precision, cl = _setup(args, device)
     g = torch.Generator(device=device).manual_seed(0)
     bs, s = args.batch_size, args.image_size
     raw = {
@@ -81,14 +83,14 @@ def bench_synthetic(args, device: torch.device) -> dict:
             _sync(device)
             t0 = time.perf_counter()
         batch = to_device(raw, device, cl)  # the same uint8 -> normalized float path as real data
-        out, _ = train_step(model, batch, opt, params, scaler, amp_dtype, 5.0)
+        out, _ = train_step(model, batch, opt, clip, scaler, amp_dtype)
     _sync(device)
     dt = time.perf_counter() - t0
     return {"samples_per_s": args.steps * bs / dt, "precision": precision, "loss": float(out["loss"].detach())}
 
 
 def bench_streaming(args, device: torch.device, shards: list[str]) -> dict:
-    model, opt, params, scaler, amp_dtype, precision, cl = _setup(args, device)
+    model, opt, clip, scaler, amp_dtype, precision, cl = _setup(args, device)
     info = read_dataset_info(shards)
     steps = args.warmup + args.steps
     lcfg = LoaderConfig(
@@ -109,7 +111,7 @@ def bench_streaming(args, device: torch.device, shards: list[str]) -> dict:
         wait += time.perf_counter() - tw
         batch = to_device(raw, device, cl)
         batch["label"] = batch["label"] % args.num_classes
-        out, _ = train_step(model, batch, opt, params, scaler, amp_dtype, 5.0)
+        out, _ = train_step(model, batch, opt, clip, scaler, amp_dtype)
     _sync(device)
     dt = time.perf_counter() - t0
     return {"samples_per_s": args.steps * args.batch_size / dt, "data_wait": wait / dt,
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--loader-only", action="store_true", help="only (c)")
     ap.add_argument("--gpu-target", type=float, default=4400.0, help="GPU samples/s to size (c) against")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes on any device (checks that every path runs; not a throughput figure)")
     args = ap.parse_args(argv)
 
     figures: dict = {"args": vars(args)}
@@ -175,10 +179,15 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             device = torch.device("cpu")
             figures["device"] = "cpu"
-            print("no GPU: running a tiny CPU smoke version of (a)/(b); these are NOT the H100 figures")
+            if not args.smoke:
+                print("no GPU: running the tiny smoke version of (a)/(b); these are NOT GPU figures")
+            args.smoke = True
             torch.set_num_threads(1)
+        if args.smoke:
             args.model, args.batch_size, args.num_classes = "iresnet18", 8, 1000
             args.steps, args.warmup, args.num_workers = 3, 1, min(args.num_workers, 1)
+            args.loader_samples = min(args.loader_samples, 200)
+        figures["smoke"] = bool(args.smoke)
         print(f"device {figures['device']}: {args.model}, batch {args.batch_size}, "
               f"{args.num_classes} classes, ArcFace")
         figures["synthetic"] = bench_synthetic(args, device)
