@@ -392,7 +392,8 @@ def test_cli_train_yaml_flags_and_export(tmp_path: Path, shards: Path):
 
 
 def test_ddp_two_cpu_processes_with_torchrun(tmp_path: Path, shards: Path):
-    """The multi-GPU code path on the CPU: torchrun, gloo, DDP, rank-split shards."""
+    """The multi-GPU code path on the CPU: torchrun, gloo, torch.compile + DDP, rank-split shards,
+    the classifier sharded with one checkpoint file per rank."""
     import os
     import subprocess
     import sys
@@ -404,13 +405,26 @@ def test_ddp_two_cpu_processes_with_torchrun(tmp_path: Path, shards: Path):
            "-m", "maskgen", "train", "--shards", str(shards / "shards" / "*.tar"), "--model", "mobilefacenet",
            "--set", "model_options.input_size=32", "--image-size", "32", "--batch-size", "4",
            "--max-steps", "3", "--num-workers", "0", "--device", "cpu", "--log-every", "1",
-           "--output", str(tmp_path), "--name", "ddp"]
+           "--output", str(tmp_path), "--name", "ddp", "--compile", "eager"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "global batch 8" in proc.stderr and "x2" in proc.stderr
+    assert "classifier sharded over 2 ranks" in proc.stderr
+    # PyTorch's order for compiled DDP models: compile the inner module in place, then wrap it
+    assert "compiled in place (eager), then DDP over 2 ranks" in proc.stderr
+    from maskgen.training.checkpoint import list_checkpoints as ckpts
+
+    last = ckpts(tmp_path / "ddp")[-1]
+    assert len(list(last.parent.glob(f"{last.stem}.rank*of2.pt"))) == 2 and not any(
+        "_orig_mod" in k for k in torch.load(last, weights_only=True)["model"])
+    # resume: every rank reloads its own classifier rows and optimizer state
+    resumed = subprocess.run([*cmd[:cmd.index("--max-steps") + 1], "4", *cmd[cmd.index("--max-steps") + 2:],
+                              "--resume", "latest"], env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed" in resumed.stderr and "done: step 4" in resumed.stdout
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes the log
-    assert resolve_checkpoint("latest", tmp_path / "ddp").name == "step_000000003.pt"
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # rank 0 alone writes the log
+    assert resolve_checkpoint("latest", tmp_path / "ddp").name == "step_000000004.pt"
 
 
 def test_init_from_and_freeze_train_only_the_last_layers(trained, tmp_path: Path, train_shards: Path):

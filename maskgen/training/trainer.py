@@ -221,11 +221,15 @@ def wrap_model(method: nn.Module, cfg: dict[str, Any], di: DistInfo) -> nn.Modul
     """The module the loop calls: ``method.compile()`` in place first, then DDP around it — the
     order PyTorch's guide gives for compiled DDP models (compile the inner module, not the
     wrapper). DDP leaves the sharded classifier alone: its rows differ per rank by design."""
+    backend = None
     if cfg.get("compile"):
         backend = cfg["compile"] if isinstance(cfg["compile"], str) else "inductor"
         method.compile(backend=backend)
     if di.world_size == 1:
         return method
+    if di.is_main:
+        log.info("model: %sDDP over %d ranks", f"compiled in place ({backend}), then " if backend else "",
+                 di.world_size)
     prefixes = classifier_prefixes(method)
     ignore = [n for n, _ in method.named_parameters() if is_classifier_key(n, prefixes)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, ignore)
