@@ -453,3 +453,20 @@ def test_multitask_mask_head_reads_the_features_after_dropout() -> None:
     method(random_batch())
     dropped = float((seen[0] == 0).float().mean())
     assert 0.35 < dropped < 0.65  # half the features zeroed: the head sits after the dropout
+
+
+@pytest.mark.parametrize("name", ["multitask_arcface", "bfm"])
+def test_export_keeps_the_mask_head_as_a_second_output(name: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from maskgen.training.export import export_onnx, onnx_check
+
+    method = tiny_method(name).eval()
+    path = export_onnx(method, tmp_path / "m.onnx", input_size=SIZE)
+    model = onnx.load(str(path))
+    assert [o.name for o in model.graph.output] == ["embedding", "mask_logits"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["maskgen.protocol"] == ("bfm" if name == "bfm" else "cosine")
+    got = onnx_check(path, method, torch.randn(3, 3, SIZE, SIZE))
+    assert got["cosine_min"] > 0.999 and got["mask_prob_max_diff"] < 1e-4

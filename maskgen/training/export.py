@@ -69,7 +69,8 @@ def export_onnx(
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" x4
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # onnxscript's own deprecations
+            # torch's own exporter internals (pytree), not our call: nothing else is silenced
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             program = torch.onnx.export(
                 _Exported(embedder).eval(), (dummy,), input_names=["input"], output_names=outputs,
                 dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
