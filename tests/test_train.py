@@ -659,3 +659,63 @@ def test_nonfinite_step_is_skipped_on_the_device():
     assert float(flag) == 1.0
     assert all(torch.equal(a, p) for a, p in zip(before, params))
     assert all(torch.equal(m, opt.state[p]["momentum_buffer"]) for m, p in zip(momentum, params))
+
+
+def _step_fixture(name: str, device: str = "cpu", **opts):
+    from maskgen.training.ema import ModelEma
+    from maskgen.training.methods import create_method
+    from maskgen.training.models import create_model
+    from maskgen.training.trainer import GradClipper, build_optimizer
+
+    torch.manual_seed(0)
+    method = create_method(name, create_model("mobilefacenet", input_size=32, embedding_size=16), 4,
+                           embedding_size=16, **opts).to(device).train()
+    params = [p for p in method.parameters() if p.requires_grad]
+    opt = build_optimizer({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}, params)
+    n = 8
+    x = torch.randn(n, 3, 32, 32, device=device)
+    labels = torch.arange(n) % 4
+    batch = {"image": x, "image_orig": x, "image_masked": x * 0.5, "label": labels.to(device),
+             "label_host": labels, "masked": (torch.arange(n) % 2).to(device), "key": [f"k{i}" for i in range(n)]}
+    return method, opt, GradClipper(params, [], 5.0), ModelEma(method, 0.9), batch
+
+
+_STEP_METHODS = [("arcface", {"sample_rate": 0.5}), ("multitask_arcface", {}), ("bfm", {"classifier_width": 4}),
+                 ("triplet", {})]
+
+
+@pytest.mark.parametrize(("name", "opts"), _STEP_METHODS, ids=[m for m, _ in _STEP_METHODS])
+def test_a_training_step_reads_no_tensor_value_on_the_host(name: str, opts: dict, monkeypatch):
+    """The host never reads a tensor's value in a step (item, bool, int, float, tolist): on a GPU
+    each of those would wait for the device. Losses are read at logging steps only."""
+    from maskgen.training.trainer import train_step
+
+    method, opt, clip, ema, batch = _step_fixture(name, **opts)
+    train_step(method, batch, opt, clip)  # first step: lazy state (momentum, BFM's E_P copy)
+    reads: list[str] = []
+    for attr in ("item", "__bool__", "__int__", "__float__", "tolist", "__index__"):
+        real = getattr(torch.Tensor, attr)
+        monkeypatch.setattr(torch.Tensor, attr, lambda self, *a, _r=real, _n=attr, **k: reads.append(_n) or _r(self, *a, **k))
+    for _ in range(2):
+        out, flag = train_step(method, batch, opt, clip)
+        ema.update(method)
+    monkeypatch.undo()
+    assert reads == [], reads
+    assert torch.isfinite(out["loss"]) and float(flag) == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (torch.cuda sync debug mode)")
+@pytest.mark.parametrize(("name", "opts"), _STEP_METHODS, ids=[m for m, _ in _STEP_METHODS])
+def test_a_training_step_does_not_synchronize_the_gpu(name: str, opts: dict):
+    from maskgen.training.trainer import train_step
+
+    method, opt, clip, ema, batch = _step_fixture(name, "cuda", **opts)
+    train_step(method, batch, opt, clip)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            train_step(method, batch, opt, clip)
+            ema.update(method)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -118,7 +118,8 @@ class BalancedFeatureMatching(Method):
         orig, masked_img, labels = batch["image_orig"], batch["image_masked"], batch["label"]
         n = orig.shape[0]
         both = torch.cat([orig, masked_img])
-        mask_target = torch.cat([torch.zeros(n), torch.ones(n)]).long().to(orig.device)
+        mask_target = torch.arange(2 * n, device=orig.device) >= n  # 0 originals, 1 masked twins
+        mask_target = mask_target.long()
         with torch.autocast(device_type=orig.device.type, enabled=False):
             mask_logits = self.classifier(both.float())
         mask_loss = F.cross_entropy(mask_logits, mask_target)

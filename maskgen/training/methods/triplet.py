@@ -114,9 +114,12 @@ class Triplet(Method):
         pos, neg, valid = sample_triplets(torch.cat([host, host]), keys, self.seed, self.epoch)
         emb = F.normalize(self.embed(images), dim=1)
         device = emb.device
-        pos_t = torch.from_numpy(pos).to(device, non_blocking=True)
-        neg_t = torch.from_numpy(neg).to(device, non_blocking=True)
-        valid_t = torch.from_numpy(valid).to(device, non_blocking=True)
+
+        def upload(a: np.ndarray) -> torch.Tensor:  # pinned, so the copy does not block the host
+            t = torch.from_numpy(a)
+            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+        pos_t, neg_t, valid_t = upload(pos), upload(neg), upload(valid)
         loss = triplet_loss(emb, emb[pos_t], emb[neg_t], self.margin, valid_t)
         with torch.no_grad():
             d_pos = (emb - emb[pos_t]).pow(2).sum(1)
