@@ -429,6 +429,10 @@ def test_ddp_two_cpu_processes_with_torchrun(tmp_path: Path, shards: Path):
                               "--resume", "latest"], env=env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed" in resumed.stderr and "done: step 4" in resumed.stdout
+    # inference needs no classifier: the main file alone gives the model (one process)
+    model, config = load_model(tmp_path / "ddp")
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 512) and config["num_classes"] == N_IDS
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # rank 0 alone writes the log
     assert resolve_checkpoint("latest", tmp_path / "ddp").name == "step_000000004.pt"
