@@ -20,6 +20,10 @@ _CLICK_TYPES: dict[str, Any] = {C.INT: int, C.FLOAT: float, C.STR: str}
 _MULTIPLE = {C.FLOATS: float, C.STRS: str, C.SHARDS: str}  # repeatable flags
 
 
+def _help(key: C.Key) -> str:
+    return key.help if key.default is None else f"{key.help} [default: {key.default}]"
+
+
 def _options(func):
     """One click option per scalar or list key of ``config.KEYS`` (mappings use ``--set``)."""
     for key in reversed(KEYS):
@@ -30,12 +34,10 @@ def _options(func):
             func = click.option(key.flag, dest, multiple=True, type=_MULTIPLE[key.kind],
                                 help=f"{key.help} (repeatable)")(func)
         elif key.kind == C.BOOL:
-            func = click.option(f"{key.flag}/--no-{key.flag[2:]}", dest, default=None,
-                                help=f"{key.help} [default: {key.default}]")(func)
+            func = click.option(f"{key.flag}/--no-{key.flag[2:]}", dest, default=None, help=_help(key))(func)
         else:
             typ = click.Choice(key.choices) if key.choices else _CLICK_TYPES.get(key.kind, str)
-            func = click.option(key.flag, dest, type=typ, default=None,
-                                help=f"{key.help} [default: {key.default}]")(func)
+            func = click.option(key.flag, dest, type=typ, default=None, help=_help(key))(func)
     return func
 
 
