@@ -51,9 +51,10 @@ def three_cases(subset: dict) -> dict:
     from maskgen.eval.api import evaluate
 
     out = subset["root"] / "run1"
+    lines: list[str] = []
     res = evaluate(model="dlib", pairs=str(subset["pairs_bad"]), images=str(subset["images"]),
-                   out=str(out), cases=(1, 2, 3), seed=7, cache_dir=str(subset["cache"]))
-    return {"res": res, "out": out}
+                   out=str(out), cases=(1, 2, 3), seed=7, cache_dir=str(subset["cache"]), progress=lines.append)
+    return {"res": res, "out": out, "progress": lines}
 
 
 def test_three_cases_reported(three_cases, subset):
@@ -83,6 +84,9 @@ def test_three_cases_reported(three_cases, subset):
     assert "masked-unmasked" in md and "masked-masked" in md
     png = cv2.imread(str(out / "roc.png"))
     assert png is not None and png.shape[0] > 100
+    # progress lines while embedding: done/total, rate and ETA, the last one at the end
+    lines = three_cases["progress"]
+    assert lines and lines[-1].startswith(f"embedded {n_img + 1}/{n_img + 1} images (") and "ETA 0:00:00" in lines[-1]
 
 
 def test_masked_embeddings_differ_and_cache_reuses_unmasked(three_cases, subset):
