@@ -11,12 +11,23 @@ accuracy of models with a mask head.
 Runs (one twins build shared by all):
   no_masks      ArcFace, every sample shown unmasked            (train_mask_ratio 0.0)
   mask10        ArcFace, masked twin with probability 0.1       (Qi et al.'s cap)
-  multitask50   Multi-Task ArcFace, masked twin with p = 0.5    (Montero et al.)
-  bfm           balanced feature matching on pairs              (Huang et al.)
+  multitask50   Multi-Task ArcFace, masked twin with p = 0.5,   (Montero et al.)
+                redrawn every epoch
+  bfm           balanced feature matching on pairs, guided loss (Huang et al.)
+                without stop-gradient (Eq. 4), pairs routed by C at evaluation
+  mask10_s1     mask10 with seed 1; qi_concat = features of mask10 and mask10_s1
+                concatenated (Qi et al.'s inference)
+  triplet       triplet transfer from the no_masks backbone: only the added Dense + BN
+                layer trains, margin 0.5, lr 0.01, negatives redrawn per epoch (Sharma et al.)
 
 Usage (prints a Markdown table and writes <out>/results.json)::
 
     python benchmarks/reproduction.py --out runs/reproduction --fold 0 --epochs 6
+
+The CPU size of the recorded tables (two shared cores, about 10-30 min per fold)::
+
+    python benchmarks/reproduction.py --out runs/repro --fold 0 --min-images 10 --max-images 10 \
+        --epochs 5 --batch-size 64 --lr 0.1
 """
 
 from __future__ import annotations
@@ -38,9 +49,15 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 RUNS: dict[str, dict[str, Any]] = {
     "no_masks": {"method": "arcface", "train_mask_ratio": 0.0},
     "mask10": {"method": "arcface", "train_mask_ratio": 0.1},
-    "multitask50": {"method": "multitask_arcface", "train_mask_ratio": 0.5},
+    # Montero et al.: the twin redrawn "for every new face image selected" (every read)
+    "multitask50": {"method": "multitask_arcface", "train_mask_ratio": 0.5, "mask_choice_per_epoch": True},
     "bfm": {"method": "bfm", "train_mask_ratio": None},
+    # Qi et al.'s inference: the features of two models concatenated (a second 10% run, seed 1)
+    "mask10_s1": {"method": "arcface", "train_mask_ratio": 0.1, "seed": 1},
+    # Sharma et al.: the no_masks run as the pretrained backbone, only the added Dense+BN trains
+    "triplet": {"method": "triplet", "train_mask_ratio": None, "init_from": "no_masks"},
 }
+CONCATS: dict[str, tuple[str, str]] = {"qi_concat": ("mask10", "mask10_s1")}
 
 
 def lfw_root() -> Path:
@@ -134,6 +151,7 @@ def train_run(name: str, spec: dict[str, Any], shards: str, out: Path, args: arg
         "embedding_size": args.embedding_size, "method": spec["method"],
         "method_options": {"s": 32.0} if spec["method"] != "bfm" else {"s": 32.0, "classifier_width": 8},
         "train_mask_ratio": spec["train_mask_ratio"], "batch_size": args.batch_size,
+        "mask_choice_per_epoch": bool(spec.get("mask_choice_per_epoch", False)),
         "epochs": args.epochs, "optimizer": "sgd", "lr": args.lr, "weight_decay": 5e-4,
         "schedule": "cosine", "warmup_epochs": 0.5, "seed": args.seed, "device": "cpu",
         "threads": args.threads, "num_workers": 1, "shuffle_buffer": 500, "log_every": 10,
@@ -141,8 +159,19 @@ def train_run(name: str, spec: dict[str, Any], shards: str, out: Path, args: arg
     }
     if spec["method"] == "arcface":
         config["method_options"]["m2"] = 0.5
+    elif spec["method"] == "triplet":  # the paper's settings (configs/methods/sharma_triplet.yaml)
+        config["method_options"] = {"margin": 0.5, "extra_layer": True, "seed": args.seed}
+        config.update(optimizer="adamw", lr=0.01, weight_decay=1e-4, schedule="constant", freeze=["neck"],
+                      freeze_bn=True)
     else:
         config["method_options"]["m"] = 0.5
+    if "seed" in spec:
+        config["seed"] = spec["seed"]
+    if spec.get("init_from"):
+        base = out / "runs" / spec["init_from"] / "done.json"
+        if not base.is_file():
+            raise SystemExit(f"{name} starts from {spec['init_from']}: run that first (--runs order)")
+        config["init_from"] = json.loads(base.read_text())["checkpoint"]
     resume = "latest" if list_checkpoints(run_dir) else None
     t0 = time.perf_counter()
     result = train(config, resume=resume)
@@ -160,17 +189,14 @@ def _to_input(crops: np.ndarray):
     return (x / 255.0 - 0.5) / 0.5
 
 
-def evaluate_run(checkpoint: Path, crops: dict[str, Any], pairs, args: argparse.Namespace) -> dict[str, Any]:
+def embed_run(checkpoint: Path, crops: dict[str, Any]) -> tuple[dict, dict, bool]:
+    """(features per variant, mask probabilities per variant or None, is BFM) of a run."""
     import torch
 
-    from maskgen.eval.mask_usage import mask_usage_accuracy
-    from maskgen.eval.metrics import kfold_accuracy
-    from maskgen.training.checkpoint import load_embedder
-    from maskgen.training.inference import bfm_pair_scores, split_bfm
+    from maskgen.training.checkpoint import load_model
 
-    embedder, _ = load_embedder(checkpoint)
+    embedder, _ = load_model(checkpoint)
     method = embedder.method.eval()
-    index = {str(k): i for i, k in enumerate(crops["keys"])}
     feats, probs = {}, {}
     with torch.no_grad():
         for variant in ("orig", "masked"):
@@ -182,11 +208,27 @@ def evaluate_run(checkpoint: Path, crops: dict[str, Any], pairs, args: argparse.
                     ps.append(method.predict_mask(x[i:i + 128]).float().numpy())
             feats[variant] = np.concatenate(outs)
             probs[variant] = np.concatenate(ps) if ps else None
+    return feats, probs, hasattr(method, "partial")
+
+
+def concat_features(*runs: dict) -> dict:
+    """Qi et al.: the L2-normalised features of several runs side by side, per variant."""
+    def norm(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    return {v: np.concatenate([norm(r[v]) for r in runs], axis=1) for v in runs[0]}
+
+
+def score_run(feats: dict, probs: dict, is_bfm: bool, crops: dict[str, Any], pairs) -> dict[str, Any]:
+    from maskgen.eval.mask_usage import mask_usage_accuracy
+    from maskgen.eval.metrics import kfold_accuracy
+    from maskgen.training.inference import bfm_pair_scores, split_bfm
+
+    index = {str(k): i for i, k in enumerate(crops["keys"])}
     a = np.array([index[k] for k in pairs.a])
     b = np.array([index[k] for k in pairs.b])
     cases = {1: ("orig", "orig"), 2: ("orig", "masked"), 3: ("masked", "masked")}
     res: dict[str, Any] = {}
-    is_bfm = hasattr(method, "partial")
 
     def cos(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -207,7 +249,7 @@ def evaluate_run(checkpoint: Path, crops: dict[str, Any], pairs, args: argparse.
         k = kfold_accuracy(scores, pairs.issame, pairs.folds)
         res[f"case{c}"] = k.mean
         res[f"case{c}_std"] = k.std
-    if probs["orig"] is not None:
+    if probs.get("orig") is not None:
         ok = crops["mask_ok"].astype(bool)
         p = np.concatenate([probs["orig"], probs["masked"][ok]])
         y = np.concatenate([np.zeros(len(probs["orig"]), bool), np.ones(int(ok.sum()), bool)])
@@ -271,12 +313,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_landmarks": {str(s): int(n) for s, n in zip(*np.unique(crops["landmark_status"], return_counts=True))},
         "runs": {},
     }
+    feats: dict[str, dict] = {}
     for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
         spec = RUNS[name]
         t0 = time.perf_counter()
         ckpt = train_run(name, spec, shards, out, args)
         info = json.loads((out / "runs" / name / "done.json").read_text())
-        metrics = evaluate_run(ckpt, crops, pairs, args)
+        feats[name], probs, is_bfm = embed_run(ckpt, crops)
+        metrics = score_run(feats[name], probs, is_bfm, crops, pairs)
         metrics["train_seconds"] = info["seconds"]
         metrics["train_steps"] = info["steps"]
         metrics["final_train_log"] = info["last_log"]
@@ -284,6 +328,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name}: {json.dumps({k: v for k, v in metrics.items() if k != 'final_train_log'}, default=str)} "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    for name, parts in CONCATS.items():
+        if all(p in feats for p in parts):
+            metrics = score_run(concat_features(*(feats[p] for p in parts)), {}, False, crops, pairs)
+            metrics.update(train_seconds=sum(results["runs"][p]["train_seconds"] for p in parts),
+                           train_steps=None, concat_of=list(parts))
+            results["runs"][name] = metrics
+            print(f"{name}: {json.dumps(metrics, default=str)}", flush=True)
     results["seconds"] = time.perf_counter() - t_all
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(markdown(results))

@@ -11,7 +11,14 @@ and the CPU input pipeline's samples/s per worker.
 (c) decode + augment samples/s of one loader worker (one CPU core), measured in this process with
     the published augmentation recipe and with flip only, against decode-only as the baseline
     of the same run; workers needed = GPU samples/s / per-worker samples/s.
+(d) ``--partial-fc-memory``: classifier memory per rank of the sharded Partial FC on the CPU
+    (gloo processes), at two class counts and 1, 2 and 4 ranks: rows per rank, the bytes of the
+    class centres + their gradient + SGD momentum, and the growth of each process's peak
+    resident memory over one step (target: falls as 1/world).
 Without a GPU, (a) and (b) run a tiny CPU version and say so: those are not GPU figures.
+
+    python benchmarks/train_throughput.py --smoke                      # every path, tiny, any machine
+    python benchmarks/train_throughput.py --partial-fc-memory          # (d), CPU
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from maskgen.training.loader import (  # noqa: E402
     read_dataset_info,
     to_device,
 )
-from maskgen.training.trainer import build_optimizer, pick_precision, train_step  # noqa: E402
+from maskgen.training.trainer import GradClipper, build_optimizer, pick_precision, train_step  # noqa: E402
 
 
 def _setup(args, device: torch.device):
@@ -58,8 +65,10 @@ def _setup(args, device: torch.device):
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg, params)
-    model = torch.compile(method) if args.compile else method
-    return model, optimizer, params, scaler, amp_dtype, precision, channels_last
+    if args.compile:
+        method.compile()  # in place, as the trainer does (and before DDP when there is one)
+    clip = GradClipper(params, [], 5.0)
+    return method, optimizer, clip, scaler, amp_dtype, precision, channels_last
 
 
 def _sync(device: torch.device) -> None:
@@ -68,7 +77,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_synthetic(args, device: torch.device) -> dict:
-    model, opt, params, scaler, amp_dtype, precision, cl = _setup(args, device)
+    model, opt, clip, scaler, amp_dtype, precision, cl = _setup(args, device)
     g = torch.Generator(device=device).manual_seed(0)
     bs, s = args.batch_size, args.image_size
     raw = {
@@ -81,14 +90,14 @@ def bench_synthetic(args, device: torch.device) -> dict:
             _sync(device)
             t0 = time.perf_counter()
         batch = to_device(raw, device, cl)  # the same uint8 -> normalized float path as real data
-        out, _ = train_step(model, batch, opt, params, scaler, amp_dtype, 5.0)
+        out, _ = train_step(model, batch, opt, clip, scaler, amp_dtype)
     _sync(device)
     dt = time.perf_counter() - t0
     return {"samples_per_s": args.steps * bs / dt, "precision": precision, "loss": float(out["loss"].detach())}
 
 
 def bench_streaming(args, device: torch.device, shards: list[str]) -> dict:
-    model, opt, params, scaler, amp_dtype, precision, cl = _setup(args, device)
+    model, opt, clip, scaler, amp_dtype, precision, cl = _setup(args, device)
     info = read_dataset_info(shards)
     steps = args.warmup + args.steps
     lcfg = LoaderConfig(
@@ -109,7 +118,7 @@ def bench_streaming(args, device: torch.device, shards: list[str]) -> dict:
         wait += time.perf_counter() - tw
         batch = to_device(raw, device, cl)
         batch["label"] = batch["label"] % args.num_classes
-        out, _ = train_step(model, batch, opt, params, scaler, amp_dtype, 5.0)
+        out, _ = train_step(model, batch, opt, clip, scaler, amp_dtype)
     _sync(device)
     dt = time.perf_counter() - t0
     return {"samples_per_s": args.steps * args.batch_size / dt, "data_wait": wait / dt,
@@ -146,6 +155,69 @@ def bench_loader_cpu(shards: list[str], samples: int, image_size: int) -> dict:
     return results
 
 
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _pfc_rank(rank: int, world: int, port: int, classes: int, dim: int, batch: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from maskgen.training.heads import CombinedMarginLoss, PartialFC, classifier_sharding
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    before = _peak_rss_mb()
+    with classifier_sharding(rank, world):
+        head = PartialFC(dim, classes, CombinedMarginLoss(64.0, 1.0, 0.5, 0.0))
+    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(rank)
+    emb = torch.randn(batch, dim, generator=g, requires_grad=True)
+    labels = torch.randint(0, classes, (batch,), generator=g)
+    loss, _ = head(emb, labels)
+    loss.backward()
+    opt.step()
+    tensors = sum(t.numel() * t.element_size() for t in
+                  [head.weight, head.weight.grad, opt.state[head.weight]["momentum_buffer"]])
+    Path(out, f"pfc-{classes}-{world}-{rank}.json").write_text(json.dumps({
+        "rows": head.num_local, "tensor_mb": tensors / 2**20, "peak_rss_growth_mb": _peak_rss_mb() - before,
+        "loss": float(loss.detach())}))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def bench_partial_fc_memory(sizes: list[int], dim: int = 128, batch: int = 64) -> list[dict]:
+    """(d): per-rank classifier memory of the sharded head, 1/2/4 gloo ranks on the CPU."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for classes in sizes:
+            for world in (1, 2, 4):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                # fresh processes for every world size (one rank too): equal starting points for peak memory
+                mp.start_processes(_pfc_rank, args=(world, port, classes, dim, batch // world, tmp), nprocs=world,
+                                   start_method="spawn")
+                per = [json.loads(Path(tmp, f"pfc-{classes}-{world}-{r}.json").read_text()) for r in range(world)]
+                rows.append({"classes": classes, "world": world, "rows_per_rank": max(p["rows"] for p in per),
+                             "tensor_mb_per_rank": max(p["tensor_mb"] for p in per),
+                             "peak_rss_growth_mb_per_rank": max(p["peak_rss_growth_mb"] for p in per),
+                             "loss": per[0]["loss"]})
+                r = rows[-1]
+                print(f"(d) {classes:>7} classes x {dim}, {world} rank(s): {r['rows_per_rank']} rows/rank, "
+                      f"centres+grad+momentum {r['tensor_mb_per_rank']:.1f} MB/rank, peak RSS growth "
+                      f"{r['peak_rss_growth_mb_per_rank']:.1f} MB/rank (loss {r['loss']:.3f})", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="iresnet50")
@@ -164,9 +236,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--loader-only", action="store_true", help="only (c)")
     ap.add_argument("--gpu-target", type=float, default=4400.0, help="GPU samples/s to size (c) against")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--partial-fc-memory", action="store_true", help="only (d): sharded classifier memory per rank")
+    ap.add_argument("--pfc-classes", default="20000,200000", help="class counts of (d)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes on any device (checks that every path runs; not a throughput figure)")
     args = ap.parse_args(argv)
 
     figures: dict = {"args": vars(args)}
+    if args.partial_fc_memory:
+        figures["partial_fc_memory"] = bench_partial_fc_memory([int(c) for c in args.pfc_classes.split(",")])
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        return figures
     shards = expand_shards(args.shards) if args.shards else None
     if not args.loader_only:
         if torch.cuda.is_available():
@@ -175,10 +256,15 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             device = torch.device("cpu")
             figures["device"] = "cpu"
-            print("no GPU: running a tiny CPU smoke version of (a)/(b); these are NOT the H100 figures")
+            if not args.smoke:
+                print("no GPU: running the tiny smoke version of (a)/(b); these are NOT GPU figures")
+            args.smoke = True
             torch.set_num_threads(1)
+        if args.smoke:
             args.model, args.batch_size, args.num_classes = "iresnet18", 8, 1000
             args.steps, args.warmup, args.num_workers = 3, 1, min(args.num_workers, 1)
+            args.loader_samples = min(args.loader_samples, 200)
+        figures["smoke"] = bool(args.smoke)
         print(f"device {figures['device']}: {args.model}, batch {args.batch_size}, "
               f"{args.num_classes} classes, ArcFace")
         figures["synthetic"] = bench_synthetic(args, device)

@@ -51,9 +51,10 @@ def three_cases(subset: dict) -> dict:
     from maskgen.eval.api import evaluate
 
     out = subset["root"] / "run1"
+    lines: list[str] = []
     res = evaluate(model="dlib", pairs=str(subset["pairs_bad"]), images=str(subset["images"]),
-                   out=str(out), cases=(1, 2, 3), seed=7, cache_dir=str(subset["cache"]))
-    return {"res": res, "out": out}
+                   out=str(out), cases=(1, 2, 3), seed=7, cache_dir=str(subset["cache"]), progress=lines.append)
+    return {"res": res, "out": out, "progress": lines}
 
 
 def test_three_cases_reported(three_cases, subset):
@@ -83,6 +84,9 @@ def test_three_cases_reported(three_cases, subset):
     assert "masked-unmasked" in md and "masked-masked" in md
     png = cv2.imread(str(out / "roc.png"))
     assert png is not None and png.shape[0] > 100
+    # progress lines while embedding: done/total, rate and ETA, the last one at the end
+    lines = three_cases["progress"]
+    assert lines and lines[-1].startswith(f"embedded {n_img + 1}/{n_img + 1} images (") and "ETA 0:00:00" in lines[-1]
 
 
 def test_masked_embeddings_differ_and_cache_reuses_unmasked(three_cases, subset):
@@ -245,3 +249,106 @@ def test_checkpoint_embedder_with_mask_head(subset, tmp_path):
     assert res["verification"]["case2"]["pairs"] == 3
     mu = res["mask_usage"]
     assert mu["n"] >= 6 and mu["n_masked"] >= 1 and 0.0 <= mu["accuracy"] <= 1.0
+
+
+def _save_run(run_dir: Path, config: dict, seed: int = 0) -> Path:
+    """A checkpoint in the trainer's format (weights + config JSON) inside a run folder."""
+    torch = pytest.importorskip("torch")
+    from maskgen.training.checkpoint import build_method
+
+    torch.manual_seed(seed)
+    method = build_method(config)
+    path = run_dir / "checkpoints" / "step_000000001.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": "maskgen-checkpoint", "version": 2, "step": 1, "model": method.state_dict(),
+                "ema": None, "config_json": json.dumps(config)}, path)
+    return path
+
+
+def _bfm_config(threshold: float) -> dict:
+    return {"model": "mobilefacenet", "embedding_size": 32, "num_classes": 8, "method": "bfm",
+            "model_options": {"scale": 1, "blocks": [1, 1, 1, 1]},
+            "method_options": {"classifier_width": 4, "route_threshold": threshold}}
+
+
+def test_bfm_scored_with_its_routed_protocol_from_checkpoint_and_onnx(subset, tmp_path):
+    """ckpt:runs/<name> of a BFM model routes every pair (threshold 0: all to E_P; above 1: all
+    to E_F); its ONNX export (embedding + mask_logits + routing metadata) scores the same."""
+    pytest.importorskip("onnxruntime")
+    from maskgen.eval.api import evaluate
+    from maskgen.training.export import export_onnx
+
+    common = dict(pairs=str(subset["pairs"]), images=str(subset["images"]), cases=(1, 2), seed=7,
+                  max_pairs=4, identification=False)
+    got = {}
+    for name, thr in (("all_partial", 0.0), ("all_full", 1.01)):
+        run = tmp_path / "runs" / name
+        _save_run(run, _bfm_config(thr))
+        got[name] = evaluate(model=f"ckpt:{run}", out=str(tmp_path / name), cache_dir=str(tmp_path / f"c-{name}"),
+                             **common)
+        assert got[name]["config"]["protocol"] == "bfm"
+    for c in ("case1", "case2"):
+        assert got["all_partial"]["verification"][c]["pairs_routed_to_partial"] == 1.0
+        assert got["all_full"]["verification"][c]["pairs_routed_to_partial"] == 0.0
+    onnx_path = export_onnx(tmp_path / "runs" / "all_partial", tmp_path / "bfm.onnx")
+    via_onnx = evaluate(model=f"onnx:{onnx_path}", out=str(tmp_path / "o"), cache_dir=str(tmp_path / "co"), **common)
+    assert via_onnx["config"]["protocol"] == "bfm" and via_onnx["config"]["route_threshold"] == 0.0
+    for c in ("case1", "case2"):
+        a = via_onnx["verification"][c]["accuracy_cosine"]
+        b = got["all_partial"]["verification"][c]["accuracy_cosine"]
+        assert a["mean"] == pytest.approx(b["mean"]) and via_onnx["verification"][c]["pairs_routed_to_partial"] == 1.0
+    assert "mask_usage" in via_onnx  # the second ONNX output is read as the mask head
+
+
+def test_feature_concatenation_and_model_specs(tmp_path):
+    """--model ckpt:a+ckpt:b: L2-normalised features side by side, cosine = mean of cosines."""
+    from maskgen.eval.embedders import ConcatEmbedder, load_embedder, onnx_providers, split_specs
+
+    arc = {"model": "mobilefacenet", "embedding_size": 16, "num_classes": 4, "method": "arcface",
+           "model_options": {"scale": 1, "blocks": [1, 1, 1, 1]}}
+    a = _save_run(tmp_path / "runs" / "a", arc, seed=0)
+    _save_run(tmp_path / "runs" / "b", dict(arc, embedding_size=24), seed=1)
+    cat = load_embedder(f"ckpt:{a}+ckpt:{tmp_path / 'runs' / 'b'}", device="cpu")  # a file + a run folder
+    assert isinstance(cat, ConcatEmbedder) and cat.dim == 40
+    crops = list(np.random.default_rng(0).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8))
+    e = cat.embed(crops)
+    parts = [p.embed(crops) for p in cat.parts]
+
+    def cos(x, y):
+        return np.sum(x * y, 1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+
+    assert np.allclose(cos(e[:2], e[2:]), (cos(parts[0][:2], parts[0][2:]) + cos(parts[1][:2], parts[1][2:])) / 2,
+                       atol=1e-5)
+    assert split_specs("ckpt:x+y.pt+onnx:m.onnx") == ["ckpt:x+y.pt", "onnx:m.onnx"]
+    with pytest.raises(ValueError, match="own crop"):
+        load_embedder(f"dlib+ckpt:{a}")
+    assert onnx_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert onnx_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    assert onnx_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_make_bin_writes_case2_and_case3_packs_deterministically(subset, tmp_path):
+    from maskgen.eval.cli import make_bin
+
+    runner = CliRunner()
+    sel = read_pairs(subset["pairs"]).subset([0, 1, 10])
+    write_pairs(sel, tmp_path / "sel.txt")
+    args = [str(tmp_path / "sel.txt"), "--images", str(subset["images"]), "--case", "1,2,3", "--seed", "3"]
+    r = runner.invoke(make_bin, args + ["-o", str(tmp_path / "lfw_{case}.bin")])
+    assert r.exit_code == 0, r.output
+    packs = {c: read_bin(tmp_path / f"lfw_{c}.bin") for c in (1, 2, 3)}
+    b1, b2, b3 = (packs[c][0] for c in (1, 2, 3))
+    assert all(packs[c][1].tolist() == [True, True, False] for c in packs)
+    assert b2[0::2] == b1[0::2] and all(x != y for x, y in zip(b2[1::2], b1[1::2]))  # Case 2: second masked
+    assert b3[1::2] == b2[1::2] and all(x != y for x, y in zip(b3[0::2], b1[0::2]))  # Case 3: both masked
+    stats = json.loads((tmp_path / "lfw_3.bin.json").read_text())
+    assert stats["case"] == 3 and stats["masked"] + stats["mask_failed"] == 6
+    # the same seed: the same bytes (one case alone, another output name); another seed: other masks
+    r = runner.invoke(make_bin, [str(tmp_path / "sel.txt"), "--images", str(subset["images"]), "--case", "3",
+                                 "--seed", "3", "-o", str(tmp_path / "again.bin")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "again.bin").read_bytes() == (tmp_path / "lfw_3.bin").read_bytes()
+    r = runner.invoke(make_bin, [str(tmp_path / "sel.txt"), "--images", str(subset["images"]), "--case", "2,3",
+                                 "--seed", "4", "-o", str(tmp_path / "other.bin")])
+    assert r.exit_code == 0, r.output
+    assert read_bin(tmp_path / "other_case3.bin")[0] != b3

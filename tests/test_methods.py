@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskgen.training.inference import ConcatEmbedder, MethodEmbedder, bfm_pair_scores, split_bfm
+from maskgen.training.checkpoint import Embedder
+from maskgen.training.inference import bfm_pair_scores, split_bfm
 from maskgen.training.methods import create_method, list_methods, method_class
 from maskgen.training.methods.bfm import guided_loss
 from maskgen.training.methods.triplet import sample_triplets, triplet_loss
@@ -114,7 +115,7 @@ def test_loss_finite_and_decreasing_on_random_batch(trained) -> None:
     assert np.isfinite(losses).all()
     assert min(losses[-2:]) < losses[0]
     with torch.no_grad():
-        emb = MethodEmbedder(method)(batch["image"][:2])
+        emb = Embedder(method)(batch["image"][:2])
     assert emb.shape == (2, 2 * EMB if name == "bfm" else EMB)
 
 
@@ -136,7 +137,7 @@ def test_multitask_loss_is_arcface_plus_log_mask_loss() -> None:
     assert torch.allclose(out["loss"].detach(), expected, atol=1e-5)
     probs = method.eval().predict_mask(random_batch()["image"])
     assert probs.shape == (8,) and bool(((probs >= 0) & (probs <= 1)).all())
-    assert callable(MethodEmbedder(method).mask_logits)
+    assert Embedder(method).has_mask_head
 
 
 def test_multitask_falls_back_to_embedding_without_fc() -> None:
@@ -221,65 +222,50 @@ def test_bfm_embedding_routes_after_training(trained) -> None:
 
 def test_triplet_sampling_valid_seeded_and_fresh_each_epoch() -> None:
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3] * 2)
-    a, p, n = sample_triplets(labels, torch.Generator().manual_seed(0))
-    assert len(a) == 16
-    assert bool((labels[a] == labels[p]).all()) and bool((a != p).all())
-    assert bool((labels[a] != labels[n]).all())
-    # an identity seen once has no positive and is left out
-    a1, _, _ = sample_triplets(torch.tensor([0, 1, 1]), torch.Generator().manual_seed(0))
-    assert a1.tolist() == [1, 2]
+    keys = [f"k{i:02d}" for i in range(16)]
+    p, n, valid = sample_triplets(labels, keys, seed=3, epoch=0)
+    a = np.arange(16)
+    assert valid.all() and (labels.numpy()[a] == labels.numpy()[p]).all() and (a != p).all()
+    assert (labels.numpy()[a] != labels.numpy()[n]).all()
+    # an identity seen once has no positive and is not a valid anchor
+    _, _, v1 = sample_triplets(torch.tensor([0, 1, 1]), ["a", "b", "c"], 0, 0)
+    assert v1.tolist() == [False, True, True]
+    # the same epoch gives the same triplets whatever the step; a new epoch new negatives
+    again = sample_triplets(labels, keys, 3, 0)[1]
+    later = [sample_triplets(labels, keys, 3, e)[1] for e in (1, 2, 3)]
+    assert np.array_equal(n, again) and any(not np.array_equal(n, x) for x in later)
+    # a negative belongs to the anchor and the candidate, not to the batch position
+    perm = np.random.default_rng(0).permutation(16)
+    _, n_perm, _ = sample_triplets(labels[perm], [keys[i] for i in perm], 3, 0)
+    assert [keys[perm[j]] for j in n_perm] == [keys[n[i]] for i in perm]
 
     method = tiny_method("triplet", seed=3)
-    draws = []
-    for epoch in (0, 0, 1):
-        method.set_epoch(epoch)
-        draws.append(sample_triplets(labels, method._generator())[2])
-    assert torch.equal(draws[0], draws[1])  # same seed and epoch: same negatives
-    assert not torch.equal(draws[0], draws[2])  # a new epoch: fresh negatives
-    # the counters travel with the weights, so a resumed run draws what the first run would
-    method.train()
-    method(random_batch(repeat=False))
-    resumed = tiny_method("triplet", seed=3)
-    resumed.load_state_dict(method.state_dict())
-    negatives = sample_triplets(labels, method._generator())[2]
-    assert torch.equal(sample_triplets(labels, resumed._generator())[2], negatives)
-    assert int(resumed.step) == 1 and int(resumed.epoch) == 1
+    method.set_epoch(2)
+    assert method.epoch == 2 and isinstance(method.neck[0], torch.nn.Linear)
 
 
 def test_triplet_loss_margin() -> None:
     a = torch.tensor([[1.0, 0.0]])
-    assert triplet_loss(a, a, -a, 0.2).item() == 0.0  # d_pos 0, d_neg 4
-    assert triplet_loss(a, -a, a, 0.2).item() == pytest.approx(4.2)
+    assert triplet_loss(a, a, -a, 0.5).item() == 0.0  # d_pos 0, d_neg 4
+    assert triplet_loss(a, -a, a, 0.5).item() == pytest.approx(4.5)
+    two = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert triplet_loss(two, -two, two, 0.5, torch.tensor([True, False])).item() == pytest.approx(4.5)
     with pytest.raises(ValueError):
         tiny_method("triplet", margin=0.0)
+    assert tiny_method("triplet").margin == 0.5  # the paper's margin by default
 
 
-def test_triplet_trains_only_unfrozen_last_layers() -> None:
+def test_triplet_trains_only_the_added_layer() -> None:
+    from maskgen.training.trainer import apply_freeze
+
     method = tiny_method("triplet")
-    trainable = ("backbone.layer4", "backbone.bn2", "backbone.fc", "backbone.features")
-    for name, p in method.named_parameters():
-        p.requires_grad_(name.startswith(trainable))
-    before = {k: v.clone() for k, v in method.state_dict().items() if k.startswith("backbone.layer1")}
+    assert apply_freeze(method, ["neck"]) == ["neck.0.weight", "neck.0.bias", "neck.1.weight", "neck.1.bias"]
+    before = {k: v.clone() for k, v in method.state_dict().items()}
     train_steps(method, random_batch(repeat=False), steps=2)
     after = method.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
-
-
-def test_concat_embedder_cosine_is_mean_of_model_cosines() -> None:
-    torch.manual_seed(0)
-    m1 = create_model("mfr_iresnet18", **TINY).eval()
-    m2 = create_model("ressanet_small", width=4, embedding_size=16, input_size=SIZE).eval()
-    cat = ConcatEmbedder([m1, m2]).eval()
-    x = torch.randn(4, 3, SIZE, SIZE)
-    with torch.no_grad():
-        e = cat(x)
-        c1 = torch.nn.functional.cosine_similarity(m1(x[:2]), m1(x[2:]))
-        c2 = torch.nn.functional.cosine_similarity(m2(x[:2]), m2(x[2:]))
-    assert e.shape == (4, EMB + 16)
-    c = torch.nn.functional.cosine_similarity(e[:2], e[2:])
-    assert torch.allclose(c, (c1 + c2) / 2, atol=1e-5)
-    with pytest.raises(ValueError):
-        ConcatEmbedder([m1])
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone.")
+               and "running" not in k and "num_batches" not in k)
+    assert not torch.equal(before["neck.0.weight"], after["neck.0.weight"])
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "methods").glob("*.yaml")), ids=lambda p: p.stem)
@@ -402,7 +388,7 @@ def test_methods_run_in_the_trainer(name: str, twins_shards: Path, tmp_path: Pat
     """The method through ``maskgen.training.train`` (pairs mode where it needs pairs), then
     back from the checkpoint as an embedder."""
     training = pytest.importorskip("maskgen.training.trainer")
-    from maskgen.training.checkpoint import load_embedder
+    from maskgen.training.checkpoint import load_model
 
     config = {
         "model": "mfr_iresnet18", "model_options": {k: v for k, v in TINY.items() if k != "embedding_size"},
@@ -411,13 +397,76 @@ def test_methods_run_in_the_trainer(name: str, twins_shards: Path, tmp_path: Pat
         "batch_size": 4, "max_steps": 3, "num_workers": 0, "shuffle_buffer": 8, "lr": 0.01,
         "device": "cpu", "log_every": 1, "save_every": 0, "augment": {"flip": 0.0},
     }
-    result = training.train(config, shards=str(twins_shards / "shards" / "*.tar"), output=str(tmp_path), name=name)
+    shards = str(twins_shards / "shards" / "*.tar")
+    if name == "triplet":  # refuses to start from random weights; a short ArcFace run stands in
+        from maskgen.training.config import ConfigError
+
+        with pytest.raises(ConfigError, match="pretrained"):
+            training.train(config, shards=shards, output=str(tmp_path), name=name)
+        pre = training.train(dict(config, method="arcface", max_steps=1), shards=shards, output=str(tmp_path),
+                             name="pretrained")
+        config = dict(config, init_from=str(pre.checkpoint), freeze=["neck"])
+    result = training.train(config, shards=shards, output=str(tmp_path), name=name)
     assert result.step == 3 and len(result.history) == 3
     assert all(np.isfinite(row["loss"]) for row in result.history)
-    embedder, cfg = load_embedder(result.run_dir)
+    embedder, cfg = load_model(result.run_dir)
     assert cfg["method"] == name
-    wrapped = MethodEmbedder(embedder.method).eval()
     with torch.no_grad():
-        emb = wrapped(torch.zeros(2, 3, SIZE, SIZE))
+        emb = embedder(torch.zeros(2, 3, SIZE, SIZE))
     assert emb.shape == (2, 2 * EMB if name == "bfm" else EMB)
-    assert hasattr(wrapped, "mask_logits") == (name != "triplet")
+    assert embedder.has_mask_head == (name != "triplet")
+    assert embedder.protocol == ("bfm" if name == "bfm" else "cosine")
+
+
+def test_method_configs_follow_their_papers() -> None:
+    """The values the papers state, read from the shipped configs (differences: docs/methods.md)."""
+    from maskgen.training.config import resolve_config
+    from maskgen.training.schedules import build_schedule
+
+    def cfg(name: str) -> dict:
+        return resolve_config(ROOT / "configs" / "methods" / f"{name}.yaml", shards="x.tar")
+
+    qi = cfg("qi2021_mfr")
+    assert (qi["warmup_epochs"], qi["epochs"], qi["train_mask_ratio"]) == (0.1, 24, 0.1)
+    lr = build_schedule(qi, 100, 2400)
+    assert lr(0) < 0.02 and lr(10) == pytest.approx(0.1)  # 0.1 epoch of warm-up
+    assert lr(10 + 1599) < 1e-4 and lr(10 + 1600) == pytest.approx(0.1)  # the minimum at 16 epochs, then a cycle
+    bfm = cfg("huang_bfm")
+    assert bfm["method_options"]["guided_stop_grad"] is False and method_class("bfm")  # Eq. 4
+    assert (bfm["schedule"], bfm["milestones"], bfm["epochs"], bfm["gamma"]) == ("step", [30.0, 60.0, 90.0], 100, 0.1)
+    assert tiny_method("bfm").guided_stop_grad is False  # the method's default too
+    sharma = cfg("sharma_triplet")
+    assert sharma["method_options"]["margin"] == 0.5 and sharma["lr"] == 0.01 and sharma["freeze"] == ["neck"]
+    assert method_class("triplet").needs_pretrained
+    montero = cfg("montero_multitask_arcface")
+    assert montero["model_options"]["dropout"] > 0 and montero["mask_choice_per_epoch"] is True
+    gao = cfg("gao_ressanet")
+    assert gao["model"] == "ressanet" and cfg("gao_ressanet100_partialfc")["model"] == "ressanet100"
+
+
+def test_multitask_mask_head_reads_the_features_after_dropout() -> None:
+    torch.manual_seed(0)
+    backbone = create_model("iresnet18", embedding_size=EMB, input_size=SIZE, dropout=0.5)
+    method = create_method("multitask_arcface", backbone, 4, embedding_size=EMB).train()
+    seen = []
+    method.mask_head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    method(random_batch())
+    dropped = float((seen[0] == 0).float().mean())
+    assert 0.35 < dropped < 0.65  # half the features zeroed: the head sits after the dropout
+
+
+@pytest.mark.parametrize("name", ["multitask_arcface", "bfm"])
+def test_export_keeps_the_mask_head_as_a_second_output(name: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from maskgen.training.export import export_onnx, onnx_check
+
+    method = tiny_method(name).eval()
+    path = export_onnx(method, tmp_path / "m.onnx", input_size=SIZE)
+    model = onnx.load(str(path))
+    assert [o.name for o in model.graph.output] == ["embedding", "mask_logits"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["maskgen.protocol"] == ("bfm" if name == "bfm" else "cosine")
+    got = onnx_check(path, method, torch.randn(3, 3, SIZE, SIZE))
+    assert got["cosine_min"] > 0.999 and got["mask_prob_max_diff"] < 1e-4

@@ -8,7 +8,8 @@ from torch import nn
 
 from maskgen.training.models import create_model, list_models
 from maskgen.training.models.mfr import DropBlock2d, MFRIResNet, SEIBasicBlock, SqueezeExcite, StemUnit
-from maskgen.training.models.ressanet import FReLU, IBasicTransformerBlock, ResSaNet, SEIBasicFBlock
+from maskgen.training.models.iresnet import IBasicBlock
+from maskgen.training.models.ressanet import FReLU, IBSABlock, RelativeMHSA, ResSaNet, SEIBasicFBlock
 
 TINY = {"width": 8, "layers": (1, 1, 1, 1), "embedding_size": 32}
 MODELS = {
@@ -106,14 +107,37 @@ def test_frelu_is_max_of_input_and_depthwise_path() -> None:
 
 
 def test_ressanet_layout() -> None:
+    """The paper's table: plain IBasic in stage 1, SE-IBasic_F in 2-3, IBSA (MHSA in place of
+    the convolution) in 4; ResSaNet-100 on the IResNet-100 depths."""
     model = ResSaNet(layers=(1, 2, 2, 2), width=8, embedding_size=16)
-    assert all(not isinstance(b, SEIBasicFBlock) for b in model.layer1)
+    assert all(type(b) is IBasicBlock for b in model.layer1)  # no SE in stage 1
     assert all(isinstance(b, SEIBasicFBlock) for b in list(model.layer2) + list(model.layer3))
-    assert all(isinstance(b, IBasicTransformerBlock) for b in model.layer4)
-    block = model.layer4[0]
-    assert isinstance(block.attn, nn.MultiheadAttention)
-    assert block.pos.shape == (1, 49, 64)  # one position per cell of the 7x7 map
+    assert all(isinstance(b, IBSABlock) for b in model.layer4)
+    first, second = model.layer4
+    assert isinstance(first.mhsa, RelativeMHSA) and not hasattr(first, "conv2")  # the conv is replaced
+    assert first.mhsa.side == 14 and second.mhsa.side == 7  # attention before the stride-2 pool
+    assert first.mhsa.rel_h.shape == (27, 64 // 4)  # relative offsets -13..13 per head dim
     assert model.fc.in_features == 64 * 7 * 7
+    depths = [len(getattr(create_model("ressanet100", width=4, embedding_size=8), f"layer{i}")) for i in (1, 2, 3, 4)]
+    assert depths == [3, 13, 30, 3]
+
+
+def test_relative_mhsa_uses_positions() -> None:
+    """Shifting the content of a map changes the output beyond a shift: positions matter; a
+    uniform map gives a uniform output (content-only attention over equal keys)."""
+    torch.manual_seed(0)
+    mhsa = RelativeMHSA(8, 5, heads=2)
+    x = torch.randn(1, 8, 5, 5)
+    y = mhsa(x)
+    assert y.shape == x.shape
+    with torch.no_grad():
+        mhsa.rel_h.zero_()
+        mhsa.rel_w.zero_()
+    flat = torch.ones(1, 8, 5, 5)
+    out = mhsa(flat)
+    assert torch.allclose(out, out[..., :1, :1].expand_as(out), atol=1e-6)
+    with pytest.raises(ValueError, match="5x5"):
+        mhsa(torch.randn(1, 8, 6, 6))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

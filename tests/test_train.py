@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from maskgen.training.augment import AugmentConfig, augment
-from maskgen.training.checkpoint import list_checkpoints, load_embedder, resolve_checkpoint
+from maskgen.errors import InputError, OutputError
+from maskgen.training.checkpoint import list_checkpoints, load_model, resolve_checkpoint
 from maskgen.training.loader import (
     LoaderConfig,
     expand_shards,
@@ -163,8 +164,10 @@ def test_expand_shards_glob_brace_and_list(shards: Path):
     assert expand_shards("::".join(by_glob[:2])) == by_glob[:2]
     info = read_dataset_info(by_glob[:2])  # a subset counts only its shards
     assert (info.num_samples, info.num_classes) == (2 * PER_SHARD, N_IDS)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="no shard matches"):
         expand_shards(str(d / "nothing-*.tar"))
+    with pytest.raises(InputError, match="shard not found"):
+        expand_shards(str(d / "train-{000000..000009}.tar"))
 
 
 # -- loader ----------------------------------------------------------------------------------------
@@ -315,7 +318,7 @@ def test_resume_continues_the_same_run(tmp_path: Path, shards: Path):
     b = [r["loss"] for r in part.history] + [r["loss"] for r in rest.history]
     assert np.allclose(a, b, rtol=1e-4, atol=1e-4), (a, b)
     assert len((rest.run_dir / "log.jsonl").read_text().splitlines()) == 6
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputError, match="already has checkpoints"):
         train(common, name="split")
 
 
@@ -323,17 +326,24 @@ def test_load_embedder_and_onnx_export(trained, tmp_path: Path, lfw_samples):
     pytest.importorskip("onnxruntime")
     from maskgen.training.export import export_onnx, onnx_cosine
 
-    embedder, config = load_embedder(trained.run_dir)  # run folder -> newest checkpoint, EMA weights
+    embedder, config = load_model(trained.run_dir)  # run folder -> newest checkpoint, EMA weights
     assert config["model"] == "iresnet18" and not embedder.training
     imgs = np.stack([cv2.resize(s[2], (32, 32))[:, :, ::-1] for s in lfw_samples[:4]])
     x = normalize_images(imgs)
     with torch.no_grad():
         emb = embedder(x)
     assert tuple(emb.shape) == (4, 512) and torch.isfinite(emb).all()
-    raw, _ = load_embedder(trained.checkpoint, use_ema=False)
+    raw, _ = load_model(trained.checkpoint, use_ema=False)
     with torch.no_grad():
         assert not torch.allclose(raw(x), emb)
-    path = export_onnx(trained.checkpoint, tmp_path / "model.onnx", input_size=32)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export_onnx(trained.checkpoint, tmp_path / "model.onnx", input_size=32)
+    # the supported exporter (dynamo): no "will be removed" / deprecation warning from the export
+    assert not [w for w in caught if "remove" in str(w.message) or "deprecat" in str(w.message).lower()], \
+        [str(w.message) for w in caught]
     cos = onnx_cosine(path, embedder, x)
     assert cos.min() > 0.999
     cos8 = onnx_cosine(path, embedder, torch.cat([x, x]))  # dynamic batch
@@ -371,7 +381,7 @@ def test_cli_train_yaml_flags_and_export(tmp_path: Path, shards: Path):
                    "image_size: 32\nmodel_options: {input_size: 32}\nmethod: cosface\nlog_every: 1\n")
     args = ["--config", str(cfg), "--shards", str(shards / "shards" / "*.tar"), "--batch-size", "8",
             "--max-steps", "2", "--output", str(tmp_path / "runs"), "--name", "cli",
-            "--set", "method_options.s=32", "--set", "augment.crop=0.5", "--no-compile"]
+            "--set", "method_options.s=32", "--set", "augment.crop=0.5", "--compile", "false"]
     res = CliRunner().invoke(train_cmd, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     run = tmp_path / "runs" / "cli"
@@ -385,11 +395,12 @@ def test_cli_train_yaml_flags_and_export(tmp_path: Path, shards: Path):
     assert res.exit_code == 0, res.output
     assert float(res.output.split("cosine: min ")[1].split()[0]) > 0.999
     bad = CliRunner().invoke(train_cmd, ["--shards", "x.tar", "--optimizer", "lion"])
-    assert bad.exit_code != 0 and "optimizer must be one of" in bad.output
+    assert bad.exit_code != 0 and "'lion' is not one of" in bad.output
 
 
 def test_ddp_two_cpu_processes_with_torchrun(tmp_path: Path, shards: Path):
-    """The multi-GPU code path on the CPU: torchrun, gloo, DDP, rank-split shards."""
+    """The multi-GPU code path on the CPU: torchrun, gloo, torch.compile + DDP, rank-split shards,
+    the classifier sharded with one checkpoint file per rank."""
     import os
     import subprocess
     import sys
@@ -401,13 +412,30 @@ def test_ddp_two_cpu_processes_with_torchrun(tmp_path: Path, shards: Path):
            "-m", "maskgen", "train", "--shards", str(shards / "shards" / "*.tar"), "--model", "mobilefacenet",
            "--set", "model_options.input_size=32", "--image-size", "32", "--batch-size", "4",
            "--max-steps", "3", "--num-workers", "0", "--device", "cpu", "--log-every", "1",
-           "--output", str(tmp_path), "--name", "ddp"]
+           "--output", str(tmp_path), "--name", "ddp", "--compile", "eager"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "global batch 8" in proc.stderr and "x2" in proc.stderr
+    assert "classifier sharded over 2 ranks" in proc.stderr
+    # PyTorch's order for compiled DDP models: compile the inner module in place, then wrap it
+    assert "compiled in place (eager), then DDP over 2 ranks" in proc.stderr
+    from maskgen.training.checkpoint import list_checkpoints as ckpts
+
+    last = ckpts(tmp_path / "ddp")[-1]
+    assert len(list(last.parent.glob(f"{last.stem}.rank*of2.pt"))) == 2 and not any(
+        "_orig_mod" in k for k in torch.load(last, weights_only=True)["model"])
+    # resume: every rank reloads its own classifier rows and optimizer state
+    resumed = subprocess.run([*cmd[:cmd.index("--max-steps") + 1], "4", *cmd[cmd.index("--max-steps") + 2:],
+                              "--resume", "latest"], env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed" in resumed.stderr and "done: step 4" in resumed.stdout
+    # inference needs no classifier: the main file alone gives the model (one process)
+    model, config = load_model(tmp_path / "ddp")
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 512) and config["num_classes"] == N_IDS
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes the log
-    assert resolve_checkpoint("latest", tmp_path / "ddp").name == "step_000000003.pt"
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # rank 0 alone writes the log
+    assert resolve_checkpoint("latest", tmp_path / "ddp").name == "step_000000004.pt"
 
 
 def test_init_from_and_freeze_train_only_the_last_layers(trained, tmp_path: Path, train_shards: Path):
@@ -453,3 +481,259 @@ def test_loader_reads_shards_over_http(shards: Path):
         assert all(torch.equal(a["image"], b["image"]) for a, b in zip(got, want))
     finally:
         server.shutdown()
+
+
+# -- safety: checkpoints are data, shards that end early are errors ---------------------------------
+class _Payload:
+    """Unpickling this creates ``marker``: what a hostile checkpoint would do with code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _malicious_checkpoint(path: Path, marker: Path, config: dict | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": 5, "model": {"x": _Payload(marker)}, "config": config or {}}, path)
+    return path
+
+
+def test_malicious_checkpoints_never_run_through_any_entry_point(tmp_path: Path, shards: Path, lfw_dir: Path):
+    from click.testing import CliRunner
+
+    from maskgen.eval.cli import eval_cmd
+    from maskgen.training.checkpoint import UnsafeCheckpointError
+    from maskgen.training.cli import export as export_cmd
+    from maskgen.training.cli import train as train_cmd
+
+    marker = tmp_path / "pwned"
+    evil = _malicious_checkpoint(tmp_path / "evil.pt", marker)
+    runner = CliRunner()
+    pattern = str(shards / "shards" / "*.tar")
+    base = ["--shards", pattern, "--model", "mobilefacenet", "--set", "model_options.input_size=32",
+            "--image-size", "32", "--batch-size", "4", "--max-steps", "1", "--num-workers", "0",
+            "--output", str(tmp_path / "runs")]
+    # maskgen export
+    res = runner.invoke(export_cmd, [str(evil), str(tmp_path / "m.onnx")])
+    assert isinstance(res.exception, UnsafeCheckpointError), res.output
+    # train --init-from
+    res = runner.invoke(train_cmd, base + ["--name", "init", "--init-from", str(evil)])
+    assert isinstance(res.exception, UnsafeCheckpointError), res.output
+    # train --resume latest: a hostile file planted as the newest checkpoint of the run
+    _malicious_checkpoint(tmp_path / "runs" / "res" / "checkpoints" / "step_000000005.pt", marker)
+    res = runner.invoke(train_cmd, base + ["--name", "res", "--resume", "latest"])
+    assert isinstance(res.exception, UnsafeCheckpointError), res.output
+    # maskgen eval --model ckpt:
+    person = sorted(p for p in lfw_dir.iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) >= 2)[0]
+    a, b = sorted(person.glob("*.jpg"))[:2]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"{person.name}/{a.name} {person.name}/{b.name} 1\n")
+    res = runner.invoke(eval_cmd, ["--model", f"ckpt:{evil}", "--pairs", str(pairs), "--images", str(lfw_dir),
+                                   "--cases", "1", "--no-identification", "-o", str(tmp_path / "ev")])
+    assert isinstance(res.exception, UnsafeCheckpointError), res.output
+    # and the library calls behind them
+    from maskgen.training.checkpoint import backbone_state, load_checkpoint, load_model
+
+    for call in (load_checkpoint, load_model, backbone_state):
+        with pytest.raises(UnsafeCheckpointError) as info:
+            call(evil)
+        assert "\n" not in str(info.value) and "refused" in str(info.value)
+    assert not marker.exists()
+
+
+def test_truncated_newest_checkpoint_resumes_from_the_newest_good_one(tmp_path: Path, shards: Path, caplog):
+    common = dict(TINY, model="mobilefacenet", shards=str(shards / "shards" / "*.tar"), output=str(tmp_path),
+                  name="cut", batch_size=8, save_every=2, keep_checkpoints=3)
+    first = train(common, max_steps=4)
+    names = [p.name for p in list_checkpoints(first.run_dir)]
+    assert names == ["step_000000002.pt", "step_000000004.pt"]
+    newest = list_checkpoints(first.run_dir)[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a real truncated file
+    with caplog.at_level("WARNING", logger="maskgen.train"):
+        rest = train(common, max_steps=6, resume="latest")
+    assert rest.step == 6 and len(rest.history) == 4  # steps 3..6, resumed from step 2
+    text = caplog.text
+    assert "step_000000004.pt" in text and "truncated or unreadable" in text
+    assert "resuming from step_000000002.pt" in text
+    # a checkpoint file named explicitly that is truncated: a one-line error, not a crash
+    from maskgen.training.checkpoint import CorruptCheckpointError, load_checkpoint
+
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(list_checkpoints(rest.run_dir)[-1].read_bytes()[:100])
+    with pytest.raises(CorruptCheckpointError, match="truncated or unreadable"):
+        load_checkpoint(cut)
+
+
+def _truncate_at_member(path: Path, members: int) -> None:
+    """Cut a tar right after its first ``members`` members (a header boundary: tarfile itself
+    reads such a file without any error)."""
+    with tarfile.open(path) as tf:
+        infos = tf.getmembers()
+    end = infos[members - 1].offset_data + -(-infos[members - 1].size // 512) * 512
+    data = path.read_bytes()[:end]
+    path.write_bytes(data)
+
+
+def test_unreadable_shards_are_errors_never_silent(tmp_path: Path, lfw_samples):
+    from click.testing import CliRunner
+
+    from maskgen.training.cli import train as train_cmd
+
+    write_shards(tmp_path / "data", lfw_samples[:96], 32)  # 3 shards of 32 samples
+    d = tmp_path / "data" / "shards"
+    half = d / "train-000001.tar"
+    half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])  # cut inside a member
+    _truncate_at_member(d / "train-000002.tar", 5 * 10)  # 10 whole samples of 32 left
+    res = train(dict(TINY), shards=str(d / "*.tar"), output=str(tmp_path / "runs"), name="bad", max_steps=12,
+                batch_size=8, shuffle_buffer=0)
+    assert set(res.bad_shards) == {"train-000001.tar", "train-000002.tar"}
+    assert "10 of the 32 samples" in res.bad_shards["train-000002.tar"]
+    assert res.skipped.get("unreadable_shard", 0) >= 2 and any(k.startswith("tar_error:") for k in res.skipped)
+    out = CliRunner().invoke(train_cmd, ["--shards", str(d / "*.tar"), "--model", "iresnet18", "--set",
+                                         "model_options.input_size=32", "--image-size", "32", "--batch-size", "8",
+                                         "--max-steps", "2", "--num-workers", "0", "--shuffle-buffer", "0",
+                                         "--output", str(tmp_path / "runs"), "--name", "cli"])
+    assert out.exit_code == 0, out.output
+    assert "error: shard train-000002.tar could not be read to its end" in out.output
+
+
+def test_typed_options_fail_up_front_with_one_line(tmp_path: Path, shards: Path):
+    from click.testing import CliRunner
+
+    from maskgen.training.config import ConfigError, resolve_config
+    from maskgen.training.cli import train as train_cmd
+
+    runner = CliRunner()
+    pattern = str(shards / "shards" / "*.tar")
+    for args, message in [
+        (["--set", "lr=abc"], "lr: expected a number, got 'abc'"),
+        (["--set", "batch_size=0"], "batch_size must be >= 1"),
+        (["--set", "freeze_bn=maybe"], "freeze_bn: expected true or false"),
+        (["--set", "nope=1"], "unknown config keys ['nope']"),
+        (["--set", "ema=1.5"], "ema must be < 1.0"),
+    ]:
+        res = runner.invoke(train_cmd, ["--shards", pattern, "--print-config", *args])
+        assert isinstance(res.exception, ConfigError), (args, res.output)
+        assert message in str(res.exception) and "\n" not in str(res.exception)
+    with pytest.raises(ConfigError, match="model/method options"):
+        train(dict(TINY), shards=pattern, output=str(tmp_path), method_options={"sample_rate": "abc"}, max_steps=1)
+    # the flags come from the same table: help text and a typed click option per key
+    help_text = runner.invoke(train_cmd, ["--help"]).output
+    assert "--batch-size INTEGER" in help_text and "samples per step on each rank" in help_text
+    assert resolve_config(shards="x", lr=1, milestones=(2, 3))["lr"] == 1.0  # ints for floats, lists
+    res = runner.invoke(train_cmd, ["--shards", str(tmp_path / "none-*.tar"), "--output", str(tmp_path)])
+    assert isinstance(res.exception, InputError) and "no shard matches" in str(res.exception)
+
+
+def test_progress_lines_give_done_total_rate_and_eta(tmp_path: Path, shards: Path, caplog):
+    from maskgen.training.progress import format_eta, progress_line
+
+    assert format_eta(3725.4) == "1:02:05" and format_eta(float("nan")) == "?" and format_eta(-1) == "?"
+    assert progress_line("embedded", 320, 1614, 26.0, "images") == \
+        "embedded 320/1614 images (12.3 images/s, ETA 0:01:45)"
+    with caplog.at_level("INFO", logger="maskgen.train"):
+        train(dict(TINY), model="mobilefacenet", shards=str(shards / "shards" / "*.tar"), output=str(tmp_path),
+              name="progress", batch_size=8, max_steps=2)
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [m.split()[1] for m in steps] == ["1/2", "2/2"]
+    assert steps[-1].startswith("step 2/2 (100.0%) epoch 0 loss ") and "ETA 0:00:00" in steps[-1]
+
+
+def test_one_loader_iterator_serves_every_epoch_with_the_same_workers(shards: Path):
+    """Workers start once per run: one iterator over 3 epochs gives exactly the batches of three
+    per-epoch iterators, from the same 2 worker processes (and resumes mid-epoch the same way)."""
+    cfg = _loader_cfg(shards, num_workers=2, steps_per_epoch=3)
+    per_epoch = [b for e in range(3) for b in _batches(cfg, epoch=e)]
+    loader, stream = make_loader(cfg)
+    stream.set_position(0, 0, end_step=9)
+    whole = list(loader)
+    assert [b["key"] for b in whole] == [b["key"] for b in per_epoch]
+    assert len({b["_worker_pid"] for b in whole}) == 2
+    stream.set_position(1, 1, end_step=8)  # resumed at epoch 1, step 1; stops inside epoch 2
+    tail = list(loader)
+    assert [b["key"] for b in tail] == [b["key"] for b in per_epoch[4:8]]
+
+
+def test_nonfinite_step_is_skipped_on_the_device():
+    from maskgen.training.methods import create_method
+    from maskgen.training.models import create_model
+    from maskgen.training.trainer import GradClipper, build_optimizer, train_step
+
+    torch.manual_seed(0)
+    method = create_method("arcface", create_model("mobilefacenet", input_size=32), 4)
+    params = [p for p in method.parameters() if p.requires_grad]
+    opt = build_optimizer({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}, params)
+    assert opt.maskgen_fused  # torch's fused kernels exist on the CPU too
+    clip = GradClipper(params, [], 5.0)
+    good = {"image": torch.randn(4, 3, 32, 32), "label": torch.arange(4)}
+    _, flag = train_step(method, good, opt, clip)
+    assert flag.ndim == 0 and float(flag) == 0.0
+    before = [p.detach().clone() for p in params]
+    momentum = [opt.state[p]["momentum_buffer"].clone() for p in params]
+    bad = {"image": torch.full((4, 3, 32, 32), float("nan")), "label": torch.arange(4)}
+    _, flag = train_step(method, bad, opt, clip)
+    assert float(flag) == 1.0
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+    assert all(torch.equal(m, opt.state[p]["momentum_buffer"]) for m, p in zip(momentum, params))
+
+
+def _step_fixture(name: str, device: str = "cpu", **opts):
+    from maskgen.training.ema import ModelEma
+    from maskgen.training.methods import create_method
+    from maskgen.training.models import create_model
+    from maskgen.training.trainer import GradClipper, build_optimizer
+
+    torch.manual_seed(0)
+    method = create_method(name, create_model("mobilefacenet", input_size=32, embedding_size=16), 4,
+                           embedding_size=16, **opts).to(device).train()
+    params = [p for p in method.parameters() if p.requires_grad]
+    opt = build_optimizer({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}, params)
+    n = 8
+    x = torch.randn(n, 3, 32, 32, device=device)
+    labels = torch.arange(n) % 4
+    batch = {"image": x, "image_orig": x, "image_masked": x * 0.5, "label": labels.to(device),
+             "label_host": labels, "masked": (torch.arange(n) % 2).to(device), "key": [f"k{i}" for i in range(n)]}
+    return method, opt, GradClipper(params, [], 5.0), ModelEma(method, 0.9), batch
+
+
+_STEP_METHODS = [("arcface", {"sample_rate": 0.5}), ("multitask_arcface", {}), ("bfm", {"classifier_width": 4}),
+                 ("triplet", {})]
+
+
+@pytest.mark.parametrize(("name", "opts"), _STEP_METHODS, ids=[m for m, _ in _STEP_METHODS])
+def test_a_training_step_reads_no_tensor_value_on_the_host(name: str, opts: dict, monkeypatch):
+    """The host never reads a tensor's value in a step (item, bool, int, float, tolist): on a GPU
+    each of those would wait for the device. Losses are read at logging steps only."""
+    from maskgen.training.trainer import train_step
+
+    method, opt, clip, ema, batch = _step_fixture(name, **opts)
+    train_step(method, batch, opt, clip)  # first step: lazy state (momentum, BFM's E_P copy)
+    reads: list[str] = []
+    for attr in ("item", "__bool__", "__int__", "__float__", "tolist", "__index__"):
+        real = getattr(torch.Tensor, attr)
+        monkeypatch.setattr(torch.Tensor, attr, lambda self, *a, _r=real, _n=attr, **k: reads.append(_n) or _r(self, *a, **k))
+    for _ in range(2):
+        out, flag = train_step(method, batch, opt, clip)
+        ema.update(method)
+    monkeypatch.undo()
+    assert reads == [], reads
+    assert torch.isfinite(out["loss"]) and float(flag) == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (torch.cuda sync debug mode)")
+@pytest.mark.parametrize(("name", "opts"), _STEP_METHODS, ids=[m for m, _ in _STEP_METHODS])
+def test_a_training_step_does_not_synchronize_the_gpu(name: str, opts: dict):
+    from maskgen.training.trainer import train_step
+
+    method, opt, clip, ema, batch = _step_fixture(name, "cuda", **opts)
+    train_step(method, batch, opt, clip)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            train_step(method, batch, opt, clip)
+            ema.update(method)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

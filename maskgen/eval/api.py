@@ -13,7 +13,7 @@ import numpy as np
 
 from maskgen.eval.binfile import read_bin
 from maskgen.eval.cache import EmbeddingCache
-from maskgen.eval.embedders import embedder_tag
+from maskgen.eval.embedders import embedder_tag, model_protocol
 from maskgen.eval.extract import ORIG, ExtractConfig, ImageJob, check_mask_type, masked_variant
 from maskgen.eval.groups import breakdown, labels_for, read_labels
 from maskgen.eval.identification import knn_accuracy, ranks_per_probe, split_gallery_probes
@@ -63,7 +63,7 @@ def evaluate(model: str = "dlib", pairs: str | None = None, images: str | None =
              batch_size: int = 32, cache_dir: str | None = None, max_folds: int | None = None,
              max_pairs: int | None = None, identification: bool = True, knn_k: int = 1,
              labels: str | None = None, skin_tone: bool = False, landmarks: str | None = None,
-             device: str = "cpu", fars: tuple[float, ...] = DEFAULT_FARS,
+             device: str = "auto", fars: tuple[float, ...] = DEFAULT_FARS,
              progress: Callable[[str], None] | None = None) -> dict:
     """Evaluate ``model`` on a pair set and write ``results.json``, ``results.md``, ``roc.png``.
 
@@ -95,6 +95,8 @@ def evaluate(model: str = "dlib", pairs: str | None = None, images: str | None =
     timing = embed_images(jobs, model, cfg, cache, workers=workers, chunk_size=batch_size,
                           device=device, progress=progress)
     normalize_l2 = model != "dlib"
+    protocol, route_threshold = model_protocol(model)
+    route = route_threshold if protocol == "bfm" else None
 
     results: dict = {
         "model": model, "dataset": ps.source, "pairs": len(ps), "folds": int(len(np.unique(ps.folds))),
@@ -102,6 +104,7 @@ def evaluate(model: str = "dlib", pairs: str | None = None, images: str | None =
                    "landmarks": lm_backend, "workers": workers, "max_folds": max_folds,
                    "max_pairs": max_pairs, "knn_k": knn_k, "fars": list(fars),
                    "l2_on_normalized": normalize_l2, "case2_rule": "second image of each pair masked",
+                   "protocol": protocol, **({"route_threshold": route_threshold} if route is not None else {}),
                    "mask_failure_rule": "image compared unmasked and counted"},
         "images": _image_counts(jobs, cache, masked if need_mask else None),
         "timing": timing,
@@ -110,7 +113,7 @@ def evaluate(model: str = "dlib", pairs: str | None = None, images: str | None =
     curves: dict = {}
     decisions: dict = {}
     for c in cases:
-        cs = case_scores(ps, cache, c, masked, normalize_l2=normalize_l2)
+        cs = case_scores(ps, cache, c, masked, normalize_l2=normalize_l2, route_threshold=route)
         m = verification_metrics(cs, fars)
         ver[f"case{c}"] = m
         if "accuracy_cosine" in m:

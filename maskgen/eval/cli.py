@@ -21,7 +21,8 @@ def _cases(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[in
 
 @click.command("eval")
 @click.option("--model", default="dlib", show_default=True,
-              help="dlib | onnx:<path> | ckpt:<path> (a maskgen train checkpoint).")
+              help="dlib | onnx:<path> | ckpt:<checkpoint or run folder>; a+b concatenates the "
+                   "normalised features of several (Qi et al.). BFM models are scored with their routed protocol.")
 @click.option("--pairs", type=click.Path(exists=True, dir_okay=False), default=None,
               help="LFW-format pairs.txt or a 'a b issame [fold]' list (default: LFW View 2 in the data home).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
@@ -48,16 +49,18 @@ def _cases(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[in
 @click.option("--skin-tone/--no-skin-tone", default=False, show_default=True,
               help="Group by skin tone (ITA bins) measured on each face.")
 @backend_option("--landmarks", dest="landmarks")
-@click.option("--device", default="cpu", show_default=True, help="Device of ckpt: models.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (a GPU when torch, for ckpt:, or onnxruntime's CUDA provider, for onnx:, has one), cpu, cuda.")
 @click.option("--verbose", "-v", is_flag=True)
-def eval_cmd(verbose: bool, **kwargs) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def eval_cmd(verbose: bool, quiet: bool, **kwargs) -> None:
     """Verification (LFW 10-fold, TAR@FAR), masked Cases 1/2/3, identification, per-group figures."""
     from maskgen.eval.api import evaluate
     from maskgen.eval.report import markdown_table
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     try:
-        res = evaluate(progress=click.echo if verbose else None, **kwargs)
+        res = evaluate(progress=None if quiet else (lambda line: click.echo(line, err=True)), **kwargs)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(markdown_table(res), nl=False)
@@ -68,12 +71,14 @@ def eval_cmd(verbose: bool, **kwargs) -> None:
 @click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder the pair keys are relative to (default: the pairs file's folder).")
-@click.option("--out", "-o", required=True, help="The .bin file to write.")
+@click.option("--out", "-o", required=True,
+              help="The .bin file to write; with several cases '{case}' in the name is filled in "
+                   "(else _case<N> is added).")
 @click.option("--align/--no-align", default=True, show_default=True,
               help="Store aligned crops (default) or the original file bytes.")
 @click.option("--size", default=112, show_default=True, help="Side of the aligned crops.")
-@click.option("--case", type=click.IntRange(1, 3), default=1, show_default=True,
-              help="1 unmasked, 2 second image masked, 3 both masked.")
+@click.option("--case", "case", default="1", show_default=True, callback=_cases,
+              help="1 unmasked, 2 second image masked, 3 both masked; a comma list writes one pack each.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--mask-type", default="random", show_default=True)
 @click.option("--quality", default=95, show_default=True, help="JPEG quality of the crops.")
@@ -83,9 +88,11 @@ def make_bin(**kwargs) -> None:
     """Write an insightface verification .bin (pickled JPEG pairs + labels) from a pairs file."""
     from maskgen.eval.makebin import make_bin as run
 
+    kwargs["case"] = kwargs["case"][0] if len(kwargs["case"]) == 1 else kwargs["case"]
     try:
         stats = run(**kwargs)
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{kwargs['out']}: {stats['pairs_written']}/{stats['pairs_in']} pairs written"
-               + (f", {stats['pairs_skipped']} skipped" if stats.get("pairs_skipped") else ""))
+    for st in stats["cases"].values() if "cases" in stats else [stats]:
+        click.echo(f"{st['file']} (case {st['case']}): {st['pairs_written']}/{st['pairs_in']} pairs written"
+                   + (f", {st['pairs_skipped']} skipped" if st.get("pairs_skipped") else ""))

@@ -2,8 +2,10 @@
 
 An embedder turns (image, 68 landmarks) into a crop of its own geometry (dlib: 150x150 chip with
 dlib's alignment; the others: insightface 5-point 112x112 alignment), then embeds crops in
-batches. Specs are strings (``dlib``, ``onnx:<path>``, ``ckpt:<path>``) so a worker process can
-build its own copy of the model from the spec alone.
+batches. Specs are strings (``dlib``, ``onnx:<path>``, ``ckpt:<file or run folder>``, joined by
+``+`` for feature concatenation) so a worker process can build its own copy of the model from
+the spec alone. ``protocol`` says how a pair is scored: ``cosine``, or ``bfm`` (routed per pair
+by the mask classifier, Huang et al.).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -22,6 +25,7 @@ class Embedder(Protocol):
     dim: int
     has_mask_head: bool
     normalize_l2: bool  # compare L2 distances on normalised embeddings
+    protocol: str  # "cosine", or "bfm": pairs routed by the mask classifier
 
     def crop(self, img: np.ndarray, landmarks: np.ndarray) -> np.ndarray: ...
 
@@ -64,6 +68,7 @@ class DlibEmbedder:
     dim = 128
     has_mask_head = False
     normalize_l2 = False
+    protocol = "cosine"
 
     def __init__(self) -> None:
         import dlib
@@ -125,8 +130,10 @@ class OnnxEmbedder(_AlignedEmbedder):
     """
 
     has_mask_head = False
+    protocol = "cosine"
+    route_threshold = 0.5
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int = 1, device: str = "auto") -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - depends on the install
@@ -134,8 +141,12 @@ class OnnxEmbedder(_AlignedEmbedder):
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        self._sess = ort.InferenceSession(str(path), sess_options=so,
-                                          providers=["CPUExecutionProvider"])
+        self.providers = onnx_providers(device, ort.get_available_providers())
+        self._sess = ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
+        meta = self._sess.get_modelmeta().custom_metadata_map or {}
+        if meta.get("maskgen.protocol") == "bfm":  # a maskgen BFM export: route pairs (E_F / E_P)
+            self.protocol = "bfm"
+            self.route_threshold = float(meta.get("maskgen.route_threshold", 0.5))
         inp = self._sess.get_inputs()[0]
         self._input = inp.name
         shape = list(inp.shape)
@@ -177,6 +188,16 @@ class OnnxEmbedder(_AlignedEmbedder):
         return _logits_to_prob(np.asarray(self._forward(np.stack(crops))[1]))
 
 
+def onnx_providers(device: str, available: list[str]) -> list[str]:
+    """ONNX Runtime providers for ``device``: the CUDA provider first when it is present and the
+    device is ``auto`` or ``cuda``, the CPU provider always (as the fallback)."""
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        raise RuntimeError("--device cuda: onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)")
+    return ["CPUExecutionProvider"]
+
+
 def _logits_to_prob(z: np.ndarray) -> np.ndarray:
     """Mask probability from a head's output: one logit (sigmoid) or two logits (softmax[1])."""
     z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
@@ -187,44 +208,37 @@ def _logits_to_prob(z: np.ndarray) -> np.ndarray:
 
 
 class CheckpointEmbedder(_AlignedEmbedder):
-    """A ``maskgen train`` checkpoint loaded through ``maskgen.training.checkpoint.load_embedder``.
+    """A ``maskgen train`` checkpoint (file, or run folder: its newest) loaded with
+    ``maskgen.training.checkpoint.load_model`` (``weights_only=True``: the file cannot run code).
 
-    The model maps normalised (B,3,112,112) RGB to (B,D). A mask-usage head is used when there
-    is one: a ``mask_logits(x)`` method on the model or on the method it wraps, or a forward that
-    returns a dict with ``mask_logits`` or an ``(embedding, mask_logits)`` tuple.
+    The model maps normalised (B,3,112,112) RGB to (B,D); its mask-usage head (Multi-Task
+    ArcFace, BFM's classifier C) is used when it has one, and a BFM model is scored with its
+    routed protocol (``protocol == "bfm"``).
     """
-
-    has_mask_head = False
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 64) -> None:
         try:
-            from maskgen.training.checkpoint import load_embedder
+            import torch
+
+            from maskgen.training.checkpoint import load_model, resolve_checkpoint
         except ImportError as exc:
             raise RuntimeError("ckpt: models need maskgen.training (and torch) installed") from exc
-        import torch
 
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self._torch = torch
         self._device = device
         self._batch = batch_size
-        self._model, self.config = load_embedder(str(path), device=device)
-        self._model.eval()
-        # the mask head: on the model, or on the training method it wraps (Multi-Task ArcFace, BFM)
-        head = getattr(self._model, "mask_logits", None)
-        if not callable(head):
-            head = getattr(getattr(self._model, "method", None), "mask_logits", None)
-        self._mask_head = head if callable(head) else None
-        self.has_mask_head = self._mask_head is not None
+        file = resolve_checkpoint(path)
+        self._model, self.config = load_model(file, device=device)
+        self.has_mask_head = self._model.has_mask_head
+        self.protocol = self._model.protocol
+        self.route_threshold = self._model.route_threshold
         with torch.no_grad():
-            probe = self._model(torch.zeros(2, 3, 112, 112, device=device))
-        if isinstance(probe, dict):
-            self.has_mask_head = self.has_mask_head or "mask_logits" in probe
-            probe = probe.get("embedding", probe.get("embeddings"))
-        elif isinstance(probe, (tuple, list)):
-            self.has_mask_head = self.has_mask_head or len(probe) > 1
-            probe = probe[0]
+            probe = self._model(torch.zeros(2, 3, self.size, self.size, device=device))
         self.dim = int(probe.shape[-1])
         self.name = f"ckpt:{Path(path).name}"
-        self.tag = f"ckpt-{Path(path).stem}-{_file_tag(path)}"
+        self.tag = f"ckpt-{file.stem}-{_file_tag(file)}"
 
     def _forward(self, batch: np.ndarray, with_mask: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         torch = self._torch
@@ -232,18 +246,12 @@ class CheckpointEmbedder(_AlignedEmbedder):
         with torch.no_grad():
             for i in range(0, len(batch), self._batch):
                 x = torch.from_numpy(_to_model_input(batch[i:i + self._batch])).to(self._device)
-                out = self._model(x)
-                mask = None
-                if isinstance(out, dict):
-                    mask = out.get("mask_logits")
-                    out = out.get("embedding", out.get("embeddings"))
-                elif isinstance(out, (tuple, list)):
-                    out, mask = out[0], (out[1] if len(out) > 1 else None)
-                if with_mask and mask is None and self._mask_head is not None:
-                    mask = self._mask_head(x)
-                embs.append(out.float().cpu().numpy())
-                if mask is not None:
+                if with_mask:
+                    out, mask = self._model.forward_with_mask(x)
                     masks.append(mask.float().cpu().numpy())
+                else:
+                    out = self._model(x)
+                embs.append(out.float().cpu().numpy())
         return np.concatenate(embs), (np.concatenate(masks) if masks else None)
 
     def embed(self, crops: list[np.ndarray], flip: bool = False) -> np.ndarray:
@@ -253,14 +261,53 @@ class CheckpointEmbedder(_AlignedEmbedder):
         return out.astype(np.float32)
 
     def mask_prob(self, crops: list[np.ndarray]) -> np.ndarray:
-        _, logits = self._forward(np.stack(crops), with_mask=True)
-        if logits is None:
+        if not self.has_mask_head:
             raise NotImplementedError(f"{self.name} has no mask-usage head")
-        return _logits_to_prob(logits)
+        return _logits_to_prob(self._forward(np.stack(crops), with_mask=True)[1])
+
+
+class ConcatEmbedder(_AlignedEmbedder):
+    """Qi et al.'s feature concatenation: the L2-normalised embeddings of several models side by
+    side (``ckpt:a+ckpt:b``), so the cosine of the result is the mean of the models' cosines. The
+    first model with a mask head provides it."""
+
+    def __init__(self, parts: list) -> None:
+        if len(parts) < 2:
+            raise ValueError("feature concatenation needs at least two models")
+        if any(isinstance(p, DlibEmbedder) for p in parts):
+            raise ValueError("dlib's descriptor uses its own crop; concatenate only onnx: and ckpt: models")
+        if any(getattr(p, "protocol", "cosine") != "cosine" for p in parts):
+            raise ValueError("a BFM model routes pairs itself and cannot be concatenated")
+        self.parts = parts
+        self.dim = sum(p.dim for p in parts)
+        self.name = "+".join(p.name for p in parts)
+        self.tag = "+".join(p.tag for p in parts)
+        heads = [p for p in parts if p.has_mask_head]
+        self._head = heads[0] if heads else None
+        self.has_mask_head = self._head is not None
+        self.protocol = "cosine"
+
+    def embed(self, crops: list[np.ndarray], flip: bool = False) -> np.ndarray:
+        outs = []
+        for p in self.parts:
+            e = np.asarray(p.embed(crops, flip=flip), np.float64)
+            outs.append(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12))
+        return np.concatenate(outs, axis=1).astype(np.float32) if crops else np.zeros((0, self.dim), np.float32)
+
+    def mask_prob(self, crops: list[np.ndarray]) -> np.ndarray:
+        if self._head is None:
+            raise NotImplementedError(f"{self.name} has no mask-usage head")
+        return self._head.mask_prob(crops)
+
+
+def split_specs(spec: str) -> list[str]:
+    """The model specs of a concatenation ``ckpt:a+onnx:b`` (a ``+`` inside a path stays)."""
+    return [p for p in re.split(r"\+(?=(?:ckpt|onnx|dlib)(?::|$))", spec) if p]
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """(kind, path) of a model spec; a bare ``*.onnx`` path counts as ``onnx:``."""
+    """(kind, path) of one model spec; a bare ``*.onnx`` path counts as ``onnx:``; a ``ckpt:``
+    path may be a run folder (``ckpt:runs/<name>``, its newest checkpoint)."""
     if spec == "dlib":
         return "dlib", ""
     kind, _, path = spec.partition(":")
@@ -269,25 +316,62 @@ def parse_spec(spec: str) -> tuple[str, str]:
     elif Path(spec).suffix == ".onnx":
         kind, path = "onnx", spec
     else:
-        raise ValueError(f"unknown model spec {spec!r}: use dlib, onnx:<path> or ckpt:<path>")
+        raise ValueError(f"unknown model spec {spec!r}: use dlib, onnx:<path>, ckpt:<file or run folder>, "
+                         "or several joined by + (feature concatenation)")
+    if kind == "ckpt" and Path(path).is_dir():
+        return kind, path
     if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     return kind, path
 
 
-def load_embedder(spec: str, device: str = "cpu") -> Embedder:
-    """Build an embedder from its spec: ``dlib``, ``onnx:<path>`` or ``ckpt:<path>``."""
+def load_embedder(spec: str, device: str = "auto") -> Embedder:
+    """The one embedder loader: ``dlib``, ``onnx:<path>``, ``ckpt:<file or run folder>``, or
+    ``a+b`` for the feature concatenation of several. ``device``: ``auto`` uses a GPU when torch
+    (ckpt:) or onnxruntime's CUDA provider (onnx:) has one."""
+    specs = split_specs(spec)
+    if len(specs) > 1:
+        return ConcatEmbedder([load_embedder(s, device) for s in specs])
     kind, path = parse_spec(spec)
     if kind == "dlib":
         return DlibEmbedder()
     if kind == "onnx":
-        return OnnxEmbedder(path)
+        return OnnxEmbedder(path, device=device)
     return CheckpointEmbedder(path, device=device)
 
 
 def embedder_tag(spec: str) -> str:
     """A cache tag for a spec without loading the model (file identity for model files)."""
+    specs = split_specs(spec)
+    if len(specs) > 1:
+        return "+".join(embedder_tag(s) for s in specs)
     kind, path = parse_spec(spec)
     if kind == "dlib":
         return "dlib-resnet-v1"
+    if kind == "ckpt" and Path(path).is_dir():
+        from maskgen.training.checkpoint import resolve_checkpoint
+
+        path = str(resolve_checkpoint(path))
     return f"{kind}-{Path(path).stem}-{_file_tag(path)}"
+
+
+def model_protocol(spec: str) -> tuple[str, float]:
+    """(pair protocol, route threshold) of a spec without building the model: ``bfm`` for a BFM
+    checkpoint or a maskgen BFM ONNX export, ``cosine`` otherwise."""
+    specs = split_specs(spec)
+    if len(specs) > 1:
+        return "cosine", 0.5
+    kind, path = parse_spec(spec)
+    if kind == "ckpt":
+        from maskgen.training.checkpoint import load_checkpoint
+
+        config = load_checkpoint(path)["config"]
+        if config.get("method") == "bfm":
+            return "bfm", float((config.get("method_options") or {}).get("route_threshold", 0.5))
+    elif kind == "onnx":
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        if meta.get("maskgen.protocol") == "bfm":
+            return "bfm", float(meta.get("maskgen.route_threshold", 0.5))
+    return "cosine", 0.5

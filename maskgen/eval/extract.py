@@ -68,14 +68,19 @@ def check_mask_type(mask_type: str) -> None:
 
 
 def _center_landmarks(img: np.ndarray) -> np.ndarray:
-    """68 points from dlib's predictor in a centred box (half the short side, like LFW faces)."""
-    from maskgen.masks.landmarks import get_detector, to_gray
+    """68 points of dlib's predictor in a centred box (half the short side, like LFW faces),
+    fitted by the process-wide dlib backend of ``maskgen.masks.landmarks`` (one model in memory)."""
+    import dlib
+
+    from maskgen.masks.landmarks import get_detector, shape_points
 
     h, w = img.shape[:2]
     s = min(h, w) * 0.45
     cx, cy = w / 2.0, h / 2.0
-    rect = (int(cx - s / 2), int(cy - s / 2), int(cx + s / 2), int(cy + s / 2))
-    return get_detector("dlib").fit(to_gray(np.ascontiguousarray(img, np.uint8)), rect)
+    rect = dlib.rectangle(int(cx - s / 2), int(cy - s / 2), int(cx + s / 2), int(cy + s / 2))
+    # the colour image, as before: dlib converts it to grey itself (its own weights)
+    shape = get_detector("dlib").predictor(np.ascontiguousarray(img, np.uint8), rect)
+    return np.asarray(shape_points(shape), np.float32)
 
 
 def find_landmarks(img: np.ndarray, backend: str) -> tuple[np.ndarray, str]:

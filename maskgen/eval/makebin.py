@@ -1,8 +1,11 @@
-"""``make_bin``: an insightface verification ``.bin`` from any pair list (aligned 112x112 crops).
+"""``make_bin``: insightface verification ``.bin`` packs from any pair list (aligned 112x112 crops).
 
-Masked variants can be written too (``case=2``: the second image of each pair masked, ``case=3``:
-both), so a trainer that validates on ``.bin`` files (insightface's ``arcface_torch``) can watch
-masked-face accuracy during training.
+Masked packs are written too (``case=2``: the second image of each pair masked, ``case=3``: both,
+the same Case rules as ``maskgen eval``), so a trainer that validates on ``.bin`` files
+(insightface's ``arcface_torch`` verification callback) measures exactly maskgen's masked LFW.
+Several cases come from one pass (``cases=(2, 3)``): landmarks are found once per image and each
+image's mask is drawn from ``(seed, image key)``, so the same seed gives the same bytes, whatever
+the order of the pairs or the cases asked for.
 """
 
 from __future__ import annotations
@@ -28,10 +31,20 @@ def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def case_path(out: str, case: int, several: bool) -> Path:
+    """The file of one case: ``out`` itself for a single case, else ``{case}`` filled in or
+    ``_case<N>`` added before the extension."""
+    if "{case}" in out:
+        return Path(out.replace("{case}", str(case)))
+    p = Path(out)
+    return p.with_name(f"{p.stem}_case{case}{p.suffix}") if several else p
+
+
 def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", align: bool = True,
-             size: int = 112, case: int = 1, seed: int = 0, mask_type: str = "random",
+             size: int = 112, case: int | tuple[int, ...] = 1, seed: int = 0, mask_type: str = "random",
              quality: int = 95, max_pairs: int | None = None, max_folds: int | None = None) -> dict:
-    """Write ``out`` (and ``out.json`` with the counts); returns the counts.
+    """Write one ``.bin`` per case (and ``<file>.json`` with its counts); returns the counts
+    (of the single case, or ``{"cases": {N: counts}}`` for several).
 
     A pair whose image cannot be read is left out and counted; an image without a detected face
     is aligned from fallback landmarks and counted; a failed mask keeps the unmasked image and
@@ -39,16 +52,19 @@ def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", alig
     """
     from maskgen.masks import align_face, load_image
 
-    if case not in (1, 2, 3):
-        raise ValueError("case must be 1, 2 or 3")
-    if case > 1 and not align:
+    cases = (case,) if isinstance(case, int) else tuple(sorted(set(int(c) for c in case)))
+    if not cases or any(c not in (1, 2, 3) for c in cases):
+        raise ValueError("case must be 1, 2 or 3 (or several of them)")
+    if max(cases) > 1 and not align:
         raise ValueError("masked .bin files need align=True (masks are drawn before alignment)")
-    if case > 1:
+    if max(cases) > 1:
         check_mask_type(mask_type)
     ps = read_pairs(pairs, max_folds=max_folds, max_pairs=max_pairs)
     root = Path(images) if images else Path(pairs).parent
     cfg = ExtractConfig(landmarks="auto", seed=seed, mask_type=mask_type)
     cache: dict[tuple[str, bool], bytes | None] = {}
+    mask_failed: set[str] = set()
+    found: dict[str, tuple] = {}  # key -> (image, landmarks): one decode and detection per image
     counts: Counter = Counter()
     failures: dict[str, str] = {}
 
@@ -64,16 +80,23 @@ def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", alig
                 failures[key] = f"unreadable: {exc.strerror or exc}"
                 data = None
         else:
-            img, reason = load_image(path)
+            if key not in found:
+                img, reason = load_image(path)
+                if img is None:
+                    failures[key] = reason
+                    found[key] = (None, None)
+                else:
+                    lm, lm_status = find_landmarks(img, "auto")
+                    counts[f"landmarks_{lm_status}"] += 1
+                    found[key] = (img, lm)
+            img, lm = found[key]
             if img is None:
-                failures[key] = reason
                 data = None
             else:
-                lm, lm_status = find_landmarks(img, "auto")
-                counts[f"landmarks_{lm_status}"] += 1
                 if masked:
                     mimg, mstatus = mask_image(img, lm, key, cfg)
-                    counts["masked" if mimg is not None else "mask_failed"] += 1
+                    if mimg is None:
+                        mask_failed.add(key)
                     if mimg is not None:
                         img = mimg
                     else:
@@ -82,20 +105,30 @@ def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", alig
         cache[(key, masked)] = data
         return data
 
-    blobs: list[bytes] = []
-    issame: list[bool] = []
-    mask_a, mask_b = {1: (False, False), 2: (False, True), 3: (True, True)}[case]
-    for a, b, s in zip(ps.a, ps.b, ps.issame):
-        da, db = encoded(a, mask_a), encoded(b, mask_b)
-        if da is None or db is None:
-            counts["pairs_skipped"] += 1
-            continue
-        blobs += [da, db]
-        issame.append(bool(s))
-    write_bin(out, blobs, issame)
-    stats = {"pairs_in": len(ps), "pairs_written": len(issame), "case": case, "seed": seed,
-             "aligned": align, "size": size, **dict(counts), "failures": failures}
-    tmp = Path(str(out) + ".json.tmp")
-    tmp.write_text(json.dumps(stats, indent=2) + "\n")
-    os.replace(tmp, str(out) + ".json")
-    return stats
+    results: dict[int, dict] = {}
+    for c in cases:
+        masked_keys: set[str] = set()
+        blobs: list[bytes] = []
+        issame: list[bool] = []
+        mask_a, mask_b = {1: (False, False), 2: (False, True), 3: (True, True)}[c]
+        skipped = 0
+        for a, b, same in zip(ps.a, ps.b, ps.issame):
+            da, db = encoded(a, mask_a), encoded(b, mask_b)
+            if da is None or db is None:
+                skipped += 1
+                continue
+            blobs += [da, db]
+            issame.append(bool(same))
+            masked_keys.update(k for k, m in ((a, mask_a), (b, mask_b)) if m)
+        target = case_path(out, c, len(cases) > 1)
+        write_bin(target, blobs, issame)
+        masks = {"masked": len(masked_keys - mask_failed), "mask_failed": len(masked_keys & mask_failed)} if c > 1 else {}
+        stats = {"file": target.name, "pairs_in": len(ps), "pairs_written": len(issame), "case": c,
+                 "seed": seed, "mask_type": mask_type, "aligned": align, "size": size,
+                 **({"pairs_skipped": skipped} if skipped else {}), **dict(counts), **masks,
+                 "failures": failures}
+        tmp = target.with_name(f"{target.name}.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stats, indent=2) + "\n")
+        os.replace(tmp, str(target) + ".json")
+        results[c] = stats
+    return results[cases[0]] if len(cases) == 1 else {"cases": results}

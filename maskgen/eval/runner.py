@@ -12,6 +12,7 @@ from typing import Callable
 
 from maskgen.eval.cache import EmbeddingCache
 from maskgen.eval.extract import ExtractConfig, ImageJob, ImageRecord, process_jobs
+from maskgen.training.progress import progress_line
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,9 @@ def embed_images(jobs: list[ImageJob], model: str, cfg: ExtractConfig, cache: Em
         for rec, job in zip(records, chunk):
             cache.add(rec, job.variants)
         done += len(chunk)
-        if (i + 1) % save_every == 0:
+        if (i + 1) % save_every == 0 or done == n_img:
             cache.save()
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            say(f"embedded {done}/{n_img} images ({rate:.1f} img/s)")
+            say(progress_line("embedded", done, n_img, time.perf_counter() - t0, "images"))
 
     if chunks and workers <= 1:
         from maskgen.eval.embedders import load_embedder
@@ -71,6 +71,8 @@ def _run_ray(chunks: list[list[ImageJob]], model: str, cfg: ExtractConfig, worke
              device: str, consume: Callable) -> None:
     import ray
 
+    # Ray hides GPUs from actors that do not ask for one: "auto" means the CPU there
+    device = "cpu" if device == "auto" else device
     started = False
     if not ray.is_initialized():
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,

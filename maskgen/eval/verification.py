@@ -4,6 +4,10 @@
 Case rules: Case 2 masks the *second* image of every pair, Case 3 both. An image whose masking
 failed is compared unmasked and counted (``pairs_with_mask_failure``); a pair with an image that
 could not be read at all is left out of the figures and counted (``pairs_skipped``).
+
+A BFM model (Huang et al.) is scored with its routed protocol: a pair is compared with the
+full-face features E_F when the mask classifier says neither image wears a mask, with the
+partial-face features E_P otherwise (``route_threshold``); the share routed to E_P is reported.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class CaseScores:
     folds: np.ndarray
     mask_failed_pairs: int
     mask_failed_images: int
+    routed_partial: np.ndarray | None = None  # BFM: True where the pair went to E_P
 
 
 def lookup(cache: EmbeddingCache, key: str, variant: str) -> tuple[np.ndarray | None, bool]:
@@ -43,11 +48,19 @@ def lookup(cache: EmbeddingCache, key: str, variant: str) -> tuple[np.ndarray | 
     return cache.vectors.get((key, ORIG)), variant != ORIG
 
 
+def mask_prob(cache: EmbeddingCache, key: str, variant: str) -> float | None:
+    """The mask classifier's P(mask) of an image in a variant (unmasked when masking failed)."""
+    if variant != ORIG and (key, variant) in cache.vectors:
+        return cache.mask_probs.get((key, variant))
+    return cache.mask_probs.get((key, ORIG))
+
+
 def case_scores(pairs: PairSet, cache: EmbeddingCache, case: int, masked: str,
-                normalize_l2: bool = True) -> CaseScores:
+                normalize_l2: bool = True, route_threshold: float | None = None) -> CaseScores:
+    """Scores of one case; with ``route_threshold`` (BFM) each pair is routed to E_F or E_P."""
     mask_a, mask_b = CASES[case]
     keep = np.zeros(len(pairs), bool)
-    ea, eb = [], []
+    ea, eb, pa, pb = [], [], [], []
     failed_pairs = 0
     failed_images: set[str] = set()
     for i, (a, b) in enumerate(zip(pairs.a, pairs.b)):
@@ -55,6 +68,13 @@ def case_scores(pairs: PairSet, cache: EmbeddingCache, case: int, masked: str,
         vb, fb = lookup(cache, b, masked if mask_b else ORIG)
         if va is None or vb is None:
             continue
+        if route_threshold is not None:
+            qa = mask_prob(cache, a, masked if mask_a else ORIG)
+            qb = mask_prob(cache, b, masked if mask_b else ORIG)
+            if qa is None or qb is None:
+                continue
+            pa.append(qa)
+            pb.append(qb)
         keep[i] = True
         ea.append(va)
         eb.append(vb)
@@ -65,9 +85,17 @@ def case_scores(pairs: PairSet, cache: EmbeddingCache, case: int, masked: str,
         failed_pairs += int(fa or fb)
     ea_arr = np.asarray(ea, np.float64).reshape(len(ea), -1)
     eb_arr = np.asarray(eb, np.float64).reshape(len(eb), -1)
-    return CaseScores(case, keep, cosine_scores(ea_arr, eb_arr),
-                      l2_scores(ea_arr, eb_arr, normalize=normalize_l2),
-                      pairs.issame[keep], pairs.folds[keep], failed_pairs, len(failed_images))
+    if route_threshold is None:
+        return CaseScores(case, keep, cosine_scores(ea_arr, eb_arr),
+                          l2_scores(ea_arr, eb_arr, normalize=normalize_l2),
+                          pairs.issame[keep], pairs.folds[keep], failed_pairs, len(failed_images))
+    from maskgen.training.inference import bfm_pair_scores, split_bfm
+
+    cos, routed = bfm_pair_scores(ea_arr, eb_arr, np.asarray(pa), np.asarray(pb), route_threshold)
+    (fa, qa), (fb, qb) = split_bfm(ea_arr), split_bfm(eb_arr)
+    l2 = np.where(routed, l2_scores(qa, qb), l2_scores(fa, fb))
+    return CaseScores(case, keep, cos, l2, pairs.issame[keep], pairs.folds[keep], failed_pairs,
+                      len(failed_images), routed)
 
 
 def verification_metrics(cs: CaseScores, fars: tuple[float, ...] = DEFAULT_FARS) -> dict:
@@ -77,6 +105,9 @@ def verification_metrics(cs: CaseScores, fars: tuple[float, ...] = DEFAULT_FARS)
                  "pairs_skipped": int((~cs.keep).sum()),
                  "pairs_with_mask_failure": cs.mask_failed_pairs,
                  "images_mask_failed": cs.mask_failed_images}
+    if cs.routed_partial is not None:
+        out["protocol"] = "bfm routed (E_F when neither image is masked, E_P otherwise)"
+        out["pairs_routed_to_partial"] = float(cs.routed_partial.mean()) if n else None
     if n == 0:
         return out
     k_cos = kfold_accuracy(cs.cosine, cs.issame, cs.folds)

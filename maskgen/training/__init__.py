@@ -2,9 +2,9 @@
 
 Heavy modules load on first use so that ``import maskgen.training`` stays cheap::
 
-    from maskgen.training import train, load_embedder, export_onnx
+    from maskgen.training import train, load_model, export_onnx
     result = train("configs/train_iresnet50_arcface.yaml", shards="out/shards/*.tar")
-    embedder, config = load_embedder(result.run_dir)
+    model, config = load_model(result.run_dir)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 _LAZY = {
     "train": "maskgen.training.trainer",
     "TrainResult": "maskgen.training.trainer",
-    "load_embedder": "maskgen.training.checkpoint",
+    "load_model": "maskgen.training.checkpoint",
     "export_onnx": "maskgen.training.export",
     "create_model": "maskgen.training.models",
     "list_models": "maskgen.training.models",

@@ -13,44 +13,42 @@ from typing import Any
 
 import click
 
-from maskgen.training.config import DEFAULTS, parse_value, resolve_config
+from maskgen.training import config as C
+from maskgen.training.config import KEYS, parse_value, resolve_config
 
-# keys whose default is None, and keys with list values: their flag types
-_TYPES: dict[str, Any] = {
-    "dataset_json": str, "num_classes": int, "samples_per_epoch": int, "train_mask_ratio": float,
-    "init_from": str, "warmup_steps": int, "cycle_steps": int, "max_steps": int, "stop_after": int,
-    "ema": float, "threads": int, "name": str, "resume": str, "channels_last": str,
-}
-_MULTIPLE = {"shards", "freeze", "milestones", "betas"}
-_NESTED = {"model_options", "method_options", "augment"}  # set with --set
+_CLICK_TYPES: dict[str, Any] = {C.INT: int, C.FLOAT: float, C.STR: str}
+_MULTIPLE = {C.FLOATS: float, C.STRS: str, C.SHARDS: str}  # repeatable flags
 
 
-def _key_help() -> dict[str, str]:
-    """The comment of each key in ``config.DEFAULTS``: one description for YAML and flags."""
-    import inspect
-    import re
-
-    from maskgen.training import config
-
-    return {m[1]: m[2].strip() for m in re.finditer(r'^\s+"(\w+)": [^#\n]*#\s*(.+)$', inspect.getsource(config), re.M)}
+def _help(key: C.Key) -> str:
+    return key.help if key.default is None else f"{key.help} [default: {key.default}]"
 
 
 def _options(func):
-    helps = _key_help()
-    for key in reversed(list(DEFAULTS)):
-        if key in _NESTED:
+    """One click option per scalar or list key of ``config.KEYS`` (mappings use ``--set``)."""
+    for key in reversed(KEYS):
+        if key.kind == C.MAPPING:
             continue
-        flag = "--" + key.replace("_", "-")
-        default = DEFAULTS[key]
-        if key in _MULTIPLE:
-            func = click.option(flag, key, multiple=True, help=f"{helps.get(key, key)} (repeatable)")(func)
-        elif isinstance(default, bool):
-            func = click.option(f"{flag}/--no-{key.replace('_', '-')}", key, default=None,
-                                help=f"{helps.get(key, key)} [default: {default}]")(func)
+        dest = key.name
+        if key.kind in _MULTIPLE:
+            func = click.option(key.flag, dest, multiple=True, type=_MULTIPLE[key.kind],
+                                help=f"{key.help} (repeatable)")(func)
+        elif key.kind == C.BOOL:
+            func = click.option(f"{key.flag}/--no-{key.flag[2:]}", dest, default=None, help=_help(key))(func)
         else:
-            typ = _TYPES.get(key) or type(default)
-            func = click.option(flag, key, type=typ, default=None, help=f"{helps.get(key, key)} [default: {default}]")(func)
+            typ = click.Choice(key.choices) if key.choices else _CLICK_TYPES.get(key.kind, str)
+            func = click.option(key.flag, dest, type=typ, default=None, help=_help(key))(func)
     return func
+
+
+def _flag_value(kind: str, value: Any) -> Any:
+    if kind == C.SHARDS:
+        return list(value) if len(value) > 1 else value[0]
+    if kind in (C.FLOATS, C.STRS):
+        return list(value)
+    if kind in (C.AUTO_BOOL, C.COMPILE) and value != "auto":
+        return parse_value(value)  # "true"/"false" -> bool; a backend name stays a string
+    return value
 
 
 @click.command()
@@ -64,28 +62,18 @@ def train(config_path: str | None, sets: tuple[str, ...], print_config: bool, **
     """Train a face recognition model on WebDataset shards of `maskgen build`."""
     import yaml
 
+    kinds = {k.name: k.kind for k in KEYS}
     overrides: dict[str, Any] = {}
     for key, value in flags.items():
-        if value is None or (key in _MULTIPLE and not value):
+        if value is None or (kinds[key] in _MULTIPLE and not value):
             continue
-        if key == "shards":
-            value = list(value) if len(value) > 1 else value[0]
-        elif key in ("milestones", "betas"):
-            value = [float(v) for v in value]
-        elif key == "freeze":
-            value = list(value)
-        elif key == "channels_last" and value != "auto":
-            value = parse_value(value)
-        overrides[key] = value
+        overrides[key] = _flag_value(kinds[key], value)
     for item in sets:
         if "=" not in item:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--set")
+            raise C.ConfigError(f"--set {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
         overrides[key.strip()] = parse_value(value)
-    try:
-        resolved = resolve_config(config_path, **overrides)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    resolved = resolve_config(config_path, **overrides)  # ConfigError: one line, before any work
     if print_config:
         click.echo(yaml.safe_dump(resolved, sort_keys=False))
         return
@@ -98,27 +86,33 @@ def train(config_path: str | None, sets: tuple[str, ...], print_config: bool, **
     click.echo(f"done: step {result.step}, run folder {result.run_dir}, checkpoint {result.checkpoint}")
     if result.skipped:
         click.echo(f"skipped: {result.skipped}")
+    for shard, reason in sorted(result.bad_shards.items()):
+        click.echo(f"error: shard {shard} could not be read to its end: {reason}")
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--input-size", type=int, default=None, help="input side (default: the run's image_size)")
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (the dynamo exporter's is 18)")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="use the EMA weights when the run kept them")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="compare ONNX Runtime with torch on random inputs (needs onnxruntime)")
 def export(checkpoint: str, output: str, input_size: int | None, opset: int, ema: bool, check: bool) -> None:
-    """Export the embedding model of CHECKPOINT (file or run folder) to ONNX (fp32, dynamic batch)."""
+    """Export the model of CHECKPOINT (file or run folder) to ONNX (fp32, dynamic batch): the
+    embedding, plus the mask-usage head as a second output when the method has one."""
     import torch
 
-    from maskgen.training.checkpoint import load_embedder
-    from maskgen.training.export import export_onnx, onnx_cosine
+    from maskgen.errors import OutputError
+    from maskgen.training.checkpoint import load_model
+    from maskgen.training.export import export_onnx, onnx_check
 
-    embedder, config = load_embedder(checkpoint, use_ema=ema)
+    embedder, config = load_model(checkpoint, use_ema=ema)
     size = input_size or int(config.get("image_size") or 112)
     path = export_onnx(embedder, output, opset=opset, input_size=size)
-    click.echo(f"wrote {path} ({config['model']}, {config['method']}, input {size}x{size})")
+    outputs = "embedding + mask_logits" if embedder.has_mask_head else "embedding"
+    click.echo(f"wrote {path} ({config['model']}, {config['method']}, input {size}x{size}, outputs {outputs}"
+               + (", BFM routing metadata" if embedder.protocol == "bfm" else "") + ")")
     if check:
         try:
             import onnxruntime  # noqa: F401
@@ -126,7 +120,9 @@ def export(checkpoint: str, output: str, input_size: int | None, opset: int, ema
             click.echo("onnxruntime is not installed: check skipped")
             return
         x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
-        cos = onnx_cosine(path, embedder, x)
-        click.echo(f"ONNX Runtime vs torch cosine: min {cos.min():.6f}")
-        if cos.min() < 0.999:
-            raise click.ClickException("ONNX output differs from torch (cosine < 0.999)")
+        got = onnx_check(path, embedder, x)
+        click.echo(f"ONNX Runtime vs torch cosine: min {got['cosine_min']:.6f}"
+                   + (f", mask probability max diff {got['mask_prob_max_diff']:.2e}"
+                      if "mask_prob_max_diff" in got else ""))
+        if got["cosine_min"] < 0.999 or got.get("mask_prob_max_diff", 0.0) > 1e-3:
+            raise OutputError(f"{path}: ONNX output differs from torch (cosine < 0.999 or mask head off)")

@@ -1,65 +1,19 @@
-"""Inference-time combinations used by the masked-face papers.
+"""Pair scoring of balanced feature matching (Huang et al.) at inference time.
 
-- ``ConcatEmbedder`` (Qi et al.): the embeddings of several models, each L2-normalised, are
-  concatenated; cosine similarity of the result is the mean of the models' cosines, so two
-  models trained differently (e.g. with and without DropBlock) vote with equal weight.
+(Qi et al.'s feature concatenation of several models is ``maskgen.eval.embedders.ConcatEmbedder``,
+what ``maskgen eval --model ckpt:a+ckpt:b`` builds; the inference view of a trained method is
+``maskgen.training.checkpoint.Embedder``.)
+
 - ``bfm_pair_scores`` (Huang et al.): a pair is compared with the full-face features when the
   mask classifier says neither face wears a mask, with the partial-face features otherwise.
   Routing is per pair, not per image: the two images of a pair must be compared in one
   feature space. That cannot be expressed by a single per-image vector and a cosine, so the
   BFM embedding carries both routes and this function does the pair-level choice.
-- ``MethodEmbedder``: an ``nn.Module`` view of a trained method for evaluation and export:
-  ``forward`` is ``method.embed`` and ``mask_logits`` is forwarded when the method has a
-  mask-usage head (Multi-Task ArcFace, BFM).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-
-class MethodEmbedder(nn.Module):
-    """``forward(images) -> embeddings``; ``mask_logits(images)`` when the method has a head."""
-
-    def __init__(self, method: nn.Module) -> None:
-        super().__init__()
-        self.method = method
-        if callable(getattr(method, "mask_logits", None)):
-            self.mask_logits = method.mask_logits  # type: ignore[method-assign]
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        embed = getattr(self.method, "embed", None)
-        return embed(images) if callable(embed) else self.method(images)
-
-
-class ConcatEmbedder(nn.Module):
-    """Feature concatenation of several embedders (nn.Modules mapping images to (B, D_i)).
-
-    ``weights`` scale each normalised part (default equal); the output has sum(D_i) dims.
-    The first model with a ``mask_logits`` method provides the mask head.
-    """
-
-    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
-        super().__init__()
-        if len(models) < 2:
-            raise ValueError("feature concatenation needs at least two models")
-        if weights is not None and len(weights) != len(models):
-            raise ValueError("one weight per model expected")
-        self.models = nn.ModuleList(models)
-        self.weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
-        for m in models:
-            if callable(getattr(m, "mask_logits", None)):
-                self.mask_logits = m.mask_logits  # type: ignore[method-assign]
-                break
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        parts = [w * F.normalize(m(images).float(), dim=1) for m, w in zip(self.models, self.weights)]
-        return torch.cat(parts, dim=1)
 
 
 def split_bfm(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,11 @@ The open_clip chain, made resumable and exact:
   before augmentation, so a resumed run sees exactly the batches of an uninterrupted one.
 * Bad samples (undecodable image, missing member, bad label, unreadable tar) are skipped and
   counted by reason; each batch carries the counts since the previous batch in ``"_skipped"``.
+  A shard that cannot be read to its end (a truncated tar, or fewer samples than its length in
+  ``dataset.json``) is an error, never silent: it is counted (``unreadable_shard``) and named in
+  ``"_bad_shards"``, and the trainer warns about it.
+* One iterator serves the whole run: each worker process walks epoch after epoch (the streams of
+  every epoch are the same as if the loader were rebuilt per epoch), so workers start once.
 
 Batches hold uint8 NHWC images (4x less host-to-device traffic than float); the trainer normalizes
 them on the device (``to_device``) to NCHW float in channels-last memory.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import zlib
 from collections import Counter
@@ -34,8 +40,10 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
+from maskgen.errors import InputError
 from maskgen.training.augment import AugmentConfig, augment
 
+log = logging.getLogger("maskgen.train")
 IMAGE_SIZE = 112
 _FAIL_LIMIT = 1000  # consecutive bad samples with no good one: the data is unusable, stop
 
@@ -58,12 +66,15 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
                 if "://" not in url and any(c in url for c in "*?["):
                     found = sorted(glob.glob(os.path.expanduser(url)))
                     if not found:
-                        raise FileNotFoundError(f"no shard matches {url!r}")
+                        raise InputError(f"no shard matches {url!r}")
                     out.extend(found)
                 else:
-                    out.append(url if "://" in url else os.path.expanduser(url))
+                    path = url if "://" in url else os.path.expanduser(url)
+                    if "://" not in url and not os.path.isfile(path):
+                        raise InputError(f"shard not found: {path}")
+                    out.append(path)
     if not out:
-        raise ValueError(f"no shards in {spec!r}")
+        raise InputError(f"no shards in {spec!r}")
     return out
 
 
@@ -104,7 +115,12 @@ def read_dataset_info(shards: Sequence[str], dataset_json: str | os.PathLike | N
     path = Path(dataset_json) if dataset_json else find_dataset_json(shards)
     if path is None:
         return scan_shards(shards)
-    meta = json.loads(Path(path).read_text())
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: dataset.json is not a JSON object")
     lengths: dict[str, int] = {}
     listed = _first(meta, "shards", "shard_lengths")
     if isinstance(listed, dict):
@@ -122,7 +138,7 @@ def read_dataset_info(shards: Sequence[str], dataset_json: str | os.PathLike | N
     else:
         num_samples = _first(meta, "num_samples", "samples", "n_samples", "num_ok")
         if num_samples is None:
-            raise ValueError(f"{path}: no sample count (num_samples) in dataset.json")
+            raise InputError(f"{path}: no sample count (num_samples) in dataset.json")
     num_classes = _first(meta, "num_classes", "classes", "n_classes", "num_identities")
     if isinstance(num_classes, list):
         num_classes = len(num_classes)
@@ -132,11 +148,19 @@ def read_dataset_info(shards: Sequence[str], dataset_json: str | os.PathLike | N
 
 
 def scan_shards(shards: Sequence[str]) -> DatasetInfo:
+    """Counts of shards without a ``dataset.json`` (read once); a shard that cannot be read to
+    its end is named in a warning and counted with the samples it gave."""
     counts: dict[str, int] = {}
     max_label = -1
+
+    def warn(exn: Exception) -> bool:
+        log.warning("shard %s cannot be read to its end (%s: %s): counted as an error",
+                    url, type(exn).__name__, exn)
+        return False
+
     for url in shards:
         n = 0
-        for sample in tarfile_samples([{"url": url}]):
+        for sample in tarfile_samples([{"url": url}], handler=warn):
             n += 1
             if "cls" in sample:
                 try:
@@ -184,6 +208,7 @@ class LoaderConfig:
     rank: int = 0
     world_size: int = 1
     num_workers: int = 0
+    shard_lengths: dict[str, int] = field(default_factory=dict)  # name -> samples (dataset.json)
 
 
 class ShardStream(IterableDataset):
@@ -192,16 +217,25 @@ class ShardStream(IterableDataset):
     def __init__(self, cfg: LoaderConfig):
         super().__init__()
         self.cfg = cfg
-        self.epoch = 0
+        self.epoch = self.start_epoch = 0
         self.start_step = 0
+        self.end_step: int | None = None
         self._skipped: Counter[str] = Counter()
+        self._bad_shards: dict[str, str] = {}
+        self._tar_error = ""
 
-    def set_position(self, epoch: int, step: int = 0) -> None:
+    def set_position(self, epoch: int, step: int = 0, end_step: int | None = None) -> None:
+        """Start the next iterator at (epoch, step in epoch) and run to global step ``end_step``
+        (default: the end of that epoch)."""
         self.epoch, self.start_step = int(epoch), int(step)
+        self.start_epoch = self.epoch  # self.epoch moves on while an iterator walks the epochs
+        self.end_step = None if end_step is None else int(end_step)
 
     # -- shard plan ---------------------------------------------------------------------------
     def _handler(self, exn: Exception) -> bool:
         self._skipped[f"tar_error:{type(exn).__name__}"] += 1
+        first = exn.args[0] if exn.args else ""
+        self._tar_error = f"{type(exn).__name__}: {first if isinstance(first, str) else exn}"
         return True
 
     def _shard_passes(self, gslot: int, nslots: int) -> Iterator[list[tuple[str, int | None]]]:
@@ -225,6 +259,7 @@ class ShardStream(IterableDataset):
             counter = 0
             for url, keep in plan:
                 got = 0
+                self._tar_error = ""
                 for sample in tarfile_samples([{"url": url}], handler=self._handler):
                     got += 1
                     if keep is not None:
@@ -232,10 +267,25 @@ class ShardStream(IterableDataset):
                         if (counter - 1) % nslots != keep:
                             continue
                     yield sample
-                if got == 0:
-                    self._skipped["empty_or_unreadable_shard"] += 1
+                self._check_shard(url, got)
             if not self.cfg.resampled:
                 yield None
+
+    def _check_shard(self, url: str, got: int) -> None:
+        """Count a shard that ended early (a tar error, or fewer samples than recorded)."""
+        name = Path(url.split("://")[-1]).name
+        expected = self.cfg.shard_lengths.get(name)
+        if got == 0:
+            self._skipped["empty_or_unreadable_shard"] += 1
+            reason = self._tar_error or "no sample"
+        elif self._tar_error:
+            reason = f"{self._tar_error} after {got} samples"
+        elif expected is not None and got < expected:
+            reason = f"{got} of the {expected} samples dataset.json records (truncated?)"
+        else:
+            return
+        self._skipped["unreadable_shard"] += 1
+        self._bad_shards[name] = reason
 
     def _shuffled(self, samples: Iterator[dict[str, Any] | None], gslot: int) -> Iterator[dict[str, Any]]:
         """Reservoir shuffle; drained at every end of pass so an epoch holds each sample once."""
@@ -342,22 +392,49 @@ class ShardStream(IterableDataset):
             if name in items[0]:
                 batch[name] = torch.from_numpy(np.stack([s[name] for s in items]))
         batch["_skipped"] = dict(self._skipped)
+        batch["_bad_shards"] = dict(self._bad_shards)
+        batch["_worker_pid"] = os.getpid()
         self._skipped.clear()
+        self._bad_shards.clear()
         return batch
 
     # -- iteration ----------------------------------------------------------------------------
-    def slot_plan(self, worker: int, num_workers: int) -> tuple[int, int, int]:
-        """(slot, batches to skip, batches to yield) of ``worker`` after resuming at start_step."""
-        steps, start = self.cfg.steps_per_epoch, self.start_step
-        slot = (start + worker) % num_workers
-        skip = len(range(slot, start, num_workers))
-        total = len(range(slot, steps, num_workers))
-        return slot, skip, total - skip
+    def slot_plan(self, worker: int, num_workers: int, epoch: int | None = None) -> tuple[int, int, int]:
+        """(slot, batches to skip, batches to yield) of ``worker`` in ``epoch``.
+
+        One iterator walks the run from (start epoch, start step) to ``end_step``; the DataLoader
+        takes batch k of it from worker k % num_workers, so in every epoch a worker serves the
+        steps of one residue class, i.e. one slot's stream of that epoch.
+        """
+        steps, start = self.cfg.steps_per_epoch, self.start_epoch * self.cfg.steps_per_epoch + self.start_step
+        epoch = self.start_epoch if epoch is None else epoch
+        end = self._end()
+        first = epoch * steps  # global step of this epoch's first batch
+        slot = (worker + start - first) % num_workers
+        lo = max(start, first) - first  # steps of this epoch inside [start, end)
+        hi = min(end, first + steps) - first
+        skip = len(range(slot, lo, num_workers))
+        total = len(range(slot, hi, num_workers))
+        return slot, skip, max(0, total - skip)
+
+    def _end(self) -> int:
+        steps = self.cfg.steps_per_epoch
+        return self.end_step if self.end_step is not None else (self.start_epoch + 1) * steps
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        slot, skip, todo = self.slot_plan(worker, num_workers)
+        start_epoch, steps = self.start_epoch, self.cfg.steps_per_epoch
+        last_epoch = (self._end() - 1) // steps
+        try:
+            for epoch in range(start_epoch, last_epoch + 1):
+                slot, skip, todo = self.slot_plan(worker, num_workers, epoch)
+                self.epoch = epoch
+                yield from self._epoch_batches(slot, skip, todo, num_workers)
+        finally:
+            self.epoch = start_epoch
+
+    def _epoch_batches(self, slot: int, skip: int, todo: int, num_workers: int) -> Iterator[dict[str, Any]]:
         nslots = self.cfg.world_size * num_workers
         gslot = self.cfg.rank * num_workers + slot
         raw = self._shuffled(self._raw_samples(gslot, nslots), gslot)
@@ -367,6 +444,7 @@ class ShardStream(IterableDataset):
             for _ in range(skip * bs):
                 next(validated)
             self._skipped.clear()
+            self._bad_shards.clear()
         samples = self._decoded(raw)
         for _ in range(todo):
             yield self._collate([next(samples) for _ in range(bs)])
@@ -377,6 +455,9 @@ def make_loader(cfg: LoaderConfig, pin_memory: bool = False) -> tuple[DataLoader
     stream = ShardStream(cfg)
     kwargs: dict[str, Any] = {}
     if cfg.num_workers > 0:
+        # Workers live as long as one iterator, and the trainer takes one iterator for the whole
+        # run (all its epochs). Not ``persistent_workers``: a kept worker would also keep the
+        # position of the previous iterator instead of the one set by ``set_position``.
         kwargs.update(prefetch_factor=4, persistent_workers=False)
     # Its own generator: creating an iterator must not draw from the global RNG (dropout, class
     # sampling), or a run resumed mid-epoch would diverge from an uninterrupted one.
@@ -389,6 +470,8 @@ def make_loader(cfg: LoaderConfig, pin_memory: bool = False) -> tuple[DataLoader
 def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = True) -> dict[str, Any]:
     """Move a batch to ``device``; uint8 NHWC images become normalized NCHW float there."""
     out: dict[str, Any] = {}
+    if isinstance(batch.get("label"), torch.Tensor):
+        out["label_host"] = batch["label"]  # for host-side choices (triplets) without a device read
     for k, v in batch.items():
         if k.startswith("_"):
             continue

@@ -22,13 +22,15 @@ def lr_factor(
     gamma: float = 0.1,
     cycle_steps: int | None = None,
     cycle_mult: float = 1.0,
+    decay_steps: int | None = None,
 ) -> float:
-    """lr(step) / base_lr. ``milestones`` are step numbers; ``min_lr`` is absolute."""
+    """lr(step) / base_lr. ``milestones`` are step numbers; ``min_lr`` is absolute;
+    ``decay_steps``: cosine and poly reach the floor at this step and stay there."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     floor = min_lr / base_lr if base_lr > 0 else 0.0
     t = step - warmup_steps
-    span = max(1, total_steps - warmup_steps)
+    span = max(1, (decay_steps or total_steps) - warmup_steps)
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
@@ -54,14 +56,17 @@ def build_schedule(config: dict, steps_per_epoch: int, total_steps: int) -> Call
     if warmup is None:
         warmup = int(round(float(config.get("warmup_epochs") or 0.0) * steps_per_epoch))
     milestones = [int(round(float(e) * steps_per_epoch)) for e in config.get("milestones") or []]
-    cycle = config.get("cycle_steps") or steps_per_epoch
+    cycle = config.get("cycle_steps") or (
+        int(round(float(config["cycle_epochs"]) * steps_per_epoch)) if config.get("cycle_epochs") else steps_per_epoch)
+    decay = config.get("decay_epochs")
+    decay_steps = int(round(float(decay) * steps_per_epoch)) if decay else None
     base = float(config["lr"])
 
     def lr_at(step: int) -> float:
         return base * lr_factor(
             step, total_steps, config["schedule"], int(warmup), base, float(config.get("min_lr") or 0.0),
             float(config.get("poly_power", 2.0)), milestones, float(config.get("gamma", 0.1)),
-            int(cycle), float(config.get("cycle_mult") or 1.0),
+            int(cycle), float(config.get("cycle_mult") or 1.0), decay_steps,
         )
 
     return lr_at

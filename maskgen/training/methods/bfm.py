@@ -10,10 +10,9 @@ Training uses the original and the masked image of every sample (``needs_pairs``
   ``|| E_P(x)/|E_P(x)| - E_P(x_masked)/|E_P(x_masked)| ||^2`` that pulls the masked feature
   onto the unmasked one.
 
-Stop-gradient: by default the unmasked side of the guided loss is detached, so the masked
-feature moves towards the unmasked one and not the other way round: the unmasked features are
-already anchored by the partial ArcFace, and letting them drift towards occluded features
-would only discard information (``guided_stop_grad: false`` lets both sides move).
+Gradient: Eq. 4 of the paper has no stop-gradient, so by default both sides of the guided loss
+move (``guided_stop_grad: false``). ``guided_stop_grad: true`` detaches the unmasked side, so only
+the masked feature is pulled towards it (a variant, not the paper's).
 
 ``embed`` returns the routing-ready concatenation [E_F(x)/|E_F(x)|, E_P(x)/|E_P(x)|] and
 ``mask_logits`` the classifier's output; ``maskgen.training.inference.bfm_pair_scores``
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskgen.training.heads import CombinedMarginLoss, NormalizedClassifier
+from maskgen.training.heads import CombinedMarginLoss, PartialFC
 from maskgen.training.methods.base import Method, register_method
 
 
@@ -81,7 +80,7 @@ class BalancedFeatureMatching(Method):
         m: float = 0.5,
         sample_rate: float = 1.0,
         guided_weight: float = 1.0,
-        guided_stop_grad: bool = True,
+        guided_stop_grad: bool = False,
         classifier_width: int = 16,
         route_threshold: float = 0.5,
         **options: Any,
@@ -93,12 +92,16 @@ class BalancedFeatureMatching(Method):
         self.partial = copy.deepcopy(backbone)
         self.register_buffer("partial_synced", torch.zeros((), dtype=torch.uint8))
         self.classifier = MaskClassifier(classifier_width)
-        self.full_head = NormalizedClassifier(embedding_size, num_classes, sample_rate)
-        self.partial_head = NormalizedClassifier(embedding_size, num_classes, sample_rate)
-        self.arcface = CombinedMarginLoss(s, 1.0, m, 0.0)
+        self.full_head = PartialFC(embedding_size, num_classes, CombinedMarginLoss(s, 1.0, m, 0.0), sample_rate)
+        self.partial_head = PartialFC(embedding_size, num_classes, CombinedMarginLoss(s, 1.0, m, 0.0), sample_rate)
+        self._synced: bool | None = None  # host copy of partial_synced: read once, not per step
         self.guided_weight = float(guided_weight)
         self.guided_stop_grad = bool(guided_stop_grad)
         self.route_threshold = float(route_threshold)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._synced = None  # a loaded flag is read again at the next forward
+        super()._load_from_state_dict(*args, **kwargs)
 
     @property
     def full(self) -> nn.Module:
@@ -106,30 +109,30 @@ class BalancedFeatureMatching(Method):
         return self.backbone
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        if self.training and not bool(self.partial_synced):
+        if self._synced is None:
+            self._synced = bool(self.partial_synced)
+        if self.training and not self._synced:
             self.partial.load_state_dict(self.backbone.state_dict())
             self.partial_synced.fill_(1)
+            self._synced = True
         orig, masked_img, labels = batch["image_orig"], batch["image_masked"], batch["label"]
         n = orig.shape[0]
         both = torch.cat([orig, masked_img])
-        mask_target = torch.cat([torch.zeros(n), torch.ones(n)]).long().to(orig.device)
+        mask_target = torch.arange(2 * n, device=orig.device) >= n  # 0 originals, 1 masked twins
+        mask_target = mask_target.long()
         with torch.autocast(device_type=orig.device.type, enabled=False):
             mask_logits = self.classifier(both.float())
         mask_loss = F.cross_entropy(mask_logits, mask_target)
 
-        full_cos, full_labels = self.full_head(self.backbone(orig), labels)
-        full_loss = self.arcface(full_cos, full_labels)
+        full_loss, acc = self.full_head(self.backbone(orig), labels)
 
         partial_emb = self.partial(both)
-        part_cos, part_labels = self.partial_head(partial_emb, torch.cat([labels, labels]))
-        partial_loss = self.arcface(part_cos, part_labels)
+        partial_loss, partial_acc = self.partial_head(partial_emb, torch.cat([labels, labels]))
         g_loss = guided_loss(partial_emb[:n], partial_emb[n:], self.guided_stop_grad)
 
         loss = mask_loss + self.guided_weight * g_loss + full_loss + partial_loss
         with torch.no_grad():
             mask_acc = (mask_logits.argmax(1) == mask_target).float().mean()
-            acc = (full_cos.argmax(1) == full_labels).float().mean()
-            partial_acc = (part_cos.argmax(1) == part_labels).float().mean()
         return {
             "loss": loss,
             "mask_loss": mask_loss.detach(),

@@ -1,7 +1,8 @@
 """ArcFace, CosFace and the combined margin (insightface) as training methods.
 
 Options: ``s`` (scale), ``m1``/``m2``/``m3`` (margins; defaults per method), ``sample_rate``
-(partial FC: fraction of classes in each step's softmax, positives always kept).
+(partial FC: fraction of each rank's classes in each step's softmax, positives always kept).
+The classifier is a ``PartialFC``: sharded across ranks under DDP.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskgen.training.heads import CombinedMarginLoss, NormalizedClassifier
+from maskgen.training.heads import CombinedMarginLoss, PartialFC
 from maskgen.training.methods.base import Method, register_method
 
 
@@ -32,17 +33,13 @@ class MarginMethod(Method):
     ) -> None:
         super().__init__(backbone, num_classes, embedding_size, **options)
         d1, d2, d3 = self.default_margins
-        self.head = NormalizedClassifier(embedding_size, num_classes, sample_rate)
-        self.loss = CombinedMarginLoss(
+        margin = CombinedMarginLoss(
             s, d1 if m1 is None else m1, d2 if m2 is None else m2, d3 if m3 is None else m3
         )
+        self.head = PartialFC(embedding_size, num_classes, margin, sample_rate)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        embeddings = self.backbone(batch["image"])
-        cosine, labels = self.head(embeddings, batch["label"])
-        loss = self.loss(cosine, labels)
-        with torch.no_grad():
-            acc = (cosine.argmax(dim=1) == labels).float().mean()
+        loss, acc = self.head(self.backbone(batch["image"]), batch["label"])
         return {"loss": loss, "acc": acc}
 
 

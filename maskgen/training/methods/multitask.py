@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskgen.training.heads import CombinedMarginLoss, NormalizedClassifier
+from maskgen.training.heads import CombinedMarginLoss, PartialFC
 from maskgen.training.methods.base import Method, register_method
 
 
@@ -67,8 +67,7 @@ class MultiTaskArcFace(Method):
         **options: Any,
     ) -> None:
         super().__init__(backbone, num_classes, embedding_size, **options)
-        self.head = NormalizedClassifier(embedding_size, num_classes, sample_rate)
-        self.arcface = CombinedMarginLoss(s, 1.0, m, 0.0)
+        self.head = PartialFC(embedding_size, num_classes, CombinedMarginLoss(s, 1.0, m, 0.0), sample_rate)
         # not a submodule attribute: the hook object holds no parameters
         self._features = PreFCFeatures(backbone)
         in_features = self._features.in_features or embedding_size
@@ -89,13 +88,11 @@ class MultiTaskArcFace(Method):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         embeddings, mask_logits = self._forward(batch["image"])
-        cosine, labels = self.head(embeddings, batch["label"])
-        id_loss = self.arcface(cosine, labels)
+        id_loss, acc = self.head(embeddings, batch["label"])
         masked = batch["masked"].long().to(mask_logits.device)
         mask_loss = F.cross_entropy(mask_logits, masked)
         loss = id_loss + self.mask_weight * torch.log(mask_loss + 1.0)
         with torch.no_grad():
-            acc = (cosine.argmax(dim=1) == labels).float().mean()
             mask_acc = (mask_logits.argmax(dim=1) == masked).float().mean()
         return {
             "loss": loss,
@@ -108,6 +105,10 @@ class MultiTaskArcFace(Method):
     def mask_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Two logits per image: (no mask, mask)."""
         return self._forward(images)[1]
+
+    def embed_with_mask(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding, mask logits) from one backbone pass (what the ONNX export holds)."""
+        return self._forward(images)
 
     @torch.no_grad()
     def predict_mask(self, images: torch.Tensor) -> torch.Tensor:

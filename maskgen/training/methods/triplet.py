@@ -1,68 +1,94 @@
-"""FaceNet-style transfer (Sharma et al.): triplet loss with a margin on L2-normalised
-embeddings, fine-tuning the last layers of a pretrained backbone (trainer ``init_from`` +
-``freeze``).
+"""FaceNet-style transfer (Sharma et al.): a pretrained backbone, an added Dense + BatchNorm
+layer on top of its embedding, and a triplet loss with margin 0.5 on L2-normalised embeddings.
 
-Triplets are mined inside each batch of original + masked twins (``needs_pairs``): every image
-is an anchor; its positive is drawn at random among the other images of its identity (its own
-twin at least, so the loss teaches mask invariance), its negative at random among images of
-other identities. The draws come from a generator seeded by (seed, epoch, step), so every
-epoch gives each anchor a fresh negative and a rerun gives the same ones. The epoch and step
-counters are buffers saved with the weights, so a resumed run continues the same sequence; a
-trainer may call ``set_epoch`` at each epoch start, and without it the step counter alone keeps
-the draws fresh.
+The paper got its "best results with freezing all but the last layer": the config trains only
+the added layer (``freeze: [neck]``). Without a pretrained backbone the embeddings are random and
+the loss sits at the margin, so the trainer refuses to start without ``init_from``
+(``needs_pretrained``).
+
+Triplets are formed inside each batch of original + masked twins (``needs_pairs``): every image
+is an anchor; its positive is another image of its identity (its own twin at least), its
+negative an image of another identity. "A new random Negative to triplets after each epoch": the
+choice is a hash of (seed, epoch, anchor key, candidate key), so it changes at each epoch
+(``set_epoch``, called by the trainer) and not between the steps of one epoch, and a rerun or a
+resumed run draws the same ones. The draw runs on the host from the sample keys and labels the
+loader already has, so the step never waits for the device.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from maskgen.training.methods.base import Method, register_method
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)
 
-def sample_triplets(
-    labels: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(anchor, positive, negative) indices: one random positive and one random negative per
-    anchor that has both; anchors without a positive or a negative are left out."""
-    labels = labels.cpu()
-    n = labels.numel()
+
+def _key_hashes(keys: Sequence[str], seed: int, epoch: int) -> np.ndarray:
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}|{epoch}|{k}".encode(), digest_size=8).digest(), "little")
+                     for k in keys], dtype=np.uint64)
+
+
+def pair_scores(keys: Sequence[str], seed: int, epoch: int) -> np.ndarray:
+    """(n, n) pseudo-random scores in [0, 1), a pure function of (seed, epoch, key a, key b)."""
+    h = _key_hashes(keys, seed, epoch)
+    with np.errstate(over="ignore"):
+        x = h[:, None] * _MIX ^ (h[None, :] + _MIX)
+        x ^= x >> np.uint64(31)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(29)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def sample_triplets(labels: np.ndarray | torch.Tensor, keys: Sequence[str], seed: int, epoch: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positive index, negative index, valid) per anchor: the best-scoring other image of the
+    same identity and of another identity; anchors lacking either are not valid."""
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    n = len(labels)
     same = labels[:, None] == labels[None, :]
-    eye = torch.eye(n, dtype=torch.bool)
-    pos_ok = same & ~eye
+    pos_ok = same & ~np.eye(n, dtype=bool)
     neg_ok = ~same
-    valid = pos_ok.any(1) & neg_ok.any(1)
-    # uniform choice among allowed columns: argmax of random scores where allowed
-    noise = torch.rand((2, n, n), generator=generator)
-    pos = torch.where(pos_ok, noise[0], torch.full_like(noise[0], -1.0)).argmax(1)
-    neg = torch.where(neg_ok, noise[1], torch.full_like(noise[1], -1.0)).argmax(1)
-    anchors = torch.nonzero(valid).flatten()
-    return anchors, pos[anchors], neg[anchors]
+    score = pair_scores(keys, seed, epoch)
+    pos = np.where(pos_ok, score, -1.0).argmax(1)
+    neg = np.where(neg_ok, score, -1.0).argmax(1)
+    return pos, neg, pos_ok.any(1) & neg_ok.any(1)
 
 
-def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float) -> torch.Tensor:
-    """FaceNet: mean of max(0, |a-p|^2 - |a-n|^2 + margin) on unit vectors."""
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float,
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
+    """FaceNet: mean over valid anchors of max(0, |a-p|^2 - |a-n|^2 + margin) on unit vectors."""
     d_pos = (anchor - positive).pow(2).sum(1)
     d_neg = (anchor - negative).pow(2).sum(1)
-    return F.relu(d_pos - d_neg + margin).mean()
+    hinge = F.relu(d_pos - d_neg + margin)
+    if valid is None:
+        return hinge.mean()
+    w = valid.to(hinge.dtype)
+    return (hinge * w).sum() / w.sum().clamp_min(1.0)
 
 
 @register_method("triplet")
 class Triplet(Method):
-    """Options: ``margin`` (0.2 as in FaceNet), ``seed`` (triplet draws)."""
+    """Options: ``margin`` (0.5 in the paper), ``seed`` (triplet draws), ``extra_layer``
+    (the added Dense + BatchNorm layer, on by default as in the paper)."""
 
     needs_pairs = True
+    needs_pretrained = True
 
     def __init__(
         self,
         backbone: nn.Module,
         num_classes: int,
         embedding_size: int = 512,
-        margin: float = 0.2,
+        margin: float = 0.5,
         seed: int = 0,
+        extra_layer: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(backbone, num_classes, embedding_size, **options)
@@ -70,39 +96,36 @@ class Triplet(Method):
             raise ValueError(f"margin must be positive, got {margin}")
         self.margin = float(margin)
         self.seed = int(seed)
-        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.epoch = 0
+        self.neck = (nn.Sequential(nn.Linear(embedding_size, embedding_size), nn.BatchNorm1d(embedding_size))
+                     if extra_layer else nn.Identity())
 
     def set_epoch(self, epoch: int) -> None:
-        """New epoch: new negatives (the step counter restarts)."""
-        self.epoch.fill_(int(epoch))
-        self.step.zero_()
+        """New epoch: new negatives (and positives) for every anchor."""
+        self.epoch = int(epoch)
 
-    def _generator(self) -> torch.Generator:
-        g = torch.Generator()
-        g.manual_seed((self.seed * 1_000_003 + int(self.epoch)) * 1_000_003 + int(self.step))
-        return g
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.backbone(images).float())
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = torch.cat([batch["image_orig"], batch["image_masked"]])
-        labels = torch.cat([batch["label"], batch["label"]])
-        anchors, pos, neg = sample_triplets(labels, self._generator())
-        if self.training:
-            self.step += 1  # in place on the buffer
-        emb = F.normalize(self.backbone(images).float(), dim=1)
-        if anchors.numel() == 0:  # a batch of one identity: nothing to contrast, zero loss
-            zero = emb.sum() * 0.0
-            return {"loss": zero, "active": zero.detach(), "triplets": zero.detach()}
-        idx = [t.to(emb.device) for t in (anchors, pos, neg)]
-        loss = triplet_loss(emb[idx[0]], emb[idx[1]], emb[idx[2]], self.margin)
+        keys = [f"{k}.orig" for k in batch["key"]] + [f"{k}.masked" for k in batch["key"]]
+        host = batch.get("label_host", batch["label"])  # the loader's CPU copy: no device read
+        pos, neg, valid = sample_triplets(torch.cat([host, host]), keys, self.seed, self.epoch)
+        emb = F.normalize(self.embed(images), dim=1)
+        device = emb.device
+
+        def upload(a: np.ndarray) -> torch.Tensor:  # pinned, so the copy does not block the host
+            t = torch.from_numpy(a)
+            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+        pos_t, neg_t, valid_t = upload(pos), upload(neg), upload(valid)
+        loss = triplet_loss(emb, emb[pos_t], emb[neg_t], self.margin, valid_t)
         with torch.no_grad():
-            d_pos = (emb[idx[0]] - emb[idx[1]]).pow(2).sum(1)
-            d_neg = (emb[idx[0]] - emb[idx[2]]).pow(2).sum(1)
-            active = (d_pos - d_neg + self.margin > 0).float().mean()
-            correct = (d_pos < d_neg).float().mean()
-        return {
-            "loss": loss,
-            "active": active,
-            "triplet_acc": correct,
-            "triplets": torch.tensor(float(anchors.numel())),
-        }
+            d_pos = (emb - emb[pos_t]).pow(2).sum(1)
+            d_neg = (emb - emb[neg_t]).pow(2).sum(1)
+            w = valid_t.float()
+            n = w.sum().clamp_min(1.0)
+            active = ((d_pos - d_neg + self.margin > 0).float() * w).sum() / n
+            correct = ((d_pos < d_neg).float() * w).sum() / n
+        return {"loss": loss, "active": active, "triplet_acc": correct, "triplets": w.sum()}

@@ -1,6 +1,6 @@
-"""ResSaNet (Gao et al.): an IResNet whose middle stages use SE-IBasic_F blocks (flexible
-ReLU) and whose last stage uses IBasic Transformer blocks (MBConv + multi-head
-self-attention).
+"""ResSaNet (Gao et al.): an IResNet with plain IBasic blocks in stage 1, SE-IBasic_F blocks
+(flexible ReLU) in stages 2-3, and IBSA blocks in stage 4, which "substitute the convolutional
+layer with the Multi-head Self-attention (MHSA) block" (BoTNet's MHSA, relative positions).
 
 Why: the convolutional stages keep the strong local texture features of an IResNet, FReLU
 gives each activation a spatial context (so a unit can look past the mask edge), and
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from maskgen.training.models.mfr import SEIBasicBlock, SqueezeExcite, _init_weights
-from maskgen.training.models.iresnet import EmbeddingHead
+from maskgen.training.models.iresnet import EmbeddingHead, IBasicBlock
 from maskgen.training.models.registry import register_model
 
 
@@ -59,72 +59,75 @@ class SEIBasicFBlock(nn.Module):
         return out + identity
 
 
-class MBConv(nn.Module):
-    """Inverted residual branch: 1x1 expand -> depthwise 3x3 (stride) -> SE -> 1x1 project."""
+class RelativeMHSA(nn.Module):
+    """Multi-head self-attention over a feature map with 2-D relative position logits (the MHSA
+    of BoTNet, which the IBSA block puts where the IBasic block has a 3x3 convolution).
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expand: int = 4) -> None:
+    q, k, v are 1x1 projections; each query adds ``q . r_h[dy] + q . r_w[dx]`` to its content
+    logits, where ``dy``, ``dx`` are the key's offsets, so attention knows *where* a cue lies
+    relative to the query (the eyes above a mask) without absolute positions.
+    """
+
+    def __init__(self, channels: int, side: int, heads: int = 4) -> None:
         super().__init__()
-        hidden = in_channels * expand
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(in_channels, eps=1e-5),
-            nn.Conv2d(in_channels, hidden, 1, bias=False),
-            nn.BatchNorm2d(hidden, eps=1e-5),
-            nn.PReLU(hidden),
-            nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden, eps=1e-5),
-            nn.PReLU(hidden),
-            SqueezeExcite(hidden, 16),
-            nn.Conv2d(hidden, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels, eps=1e-5),
-        )
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} heads")
+        self.heads, self.side = heads, side
+        self.dim = channels // heads
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
+        self.rel_h = nn.Parameter(torch.randn(2 * side - 1, self.dim) * self.dim ** -0.5)
+        self.rel_w = nn.Parameter(torch.randn(2 * side - 1, self.dim) * self.dim ** -0.5)
+        offsets = torch.arange(side)[None, :] - torch.arange(side)[:, None] + side - 1  # [query, key]
+        self.register_buffer("offsets", offsets, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        b, c, h, w = x.shape
+        if h != self.side or w != self.side:
+            raise ValueError(f"MHSA built for a {self.side}x{self.side} map, got {h}x{w} (input_size option)")
+        q, k, v = self.qkv(x).reshape(b, 3, self.heads, self.dim, h * w).unbind(1)
+        q = q * self.dim ** -0.5
+        content = torch.einsum("bndi,bndj->bnij", q, k)  # (B, heads, HW, HW)
+        qs = q.reshape(b, self.heads, self.dim, h, w)
+        rh = self.rel_h[self.offsets]  # (H query, H key, d)
+        rw = self.rel_w[self.offsets]
+        lh = torch.einsum("bndyx,yYd->bnyxY", qs, rh)  # (B, n, Hq, Wq, Hk)
+        lw = torch.einsum("bndyx,xXd->bnyxX", qs, rw)  # (B, n, Hq, Wq, Wk)
+        position = (lh[..., :, None] + lw[..., None, :]).reshape(b, self.heads, h * w, h * w)
+        attn = torch.softmax(content + position, dim=-1)
+        out = torch.einsum("bnij,bndj->bndi", attn, v)
+        return out.reshape(b, c, h, w)
 
 
-class IBasicTransformerBlock(nn.Module):
-    """Residual MBConv (which carries the stage's stride) followed by residual multi-head
-    self-attention over the spatial positions, with a learned position embedding."""
+class IBSABlock(nn.Module):
+    """IBasic block with its second 3x3 convolution replaced by MHSA (the paper's IBSA block):
+    BN -> conv3x3 -> BN -> PReLU -> MHSA (-> 2x2 average pool where the stage strides) -> BN,
+    plus the shortcut (1x1 conv + BN where the shape changes)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        side: int,
-        stride: int = 1,
-        heads: int | None = None,
-        expand: int = 4,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, side: int, stride: int = 1, heads: int = 4) -> None:
         super().__init__()
-        self.mbconv = MBConv(in_channels, out_channels, stride, expand)
+        self.bn1 = nn.BatchNorm2d(in_channels, eps=1e-5)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels, eps=1e-5)
+        self.prelu = nn.PReLU(out_channels)
+        self.mhsa = RelativeMHSA(out_channels, side, heads)
+        self.pool: nn.Module = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
+        self.bn3 = nn.BatchNorm2d(out_channels, eps=1e-5)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(out_channels, eps=1e-5),
             )
-        heads = heads or max(1, out_channels // 64)
-        if out_channels % heads:
-            raise ValueError(f"{out_channels} channels do not split into {heads} heads")
-        self.norm = nn.LayerNorm(out_channels)
-        self.pos = nn.Parameter(torch.zeros(1, side * side, out_channels))
-        nn.init.trunc_normal_(self.pos, std=0.02)
-        self.attn = nn.MultiheadAttention(out_channels, heads, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        x = identity + self.mbconv(x)
-        b, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
-        q = self.norm(tokens) + self.pos
-        attended, _ = self.attn(q, q, q, need_weights=False)
-        tokens = tokens + attended
-        return tokens.transpose(1, 2).reshape(b, c, h, w)
+        out = self.prelu(self.bn2(self.conv1(self.bn1(x))))
+        return self.bn3(self.pool(self.mhsa(out))) + identity
 
 
 class ResSaNet(EmbeddingHead, nn.Module):
     """IResNet layout (3x3 stem at 112, four stride-2 stages, BN-dropout-FC-BN output):
-    stage 1 SE-IBasic, stages 2-3 SE-IBasic_F, stage 4 IBasic Transformer."""
+    stage 1 plain IBasic, stages 2-3 SE-IBasic_F, stage 4 IBSA (MHSA in place of the conv)."""
 
     def __init__(
         self,
@@ -134,7 +137,7 @@ class ResSaNet(EmbeddingHead, nn.Module):
         input_size: int = 112,
         dropout: float = 0.0,
         se_reduction: int = 16,
-        heads: int | None = None,
+        heads: int = 4,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or min(layers) < 1:
@@ -146,8 +149,8 @@ class ResSaNet(EmbeddingHead, nn.Module):
         self.bn1 = nn.BatchNorm2d(width, eps=1e-5)
         self.prelu = nn.PReLU(width)
         self.layer1 = nn.Sequential(
-            SEIBasicBlock(width, c1, 2, se_reduction),
-            *[SEIBasicBlock(c1, c1, 1, se_reduction) for _ in range(layers[0] - 1)],
+            IBasicBlock(width, c1, 2, _shortcut(width, c1, 2)),
+            *[IBasicBlock(c1, c1) for _ in range(layers[0] - 1)],
         )
         self.layer2 = nn.Sequential(
             SEIBasicFBlock(c1, c2, 2, se_reduction),
@@ -159,8 +162,8 @@ class ResSaNet(EmbeddingHead, nn.Module):
         )
         side = input_size // 16
         self.layer4 = nn.Sequential(
-            IBasicTransformerBlock(c3, c4, side, 2, heads),
-            *[IBasicTransformerBlock(c4, c4, side, 1, heads) for _ in range(layers[3] - 1)],
+            IBSABlock(c3, c4, 2 * side, 2, heads),  # attention on the 14x14 map, then pooled to 7x7
+            *[IBSABlock(c4, c4, side, 1, heads) for _ in range(layers[3] - 1)],
         )
         self._make_head(c4, side, embedding_size, dropout)
         self.embedding_size = embedding_size
@@ -168,10 +171,21 @@ class ResSaNet(EmbeddingHead, nn.Module):
         _init_weights(self)
 
 
+def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels, eps=1e-5))
+
+
 @register_model("ressanet")
 def ressanet(**options) -> ResSaNet:
     """ResSaNet on the IResNet-50 depth (3, 4, 14, 3)."""
     return ResSaNet(layers=options.pop("layers", (3, 4, 14, 3)), **options)
+
+
+@register_model("ressanet100")
+def ressanet100(**options) -> ResSaNet:
+    """ResSaNet on the IResNet-100 depth (3, 13, 30, 3)."""
+    return ResSaNet(layers=options.pop("layers", (3, 13, 30, 3)), **options)
 
 
 @register_model("ressanet_small")
