@@ -375,3 +375,44 @@ def test_min_masked(ray_session, lfw_dir: Path, tmp_path: Path) -> None:
         if r["status"] == "ok":
             masked[r["identity"]] += r["masked"]
     assert set(masked) == {"Abdullah_Gul", "Adrien_Brody"} and min(masked.values()) >= 4
+
+
+def test_output_folder_is_owned(lfw_build: Path, tmp_path: Path) -> None:
+    """A user's folder is refused in both modes; in a folder the build owns, only files its
+    records name are deleted; a symlinked shards/ is refused; one build at a time."""
+    from maskgen.errors import OutputError
+    from maskgen.outputs import claim
+
+    kw = dict(ratio=0.1, max_identities=N_IDS, landmarks_from=str(lfw_build), report=False, progress=False)
+    user = tmp_path / "user"
+    (user / "shards").mkdir(parents=True)
+    mine = {f"train-{i:06d}.tar": os.urandom(600) for i in range(3)}
+    for n, b in mine.items():
+        (user / "shards" / n).write_bytes(b)
+    for mode in ("resume", "overwrite"):
+        with pytest.raises(OutputError, match="not made by maskgen"):
+            build("lfw", user, mode=mode, **kw)
+    assert {p.name: p.read_bytes() for p in (user / "shards").iterdir()} == mine
+    assert sorted(p.name for p in user.iterdir()) == ["shards"]
+
+    out = tmp_path / "o"
+    a = build("lfw", out, samples_per_shard=30, **kw)
+    assert len(a.shards) == 3
+    (out / "shards" / "train-000099.tar").write_bytes(b"looks like ours, no record names it")
+    (out / "shards" / "holiday.tar").write_bytes(b"user")
+    b = build("lfw", out, samples_per_shard=60, **kw)  # fewer shards: train-000002 is stale
+    assert [p.name for p in b.shards] == ["train-000000.tar", "train-000001.tar"]
+    assert not (out / "shards" / "train-000002.tar").exists() and not (out / "stats" / "train-000002.json").exists()
+    c = build("lfw", out, samples_per_shard=60, mode="overwrite", **kw)
+    assert c.shards_built == 2
+    assert (out / "shards" / "train-000099.tar").read_bytes().startswith(b"looks like ours")
+    assert (out / "shards" / "holiday.tar").read_bytes() == b"user"
+    with claim(out, "build"):  # another run holds the folder
+        with pytest.raises(OutputError, match=rf"in use by another maskgen run \(pid {os.getpid()}\)"):
+            build("lfw", out, **kw)
+    shutil.rmtree(out / "shards")
+    (out / "shards").symlink_to(user / "shards")
+    for mode in ("resume", "overwrite"):
+        with pytest.raises(OutputError, match="is a link"):
+            build("lfw", out, mode=mode, samples_per_shard=30, **kw)
+    assert {p.name: p.read_bytes() for p in (user / "shards").iterdir()} == mine

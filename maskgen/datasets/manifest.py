@@ -81,11 +81,11 @@ def conform(table: pa.Table) -> pa.Table:
 
 def write_manifest(table: pa.Table, path: str | os.PathLike) -> Path:
     """Write atomically (temp file then rename) so a reader never sees a half-written manifest."""
+    from maskgen.outputs import replacing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(conform(table), tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        pq.write_table(conform(table), tmp)
     return path
 
 

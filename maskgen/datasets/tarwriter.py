@@ -4,7 +4,7 @@ webdataset's own ``TarWriter`` stamps the current time and user unless told othe
 Data's writer names files by uuid; a resumable, comparable build needs neither. Members are
 written sorted by name (a sample's files stay adjacent because keys contain no dots), with a
 fixed mtime, mode, uid/gid and empty user names. The file appears under its final name only
-once complete (``*.tar.tmp`` then ``os.replace``), so a killed build never leaves a truncated
+once complete (a temp name unique to the run, then ``os.replace``), so a killed build never leaves a truncated
 shard that a reader would take for a finished one.
 """
 
@@ -15,6 +15,8 @@ import os
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from maskgen.outputs import replacing
 
 FIXED_MTIME = 0  # 1970-01-01: no build time leaks into the bytes
 FILE_MODE = 0o644
@@ -37,15 +39,14 @@ def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through ``<path>.tmp`` and a rename (atomic on POSIX)."""
+    """Write ``data`` to ``path`` through a temp name unique to this run and a rename (atomic
+    on POSIX). A failed write removes its temp file and raises
+    :class:`~maskgen.errors.OutputError` naming ``path`` (``cannot write PATH: REASON``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

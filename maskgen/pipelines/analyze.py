@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maskgen.outputs import replacing
+
 CACHE_SCHEMA = pa.schema(
     [
         pa.field("_cache_key", pa.string()),
@@ -179,8 +181,6 @@ def load_cache(paths: list[str | os.PathLike], detector: str) -> dict[str, dict]
 
 
 def write_cache(cache: dict[str, dict], path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     keys = sorted(cache)
-    pq.write_table(results_table([cache[k] for k in keys]), tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        pq.write_table(results_table([cache[k] for k in keys]), tmp)

@@ -11,7 +11,8 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
+import re
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,8 @@ from maskgen.datasets.manifest import (
 )
 from maskgen.datasets.sources import Source, parse_source, relative_path
 from maskgen.datasets.tarwriter import write_atomic
+from maskgen.errors import OutputError
+from maskgen.outputs import OutputClaim, claim, is_tmp_of
 from maskgen.pipelines import analyze as A
 from maskgen.pipelines import plan as P
 from maskgen.pipelines.config import BuildConfig, resolve, write_yaml
@@ -143,12 +146,74 @@ def _plan_hash(rows: list[dict], opts: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def _clean_outputs(out: Path) -> None:
-    for d in ("shards", "stats"):
-        if (out / d).exists():
-            shutil.rmtree(out / d)
-    for f in ("manifest.parquet", "dataset.json", "build.yaml", "classes.tsv"):
-        (out / f).unlink(missing_ok=True)
+# Files a build writes at the top of its folder (the landmark cache is kept on overwrite: it is
+# keyed by file identity and detector, so it is never stale).
+TOP_OUTPUTS = ("manifest.parquet", "dataset.json", "build.yaml", "classes.tsv", "timings.json")
+_SHARD_RE = re.compile(r"[^/.]+-\d{6}\.tar")
+
+
+def _recorded_shards(out: Path) -> set[str]:
+    """Shard names this folder's own records name: every ``stats/*.json`` written by a shard
+    task and the previous ``dataset.json``. Only these are ever deleted (never a user's
+    ``.tar`` that happens to sit in ``shards/``)."""
+    names: set[str] = set()
+    stats = out / "stats"
+    if _real_dir(stats):
+        for p in stats.iterdir():
+            if p.suffix == ".json" and _SHARD_RE.fullmatch(p.stem + ".tar") and p.is_file() and not p.is_symlink():
+                try:
+                    rec = json.loads(p.read_bytes()[:1_000_000])
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.get("shard") == p.stem + ".tar":
+                    names.add(rec["shard"])
+    try:
+        info = json.loads((out / "dataset.json").read_bytes()[:50_000_000]) if (out / "dataset.json").is_file() else {}
+    except ValueError:
+        info = {}
+    for s in info.get("shards", []) if isinstance(info, dict) else []:
+        n = s.get("name") if isinstance(s, dict) else None
+        if isinstance(n, str) and _SHARD_RE.fullmatch(n):
+            names.add(n)
+    return names
+
+
+def _real_dir(p: Path) -> bool:
+    """A folder that is not a symlink (a linked folder is never listed for deletion)."""
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _shard_files(shard: str) -> list[str]:
+    stem = shard[: -len(".tar")]
+    return [f"shards/{shard}", f"stats/{stem}.json", f"stats/{stem}.parquet"]
+
+
+def _temp_files(out: Path, finals: set[str]) -> list[str]:
+    """Temp files of earlier runs (killed mid-write) of the named final files."""
+    found = []
+    by_dir: dict[str, set[str]] = {}
+    for f in finals:
+        d, _, name = f.rpartition("/")
+        by_dir.setdefault(d, set()).add(name)
+    for d, names in by_dir.items():
+        folder = out / d if d else out
+        if not _real_dir(folder):
+            continue
+        for p in folder.iterdir():
+            if any(p.name == n + ".tmp" or is_tmp_of(p.name, n) for n in names):
+                found.append(f"{d}/{p.name}" if d else p.name)
+    return found
+
+
+def _clean_outputs(c: OutputClaim) -> None:
+    """Overwrite mode: remove what this folder's records name, nothing else."""
+    finals = set(TOP_OUTPUTS)
+    for s in _recorded_shards(c.out):
+        finals.update(_shard_files(s))
+    c.remove(sorted(finals) + _temp_files(c.out, finals))
 
 
 def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
@@ -156,17 +221,21 @@ def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
     soon as the last shard is written, while the manifest and report are written (the CLI
     sets it: Ray's shutdown takes 1-2 s, and the process ends with the build anyway)."""
     t_start = time.perf_counter()
-    out = Path(cfg.out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.mode == "overwrite":
-        _clean_outputs(out)
-    log = Progress(out / "build.log", echo=cfg.progress)
-    log.timings = {}
-    log.ray_started = False  # set when this build starts a local Ray
-    try:
-        return _run(cfg, out, log, t_start, shutdown_ray)
-    finally:
-        log.close()
+    with claim(cfg.out, "build", mode=cfg.mode) as owned:
+        out = owned.out
+        for d in ("shards", "stats"):
+            if os.path.lexists(out / d) and not _real_dir(out / d):
+                raise OutputError(f"{out / d} is a link or a file; a build writes only into folders it made (remove it)")
+        if cfg.mode == "overwrite":
+            _clean_outputs(owned)
+        log = Progress(out / "build.log", echo=cfg.progress)
+        log.timings = {}
+        log.ray_started = False  # set when this build starts a local Ray
+        log.claim = owned
+        try:
+            return _run(cfg, out, log, t_start, shutdown_ray)
+        finally:
+            log.close()
 
 
 def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ray: bool) -> BuildResult:
@@ -258,7 +327,7 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ra
         f"({(masked.mean() if len(masked) else 0):.4f}), {len(tasks)} shards; dropped/failed so far: {ws.reasons()}"
     )
     write_yaml(cfg, out / "build.yaml")
-    _remove_stale(out, {t["shard"] for t in tasks})
+    _remove_stale(log.claim, {t["shard"] for t in tasks})
     log.timings["plan"] = time.perf_counter() - t_plan
 
     # 6. execute
@@ -441,19 +510,14 @@ def _plan_rows(cfg, src, ws, kept, masked, analysis, label_of, label_cols, mix) 
     return rows
 
 
-def _remove_stale(out: Path, names: set[str]) -> None:
-    """Shards of an earlier, larger plan would be picked up by a glob: remove them."""
-    for d, suffixes in (("shards", (".tar", ".tar.tmp")), ("stats", (".json", ".parquet", ".json.tmp", ".parquet.tmp"))):
-        folder = out / d
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            for suf in suffixes:
-                if p.name.endswith(suf):
-                    stem = p.name[: -len(suf)]
-                    if stem + ".tar" not in names or suf.endswith(".tmp"):
-                        p.unlink()
-                    break
+def _remove_stale(c: OutputClaim, names: set[str]) -> None:
+    """Shards of an earlier, larger plan (named by this folder's records) would be picked up
+    by a glob: remove them, and temp files of killed runs. Nothing the records do not name."""
+    stale = _recorded_shards(c.out) - names
+    finals: set[str] = set()
+    for s in stale | names:
+        finals.update(_shard_files(s))
+    c.remove(sorted(f for s in stale for f in _shard_files(s)) + _temp_files(c.out, finals))
 
 
 def _execute(cfg: BuildConfig, out: Path, tasks: list[dict], log: Progress) -> dict[str, dict]:

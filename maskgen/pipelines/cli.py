@@ -81,9 +81,11 @@ def build(ctx: click.Context, **kwargs) -> None:
         cfg = resolve(config, given)
     except (ValueError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc)) from exc
+    from maskgen.errors import MaskgenError
+
     try:
         res = run_build(cfg, shutdown_ray=True)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, MaskgenError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"{res.num_samples} samples, {res.num_classes} classes, {res.num_masked} masked "

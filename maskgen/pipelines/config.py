@@ -130,7 +130,7 @@ def resolve(config: str | os.PathLike | None, explicit: dict[str, Any]) -> Build
 
 
 def write_yaml(cfg: BuildConfig, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    from maskgen.outputs import replacing
+
+    with replacing(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskgen.datasets.tarwriter import write_atomic, write_tar
+from maskgen.outputs import replacing
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -167,10 +168,8 @@ def run_shard(task: dict) -> dict:
     stats_dir = out / "stats"
     stem = shard[: -len(".tar")]
     table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in results] for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
-    tmp = stats_dir / f"{stem}.parquet.tmp"
-    stats_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, tmp)
-    os.replace(tmp, stats_dir / f"{stem}.parquet")
+    with replacing(stats_dir / f"{stem}.parquet") as tmp:
+        pq.write_table(table, tmp)
     stats = {
         "shard": shard,
         "plan_hash": task["plan_hash"],

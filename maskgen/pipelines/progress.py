@@ -3,9 +3,12 @@ no carriage-return tricks, so a log file reads the same as the screen."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
+
+from maskgen.outputs import write_error
 
 
 def _hms(seconds: float) -> str:
@@ -15,7 +18,13 @@ def _hms(seconds: float) -> str:
 
 class Progress:
     def __init__(self, log_path: str | Path | None, echo: bool = True, every: float = 5.0):
-        self.log = open(log_path, "a", buffering=1) if log_path else None
+        self.log = None
+        if log_path:  # O_NOFOLLOW: a log name turned into a link never appends to its target
+            try:
+                fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                raise write_error(log_path, exc, "") from exc
+            self.log = os.fdopen(fd, "a", buffering=1)
         self.echo = echo
         self.every = every
         self._last = 0.0
