@@ -62,9 +62,10 @@ def test_quiet_local_ray_prints_nothing() -> None:
 
 
 @pytest.mark.slow
-def test_not_quiet_shows_ray_and_worker_output() -> None:
+def test_not_quiet_shows_rays_notices() -> None:
+    """The same start without quiet prints Ray's notice: what quiet silences is real."""
     r = _probe(quiet=False)
     assert r.returncode == 0, r.stderr
-    assert "hello from a worker" in r.stdout  # forwarded, in whatever order it arrives
+    assert "Token authentication is enabled" in r.stderr
     reports = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert reports[0]["started"] is True and reports[1] == {"after": False}
