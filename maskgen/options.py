@@ -66,6 +66,7 @@ __all__ = [
     "Config",
     "Field",
     "Schema",
+    "existing",
     "find_config",
     "parse_assignments",
     "shipped_configs",
@@ -988,31 +989,19 @@ def find_config(name: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- shared fields
 
 
-def _existing_file(value: str) -> str | None:
-    p = Path(value).expanduser()
-    if not p.exists():
-        return f"no such file: {value}"
-    if not p.is_file():
-        return f"not a file: {value}"
-    return None
+def existing(kind: str = "any") -> Callable[[str], str | None]:
+    """A validator: the path exists and is a ``file``, a ``dir`` (folder) or ``any``."""
+    what = {"file": "file", "dir": "folder", "any": "file or folder"}[kind]
 
+    def check(value: str) -> str | None:
+        p = Path(value).expanduser()
+        if not p.exists():
+            return f"no such {what}: {value}"
+        if (kind == "file" and not p.is_file()) or (kind == "dir" and not p.is_dir()):
+            return f"not a {what}: {value}"
+        return None
 
-def _existing_path(value: str) -> str | None:
-    return None if Path(value).expanduser().exists() else f"no such file or folder: {value}"
-
-
-def _existing_dir(value: str) -> str | None:
-    p = Path(value).expanduser()
-    if not p.exists():
-        return f"no such folder: {value}"
-    if not p.is_dir():
-        return f"not a folder: {value}"
-    return None
-
-
-existing_file = _existing_file
-existing_path = _existing_path
-existing_dir = _existing_dir
+    return check
 
 OUT = Field("out", str, REQUIRED, "Output folder.", flags=("-o", "--out"), metavar="DIR")
 SEED = Field("seed", int, 0, "Seed of every random choice: the same inputs and seed give the same bytes.", min=0)

@@ -29,6 +29,7 @@ from maskgen.options import (
     Config,
     Field,
     Schema,
+    existing,
     find_config,
     parse_assignments,
     shipped_configs,
@@ -402,3 +403,15 @@ def test_key_value_assignments_are_typed() -> None:
         run_toy("lfw", "o", **parse_assignments(["ratio=abc"]))
     with pytest.raises(OptionError, match="expected KEY=VALUE"):
         parse_assignments(["ratio"])
+
+
+def test_path_validators(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("x")
+    labels = Field("labels", str | None, None, validator=existing("file"))
+    assert labels.coerce(str(f)) == str(f) and labels.coerce(None) is None
+    with pytest.raises(OptionError, match=r"^labels: not a file: "):
+        labels.coerce(str(tmp_path))
+    with pytest.raises(OptionError, match=r"^--images: no such folder: "):
+        Field("images", str, validator=existing("dir")).coerce(str(tmp_path / "nope"), "--images")
+    assert existing("any")(str(tmp_path)) is None
