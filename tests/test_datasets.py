@@ -16,7 +16,7 @@ from maskgen.datasets import lfw as L
 from maskgen.datasets import recordio as R
 from maskgen.datasets.dedup import hamming, phash
 from maskgen.datasets.manifest import STATUS_DROPPED
-from maskgen.datasets.sources import parse_source, read_image_bytes
+from maskgen.datasets.sources import parse_source
 from maskgen.datasets.tarwriter import tar_bytes, write_tar
 
 NAMES = ["Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody", "Al_Gore"]
@@ -67,7 +67,8 @@ def test_folder_scan_and_keys(small_lfw: Path) -> None:
     again = F.assign_keys(parse_source(f"folder:{small_lfw}").scan())
     assert again.column("key").to_pylist() == keys  # stable across scans
     row = t.slice(0, 1).to_pylist()[0]
-    data = read_image_bytes(row["source"], row["path"], row["offset"], row["nbytes"])
+    assert row["path"] == f"{NAMES[0]}/{NAMES[0]}_0001.jpg"  # relative to the source root
+    data = src.read_bytes(row["path"], row["offset"], row["nbytes"], row["member"])
     assert data[:3] == b"\xff\xd8\xff" and len(data) == row["nbytes"]
 
 
@@ -106,7 +107,8 @@ def test_recordio_round_trip(small_lfw: Path, tmp_path: Path) -> None:
     assert t.num_rows == len(items)
     assert t.column("identity").to_pylist()[0] == "0"
     row = t.slice(5, 1).to_pylist()[0]
-    assert read_image_bytes("recordio", row["path"], row["offset"], row["nbytes"]) == items[5][1]
+    assert row["path"] == "train.rec" and src.relative_path(row["path"], None, row["offset"]) == f"train.rec@{row['offset']}"
+    assert src.read_bytes(row["path"], row["offset"], row["nbytes"]) == items[5][1]
 
 
 def test_recordio_split_records() -> None:
@@ -146,7 +148,8 @@ def test_wds_source(small_lfw: Path, tmp_path: Path) -> None:
     assert [r["identity"] for r in t] == [NAMES[1]] * 3 + ["X"]
     assert [r["_drop"] for r in t][:3] == [None, None, "source image is already masked and has no original"]
     assert t[3]["member"] == "000002-0000.orig.jpg" and t[3]["_drop"] is None  # original preferred
-    assert read_image_bytes("webdataset", t[0]["path"], t[0]["offset"], t[0]["nbytes"]) == files[0].read_bytes()
+    assert t[0]["path"] == "s-000000.tar"
+    assert src.read_bytes(t[0]["path"], t[0]["offset"], t[0]["nbytes"], t[0]["member"]) == files[0].read_bytes()
     assert t[0]["source_label"] == 7
 
 

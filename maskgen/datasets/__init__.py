@@ -3,7 +3,9 @@
 ```python
 from maskgen.datasets import parse_source, read_pairs, RecordIOReader, write_recordio
 src = parse_source("lfw")                 # or a folder, "recordio:train.rec", "wds:shards/*.tar"
-table = src.scan()                        # one row per image, nothing decoded
+for batch in src.scan_batches():          # one row per image, nothing decoded, streamed
+    ...
+data = src.read_bytes(path, offset, nbytes, member)   # the encoded bytes of one row
 ```
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 from maskgen.datasets.lfw import lfw_dir, lfw_names, pair_image_path, read_pairs, read_people
 from maskgen.datasets.manifest import CORE_SCHEMA, conform, read_manifest, write_manifest
 from maskgen.datasets.recordio import RecordIOReader, image_bytes_at, write_recordio
-from maskgen.datasets.sources import Source, parse_source, read_image_bytes
+from maskgen.datasets.sources import Source, parse_source
 from maskgen.datasets.tarwriter import tar_bytes, write_tar
 
 __all__ = [
@@ -25,7 +27,6 @@ __all__ = [
     "lfw_names",
     "pair_image_path",
     "parse_source",
-    "read_image_bytes",
     "read_manifest",
     "read_pairs",
     "read_people",

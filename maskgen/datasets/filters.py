@@ -252,9 +252,10 @@ ALREADY_MASKED = "source image is already masked and has no original"
 
 def drop_scan_errors(ws: WorkSet) -> None:
     """Rows the scan could not use: unreadable entries fail, already-masked ones are dropped."""
+    from maskgen.datasets.sources import DROPPED_REASONS  # hidden files, images above the identity level
+
     drop = ws.col("_drop")
-    masked = np.array([d == ALREADY_MASKED for d in drop], dtype=bool)
-    ws.mark(masked, STATUS_DROPPED, ALREADY_MASKED)
+    ws.mark(np.array([d in DROPPED_REASONS for d in drop], dtype=bool), STATUS_DROPPED, drop)
     ws.mark(np.array([d is not None for d in drop], dtype=bool), STATUS_FAILED, drop)
 
 

@@ -36,8 +36,7 @@ def attach_labels(table: pa.Table, csv_path: str | os.PathLike, root: str | os.P
     if join == "identity":
         keys = table.column("identity").to_pylist()
     else:
-        root = Path(root)
-        keys = [Path(os.path.relpath(p, root)).as_posix() for p in table.column("path").to_pylist()]
+        keys = table.column("path").to_pylist()  # relative to the source root already
     for c in label_cols:
         table = table.append_column(c, pa.array([index.get(k, {}).get(c) for k in keys], pa.string()))
     return table, label_cols

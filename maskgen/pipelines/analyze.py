@@ -61,13 +61,14 @@ def cache_tag(detector: str) -> str:
 BATCH_PIXELS = 24 * 1024 * 1024
 
 
-def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None) -> list[dict]:
+def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None, src=None) -> list[dict]:
     """Per image: decode, detect (the most central face), pose, pHash. Never raises for one
     bad image: the failure is the row's result. Rows are tagged ``tag`` (default: the
-    detector's :func:`cache_tag`). Images for the ``dlib`` backend are detected in batches
+    detector's :func:`cache_tag`). Bytes are read through ``src`` (the build's
+    :class:`maskgen.datasets.sources.Source`; None: ``path`` is a file path). Images for the ``dlib`` backend are detected in batches
     (:func:`maskgen.masks.landmarks.detect_faces_many`: their landmark fits run together)."""
     from maskgen.datasets.dedup import phash
-    from maskgen.datasets.sources import read_image_bytes
+    from maskgen.datasets.sources import ReadError, read_file
     from maskgen.masks import decode_image, detect_faces
     from maskgen.masks.landmarks import detect_faces_many, to_gray
 
@@ -96,7 +97,13 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
     for i, r in enumerate(rows):
         res: dict = {"_cache_key": r["_cache_key"], "detector": tag}
         try:
-            data = read_image_bytes(r["source"], r["path"], r["offset"], r["nbytes"])
+            if src is None:
+                data = read_file(r["path"])
+            else:
+                data = src.read_bytes(r["path"], r["offset"], r["nbytes"], r.get("member"))
+        except ReadError as exc:
+            out[i] = _failed(res, exc.reason)
+            continue
         except OSError as exc:
             out[i] = _failed(res, f"unreadable: {exc.strerror or exc}")
             continue

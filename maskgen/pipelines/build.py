@@ -35,7 +35,7 @@ from maskgen.datasets.manifest import (
     conform,
     write_manifest,
 )
-from maskgen.datasets.sources import Source, parse_source, relative_path
+from maskgen.datasets.sources import Source, parse_source
 from maskgen.datasets.tarwriter import write_atomic
 from maskgen.errors import OutputError
 from maskgen.outputs import OutputClaim, claim, is_tmp_of
@@ -280,7 +280,7 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ra
 
     # 3. landmarks, from the cache where possible
     t_an = time.perf_counter()
-    analysis, t_ray = _analyze(cfg, out, ws, log)
+    analysis, t_ray = _analyze(cfg, out, ws, log, src)
     log.timings["landmarks"] = time.perf_counter() - t_an - t_ray
     a_status = np.array([a.get("a_status") if a else None for a in analysis], dtype=object)
     a_reason = np.array([a.get("a_reason") if a else None for a in analysis], dtype=object)
@@ -315,13 +315,13 @@ def _run(cfg: BuildConfig, out: Path, log: Progress, t_start: float, shutdown_ra
     opts = {"output": cfg.output, "image_size": cfg.image_size, "jpeg_quality": cfg.jpeg_quality, "twins": cfg.twins}
     per_shard = cfg.samples_per_shard
     if cfg.shard_bytes and rows:
-        per_shard = _samples_for_bytes(cfg, rows, order, opts, log)
+        per_shard = _samples_for_bytes(cfg, rows, order, opts, log, src)
     shards_idx = P.split_shards(order, per_shard)
     tasks = []
     for si, idx in enumerate(shards_idx):
         srows = sorted((rows[i] for i in idx), key=lambda r: r["key"])
         name = P.shard_name(cfg.name, si)
-        tasks.append({"out": str(out), "shard": name, "opts": opts, "rows": srows, "plan_hash": _plan_hash(srows, opts)})
+        tasks.append({"out": str(out), "shard": name, "opts": opts, "rows": srows, "plan_hash": _plan_hash(srows, opts), "src": src})
     log.line(
         f"[plan] {len(rows):,} samples of {len(classes):,} identities, {int(masked.sum()):,} masked "
         f"({(masked.mean() if len(masked) else 0):.4f}), {len(tasks)} shards; dropped/failed so far: {ws.reasons()}"
@@ -366,7 +366,7 @@ def _cold(cfg: BuildConfig, out: Path) -> bool:
     return not cfg.landmarks_from and not (out / A.CACHE_FILE).is_file()
 
 
-def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> tuple[list[dict | None], float]:
+def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress, src: Source) -> tuple[list[dict | None], float]:
     """Landmarks for every pending row: cached rows are reused, the rest run on Ray. Also
     returns the seconds spent starting Ray here (0 when it was already running)."""
     cache_path = out / A.CACHE_FILE
@@ -380,9 +380,9 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> tuple
     log.line(f"[landmarks] {len(pend):,} images: {len(pend) - len(todo):,} cached, {len(todo):,} to detect")
     if todo:
         t = ws.table
-        cols = {c: t.column(c).to_pylist() for c in ("source", "path", "offset", "nbytes", "_cache_key")}
+        cols = {c: t.column(c).to_pylist() for c in ("source", "path", "offset", "nbytes", "member", "_cache_key")}
         chunks = [todo[i : i + cfg.chunk_size] for i in range(0, len(todo), cfg.chunk_size)]
-        payloads = ({"rows": [{c: cols[c][i] for c in cols} for i in ch], "detector": cfg.detector, "tag": tag} for ch in chunks)
+        payloads = ({"rows": [{c: cols[c][i] for c in cols} for i in ch], "detector": cfg.detector, "tag": tag, "src": src} for ch in chunks)
         if cfg.detector in ("auto", "dlib"):
             _prepare_batch_model(log)
         t_ray = _timed_ray_start(cfg, log, "ray_start")
@@ -426,7 +426,7 @@ def _analyze(cfg: BuildConfig, out: Path, ws: F.WorkSet, log: Progress) -> tuple
     return out_rows, t_ray
 
 
-def _samples_for_bytes(cfg: BuildConfig, rows: list[dict], order: list[int], opts: dict, log: Progress) -> int:
+def _samples_for_bytes(cfg: BuildConfig, rows: list[dict], order: list[int], opts: dict, log: Progress, src: Source) -> int:
     """Samples per shard for a ``shard_bytes`` target: the mean size of the first (seeded
     shuffle order) 32 samples as they will be written, tar headers included. The estimate is
     a pure function of the inputs, so the shard split stays reproducible."""
@@ -435,7 +435,7 @@ def _samples_for_bytes(cfg: BuildConfig, rows: list[dict], order: list[int], opt
     sizes = []
     for i in order[:32]:
         try:
-            members, _ = process_sample(rows[i], opts, _face_attributes())
+            members, _ = process_sample(rows[i], opts, _face_attributes(), src)
         except Exception:  # a failing sample just does not count
             continue
         sizes.append(sum(512 + -(-len(b) // 512) * 512 for b in members.values()))
@@ -477,7 +477,7 @@ def _analyze_task(payload: dict) -> list[dict]:
     from maskgen.pipelines.runner import one_thread
 
     one_thread()
-    return A.analyze_rows(payload["rows"], payload["detector"], payload.get("tag"))
+    return A.analyze_rows(payload["rows"], payload["detector"], payload.get("tag"), payload["src"])
 
 
 def _plan_rows(cfg, src, ws, kept, masked, analysis, label_of, label_cols, mix) -> list[dict]:
@@ -503,7 +503,7 @@ def _plan_rows(cfg, src, ws, kept, masked, analysis, label_of, label_cols, mix) 
                 "yaw": a["yaw"],
                 "pitch": a["pitch"],
                 "roll": a["roll"],
-                "relpath": relative_path(src, cols["path"][i], cols["member"][i], cols["offset"][i]),
+                "relpath": src.relative_path(cols["path"][i], cols["member"][i], cols["offset"][i]),
                 "demographics": {c: labs[c][i] for c in label_cols if labs[c][i] is not None},
             }
         )

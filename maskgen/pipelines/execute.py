@@ -65,13 +65,17 @@ def _round(v, nd=3):
     return None if v is None else round(float(v), nd)
 
 
-def process_sample(row: dict, opts: dict, face_attributes) -> tuple[dict[str, bytes], dict]:
-    """The members and result of one sample. Raises on failure (the caller records it as the
+def process_sample(row: dict, opts: dict, face_attributes, src) -> tuple[dict[str, bytes], dict]:
+    """The members and result of one sample (its bytes read through ``src``, the build's
+    :class:`maskgen.datasets.sources.Source`). Raises on failure (the caller records it as the
     sample's reason: a :class:`SampleError` message, else the exception type and message)."""
-    from maskgen.datasets.sources import read_image_bytes
+    from maskgen.datasets.sources import ReadError
     from maskgen.masks import align_face, alignment_matrix, decode_image
 
-    data = read_image_bytes(row["source"], row["path"], row["offset"], row["nbytes"])
+    try:
+        data = src.read_bytes(row["path"], row["offset"], row["nbytes"], row.get("member"))
+    except ReadError as exc:
+        raise SampleError(exc.reason) from exc
     img, reason = decode_image(data)
     if img is None:
         raise SampleError(f"decode: {reason}")
@@ -153,7 +157,7 @@ def run_shard(task: dict) -> dict:
     for row in sorted(task["rows"], key=lambda r: r["key"]):
         res = {"key": row["key"], "shard": shard, "masked": bool(row["masked"])}
         try:
-            mem, info = process_sample(row, opts, face_attributes)
+            mem, info = process_sample(row, opts, face_attributes, task["src"])
             members.extend(mem.items())
             res.update(status="ok", reason=None, **info)
             n_ok += 1
