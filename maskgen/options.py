@@ -110,6 +110,20 @@ class Alias:
     flags: tuple[str, ...] = ()
     key: str | None = None
     invert: bool = False
+    values: Mapping[str, Any] | None = None  # old value -> new value (--output original -> align false)
+
+    def translate(self, value: Any, where: str) -> Any:
+        """An old spelling's value in the new field's terms."""
+        if self.values is not None:
+            if value not in self.values:
+                raise OptionError(f"{where}: must be one of {', '.join(map(str, self.values))}; got {value!r}")
+            return self.values[value]
+        if self.invert:
+            try:
+                return not _coerce_kind(value, "bool")
+            except _Bad as exc:
+                raise OptionError(f"{where}: {exc}") from None
+        return value
 
 
 @dataclass(frozen=True)
@@ -594,7 +608,7 @@ class Schema:
                 raise OptionError(f"{label}: cannot be set in a config file")
             if name in out:
                 raise OptionError(f"{label}: given twice (also as {out[name][1]})")
-            out[name] = (self._from_alias(key, value, name), label)
+            out[name] = (self._from_alias(key, value, name, label), label)
         return out
 
     def _canonical(self, key: str, *, where: str) -> str:
@@ -612,14 +626,11 @@ class Schema:
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise OptionError(f"{where}: unknown {self.name} option; {hint}known: {', '.join(known)}")
 
-    def _from_alias(self, key: str, value: Any, name: str) -> Any:
-        """An aliased key's value in the new field's sense (inverted booleans)."""
+    def _from_alias(self, key: str, value: Any, name: str, where: str | None = None) -> Any:
+        """An aliased key's value in the new field's sense (inverted booleans, mapped values)."""
         for a in self.fields[name.partition(".")[0]].aliases:
-            if a.key is not None and a.key == key and a.invert:
-                try:
-                    return not _coerce_kind(value, "bool")
-                except _Bad as exc:
-                    raise OptionError(f"{key}: {exc}") from None
+            if a.key is not None and a.key == key:
+                return a.translate(value, where or key)
         return value
 
     def _resolve(self, config: Any, given: dict[str, tuple[Any, str]], *, cli: bool = False) -> Config:
@@ -793,10 +804,7 @@ class Schema:
                 if f.name in given:
                     raise OptionError(f"{old} and {f.label()} both given; use {f.label()}")
                 _deprecated(f"{old} is deprecated, use {f.label()}")
-                value = params[dest]
-                if a.invert:
-                    value = not value
-                given[f.name] = (value, old)
+                given[f.name] = (a.translate(params[dest], old), old)
         config = None
         if "config" in given:
             config = given.pop("config")[0]
@@ -938,6 +946,8 @@ def _click_param(f: Field) -> Callable[[Callable], Callable]:
 
 def _alias_param(f: Field, a: Alias, i: int) -> Callable[[Callable], Callable]:
     dest = _alias_dest(f.name, i)
+    if a.values is not None:  # an old option whose values map onto the new field's
+        return click.option(*a.flags, dest, type=str, default=None, hidden=True)
     if f.is_bool:
         if len(a.flags) == 1 and "/" not in a.flags[0]:
             return click.option(*a.flags, dest, is_flag=True, default=None, hidden=True)

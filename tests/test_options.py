@@ -58,6 +58,8 @@ TOY = Schema(
         Field("method_options", dict, {}, "Options of the method.", flags=()),
         Field("ema", float | None, None, "EMA decay.", min=0, max=1, min_open=True, max_open=True),
         QUIET.with_(aliases=(Alias(flags=("--progress",), key="progress", invert=True),)),
+        Field("align", bool, True, "Aligned crops (else the original frame).",
+              aliases=(Alias(flags=("--output",), key="output", values={"aligned": True, "original": False}),)),
     ],
     checks=[lambda c: "ratio 1 needs twins" if c.ratio == 1 and not c.twins else None],
 )
@@ -415,3 +417,16 @@ def test_path_validators(tmp_path: Path) -> None:
     with pytest.raises(OptionError, match=r"^--images: no such folder: "):
         Field("images", str, validator=existing("dir")).coerce(str(tmp_path / "nope"), "--images")
     assert existing("any")(str(tmp_path)) is None
+
+
+def test_alias_with_mapped_values(tmp_path: Path) -> None:
+    r = CliRunner().invoke(toy_cmd, ["lfw", "-o", "o", "--output", "original"])
+    assert r.exit_code == 0 and eval(r.stdout)["align"] is False
+    assert "warning: --output is deprecated, use --align" in r.stderr
+    r = CliRunner().invoke(toy_cmd, ["lfw", "-o", "o", "--output", "cropped"])
+    assert r.exit_code == 2 and "Error: --output: must be one of aligned, original; got 'cropped'" in r.output
+    with pytest.warns(FutureWarning):
+        assert run_toy("lfw", "o", config=_yaml(tmp_path, {"output": "original"})).align is False
+    with pytest.warns(FutureWarning):
+        assert run_toy("lfw", "o", output="aligned").align is True
+    assert _cfg_of(_run("lfw", "-o", "o", "--no-align"))["align"] is False
