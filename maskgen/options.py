@@ -30,6 +30,7 @@ may change a shared field's default or help (``OUT.with_(default="runs")``), nev
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -483,7 +484,8 @@ class Config(Mapping[str, Any]):
         return copy.deepcopy(self._values)
 
     def replace(self, **changes: Any) -> Config:
-        return self._schema._apply(self._values, self._origins, self._schema._label(changes))
+        with self._schema._errors():
+            return self._schema._apply(self._values, self._origins, self._schema._label(changes))
 
 
 def _unpickle_config(module: str, name: str, values: dict, origins: dict) -> Config:
@@ -504,8 +506,10 @@ class Schema:
     registry: dict[str, Schema] = {}
 
     def __init__(self, name: str, fields: Iterable[Field], *,
-                 checks: Iterable[Callable[[Config], str | None]] = (), module: str | None = None) -> None:
+                 checks: Iterable[Callable[[Config], str | None]] = (), module: str | None = None,
+                 error: type[OptionError] = OptionError) -> None:
         self.name = name
+        self.error = error  # the OptionError subclass this stage's callers catch
         # where the schema is defined: a pickled Config finds it again there (Ray workers)
         self.module = module or sys._getframe(1).f_globals.get("__name__", "__main__")
         self.fields: dict[str, Field] = {}
@@ -559,9 +563,20 @@ class Schema:
         entry inside a mapping field (``method_options.s=32``)."""
         if "config" in self.fields and "config" in given:
             if config is not None:
-                raise OptionError(f"{self.name}: config given twice")
+                raise self.error(f"{self.name}: config given twice")
             config = given.pop("config")
-        return self._resolve(config, self._label(given))
+        with self._errors():
+            return self._resolve(config, self._label(given))
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Option errors raised as this schema's error class (same one-line message)."""
+        try:
+            yield
+        except OptionError as exc:
+            if isinstance(exc, self.error):
+                raise
+            raise self.error(str(exc)) from None
 
     def _label(self, given: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
         """Keyword arguments keyed by field name, each with the name the caller used."""
@@ -575,7 +590,8 @@ class Schema:
 
     def load(self, config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
         """The validated values of a config file (or mapping), keyed by field name."""
-        return {k: self.fields[k].coerce(v, label) for k, (v, label) in self._load(config).items()}
+        with self._errors():
+            return {k: self.fields[k].coerce(v, label) for k, (v, label) in self._load(config).items()}
 
     def _load(self, config: str | os.PathLike | Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
         if isinstance(config, Mapping):
@@ -782,6 +798,10 @@ class Schema:
     def from_click(self, ctx: click.Context, params: Mapping[str, Any]) -> Config:
         """The resolved config of a command line: only parameters whose source is not
         click's default count as given, so they beat the config file."""
+        with self._errors():
+            return self._from_click(ctx, params)
+
+    def _from_click(self, ctx: click.Context, params: Mapping[str, Any]) -> Config:
         from click.core import ParameterSource
 
         given: dict[str, tuple[Any, str]] = {}

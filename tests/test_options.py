@@ -430,3 +430,16 @@ def test_alias_with_mapped_values(tmp_path: Path) -> None:
     with pytest.warns(FutureWarning):
         assert run_toy("lfw", "o", output="aligned").align is True
     assert _cfg_of(_run("lfw", "-o", "o", "--no-align"))["align"] is False
+
+
+def test_a_stage_raises_its_own_error_class(tmp_path: Path) -> None:
+    class TrainConfigError(OptionError, ValueError):
+        pass
+
+    schema = Schema("own-error", [Field("lr", float, 0.1, min=0)], error=TrainConfigError)
+    with pytest.raises(TrainConfigError, match=r"^lr: must be at least 0, got -1$"):
+        schema.resolve(lr=-1)
+    with pytest.raises(ValueError, match="unknown own-error option"):
+        schema.resolve(config={"lrr": 1})
+    with pytest.raises(TrainConfigError):
+        schema.resolve().replace(lr="x")
