@@ -157,6 +157,7 @@ class Field:
     hidden: bool = False
     metavar: str | None = None
     negatable: bool = True  # booleans: also a --no-<flag> spelling
+    split: str | None = ","  # lists: the separator of a list written as one text (None: no split)
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -187,8 +188,8 @@ class Field:
 
     @property
     def is_list(self) -> bool:
-        kinds = _kinds(self.type)[1]
-        return len(kinds) == 1 and isinstance(kinds[0], tuple)
+        """A list type (or a union with one): a repeatable flag on the command line."""
+        return any(isinstance(k, tuple) for k in _kinds(self.type)[1])
 
     def choice_list(self) -> tuple[str, ...] | None:
         if self.choices is None:
@@ -209,7 +210,7 @@ class Field:
         the error message (``--ratio``, ``ratio``, ``file.yaml: ratio``)."""
         where = where or self.name
         try:
-            out = _coerce(value, self.type)
+            out = _coerce(value, self.type, self.split)
             if out is not None:
                 self._check(out)
         except _Bad as exc:
@@ -318,7 +319,7 @@ def _type_words(tp: Any) -> str:
     return " or ".join(parts + (["null"] if nullable and not parts else []))
 
 
-def _coerce(value: Any, tp: Any) -> Any:
+def _coerce(value: Any, tp: Any, split: str | None = ",") -> Any:
     nullable, members = _kinds(tp)
     if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none") and nullable
                          and "str" not in members):
@@ -328,7 +329,7 @@ def _coerce(value: Any, tp: Any) -> Any:
     problems = []
     for kind in members:
         try:
-            return _coerce_kind(value, kind)
+            return _coerce_kind(value, kind, split)
         except _Bad as exc:
             problems.append(str(exc))
     if len(members) == 1:
@@ -341,16 +342,22 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _coerce_kind(value: Any, kind: Any) -> Any:
+def _split(text: str, sep: str | None) -> list[str]:
+    if sep is None:
+        return [text]
+    return [s.strip() for s in text.split(sep) if s.strip()]
+
+
+def _coerce_kind(value: Any, kind: Any, split: str | None = ",") -> Any:
     if isinstance(kind, tuple):  # ("list", elem)
         elem = kind[1]
         if isinstance(value, str):
-            items: list = [s.strip() for s in value.split(",") if s.strip()]
+            items: list = _split(value, split)
         elif isinstance(value, (list, tuple)):
             items = []
             for v in value:  # repeated flags may each hold a comma list
                 if isinstance(v, str) and elem == "str":
-                    items.extend(s.strip() for s in v.split(",") if s.strip())
+                    items.extend(_split(v, split))
                 else:
                     items.append(v)
         else:
@@ -811,7 +818,10 @@ class Schema:
             src = ctx.get_parameter_source(f.name)
             if src in (None, ParameterSource.DEFAULT):
                 continue
-            given[f.name] = (params[f.name], f.label())
+            value = params[f.name]
+            if f.is_list and isinstance(value, tuple) and len(value) == 1:
+                value = value[0]  # one flag: as if written in YAML (a text stays a text)
+            given[f.name] = (value, f.label())
         for f in self:
             for i, a in enumerate(f.aliases):
                 dest = _alias_dest(f.name, i)

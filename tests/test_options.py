@@ -443,3 +443,19 @@ def test_a_stage_raises_its_own_error_class(tmp_path: Path) -> None:
         schema.resolve(config={"lrr": 1})
     with pytest.raises(TrainConfigError):
         schema.resolve().replace(lr="x")
+
+
+def test_text_or_list_fields_without_splitting() -> None:
+    shards = Field("shards", str | list[str], REQUIRED, "Shard pattern(s).", split=None)
+    schema = Schema("shards-only", [shards])
+
+    @schema.command("s")
+    def cmd(cfg: Config) -> None:
+        click.echo(repr(cfg.shards))
+
+    assert schema.resolve(shards="a-{000,001}.tar").shards == "a-{000,001}.tar"  # a brace list stays whole
+    assert schema.resolve(shards=("a.tar", "b,c.tar")).shards == ["a.tar", "b,c.tar"]
+    r = CliRunner().invoke(cmd, ["--shards", "x-{0,1}.tar", "--shards", "y.tar"])
+    assert r.exit_code == 0 and eval(r.output) == ["x-{0,1}.tar", "y.tar"]
+    r = CliRunner().invoke(cmd, ["--shards", "x-{0,1}.tar"])
+    assert r.exit_code == 0 and eval(r.output) == "x-{0,1}.tar"
