@@ -488,7 +488,8 @@ class Config(Mapping[str, Any]):
         return frozenset(k for k, o in self._origins.items() if o == ORIGIN_GIVEN)
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._values)
+        """The options a config file holds (as :meth:`Schema.dump` writes them), copied."""
+        return {k: copy.deepcopy(v) for k, v in self._values.items() if self._schema.fields[k].yaml}
 
     def replace(self, **changes: Any) -> Config:
         with self._schema._errors():

@@ -279,6 +279,7 @@ def test_resolved_config_round_trip(tmp_path: Path) -> None:
     assert "config" not in data
     again = run_toy(config=p)
     assert again == cfg and again.origin("ratio") == "config"
+    assert again.to_dict() == data and "config" in again and "config" not in again.to_dict()
 
 
 def test_print_config_then_reload_via_cli(tmp_path: Path) -> None:
