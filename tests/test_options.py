@@ -361,6 +361,10 @@ def test_shared_fields_are_one_definition() -> None:
 
     assert BACKEND.choice_list() == ("auto", *BACKENDS)
     assert set(MASK_TYPES) < set(mask_type_choices()) and MASK_TYPE.coerce("random") == "random"
+    restrict = MASK_TYPE.with_(type=list[str] | None, default=None)
+    assert restrict.coerce("n95,pack:x") == ["n95", "pack:x"]
+    with pytest.raises(OptionError, match="got 'n99'"):
+        restrict.coerce(["n95", "n99"])
 
 
 def test_markdown_lists_every_visible_option() -> None:

@@ -23,12 +23,12 @@ def mask_type_choices() -> tuple[str, ...]:
     return (*MASK_TYPES, "random")
 
 
-def _check_mask_type(value: str) -> str | None:
-    if value.startswith("pack:") and len(value) > len("pack:"):
-        return None
+def _check_mask_type(value: str | list[str]) -> str | None:
+    """One mask type, or (a command that restricts a mix) a list of them."""
     choices = mask_type_choices()
-    if value not in choices:
-        return f"must be one of {', '.join(choices)} or pack:<name>; got {value!r}"
+    for v in value if isinstance(value, list) else [value]:
+        if not (v in choices or (v.startswith("pack:") and len(v) > len("pack:"))):
+            return f"must be one of {', '.join(choices)} or pack:<name>; got {v!r}"
     return None
 
 
