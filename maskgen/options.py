@@ -643,7 +643,8 @@ class Schema:
             return key
         if top in self._alias_keys:
             new = self._alias_keys[top]
-            _deprecated(f"{where}: {top!r} is deprecated, use {new!r}")
+            prefix = "" if where in (key, top) else f"{where}: "
+            _deprecated(f"{prefix}{top!r} is deprecated, use {new!r}")
             return new + dot + rest
         known = [f.name for f in self]
         close = difflib.get_close_matches(top, known, n=1)
