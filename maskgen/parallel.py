@@ -34,29 +34,36 @@ def _import_ray():
 
 
 def start_ray(workers: int | None = None, address: str | None = None, *, quiet: bool = False,
-              object_store_bytes: int = OBJECT_STORE_BYTES) -> bool:
+              object_store_bytes: int = OBJECT_STORE_BYTES) -> tuple[bool, str]:
     """Start a local Ray instance with ``workers`` CPUs (default: every CPU), or join the
-    cluster at ``address``, unless Ray is already initialised in this process. Returns True
-    when this call started or joined it (the caller then stops it with :func:`stop_ray`)."""
+    cluster at ``address`` (``auto`` or ``HOST:PORT``), unless Ray is already initialised in
+    this process. Returns (this call started or joined it, a line saying what it did); the
+    caller that started it stops it with :func:`stop_ray`."""
     ray = _import_ray()
     if ray.is_initialized():
-        return False
+        return False, f"using the Ray instance already initialised in this process ({cluster_cpus()} CPUs)"
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if quiet:
         for name in _RAY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
     if address:
         ray.init(address=address, log_to_driver=not quiet, configure_logging=False)
-        return True
-    ray.init(
-        address="local",
-        num_cpus=workers or os.cpu_count() or 1,
-        include_dashboard=False,
-        object_store_memory=object_store_bytes,
-        log_to_driver=not quiet,
-        configure_logging=False,
-    )
-    return True
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return True, f"joined the Ray cluster at {address} ({cluster_cpus()} CPUs on {len(nodes)} node(s))"
+    saved = os.environ.pop("RAY_ADDRESS", None)  # "local" must not be overridden by the environment
+    try:
+        ray.init(
+            address="local",
+            num_cpus=workers or os.cpu_count() or 1,
+            include_dashboard=False,
+            object_store_memory=object_store_bytes,
+            log_to_driver=not quiet,
+            configure_logging=False,
+        )
+    finally:
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
+    return True, f"started a local Ray with {workers or os.cpu_count() or 1} CPUs (not attached to any running cluster)"
 
 
 def stop_ray() -> None:
@@ -77,7 +84,7 @@ def ray_session(workers: int | None = None, address: str | None = None, *,
                 quiet: bool = False) -> Iterator[bool]:
     """Ray for the duration of a block: started (and stopped after) unless already running.
     Yields whether this block started it."""
-    started = start_ray(workers, address, quiet=quiet)
+    started, _ = start_ray(workers, address, quiet=quiet)
     try:
         yield started
     finally:

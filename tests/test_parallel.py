@@ -20,7 +20,7 @@ pytest.importorskip("ray")
 
 PROBE = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import ray
     from maskgen.parallel import cluster_cpus, ray_session, start_ray
 
@@ -32,7 +32,9 @@ PROBE = textwrap.dedent(
             return x + 1
 
         r = ray.get(f.remote(1))
-        print(json.dumps({"started": started, "cpus": cluster_cpus(), "r": r, "again": start_ray(1)}))
+        again = start_ray(1)
+        print(json.dumps({"started": started, "cpus": cluster_cpus(), "r": r, "again": again[0],
+                          "env": os.environ.get("RAY_ADDRESS")}))
     print(json.dumps({"after": ray.is_initialized()}))
     """
 )
@@ -55,7 +57,7 @@ def test_quiet_local_ray_prints_nothing() -> None:
     r = _probe(quiet=True)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert json.loads(lines[0]) == {"started": True, "cpus": 1, "r": 2, "again": False}
+    assert json.loads(lines[0]) == {"started": True, "cpus": 1, "r": 2, "again": False, "env": "127.0.0.1:1"}
     assert json.loads(lines[1]) == {"after": False}
     assert len(lines) == 2  # no forwarded worker output
     assert r.stderr == ""  # no Ray notice (token authentication, start-up) at all
