@@ -22,6 +22,12 @@ PRIVATE_IMPORTS_TODAY = {
     ("maskgen.masks.cli", "maskgen.masks.api", "_check_image"),
     ("maskgen.pipelines.build", "maskgen.pipelines.execute", "_face_attributes"),
     ("maskgen.training.models.ressanet", "maskgen.training.models.mfr", "_init_weights"),
+    # in work being merged now
+    ("maskgen.pipelines.execute", "maskgen.datasets.filters", "_reason_class"),
+    ("maskgen.pipelines.parts", "maskgen.datasets.filters", "_reason_class"),
+    ("maskgen.pipelines.parts", "maskgen.datasets.filters", "_stable_hash"),
+    ("maskgen.pipelines.parts", "maskgen.pipelines.execute", "_face_attributes"),
+    ("maskgen.masks.geometry", "maskgen.masks.pose", "_camera"),
 }
 
 
