@@ -61,7 +61,8 @@ def test_the_contracts_catch_what_they_ignore(monkeypatch: pytest.MonkeyPatch, t
     """Without their recorded exceptions the contracts break, as long as those imports exist:
     the rules are real, and each exception is a real import of today."""
     graph = grimp.build_graph("maskgen", cache_dir=None)
-    present = [(a, b) for a, b in _ignored_imports() if graph.direct_import_exists(importer=a, imported=b)]
+    present = [(a, b) for a, b in _ignored_imports()
+               if {a, b} <= graph.modules and graph.direct_import_exists(importer=a, imported=b)]
     if not present:
         pytest.skip("every recorded exception has been fixed")
     cp = configparser.ConfigParser()
