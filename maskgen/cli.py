@@ -146,6 +146,11 @@ class LazyGroup(click.Group):
         target = COMMANDS.get(name)
         if target is None:
             return None
+        from maskgen.extras import missing_extra_command
+
+        stub = missing_extra_command(name)  # its extra is not installed: a one-line error
+        if stub is not None:
+            return stub
         module_name, attr = target.split(":")
         try:
             module = importlib.import_module(module_name)

@@ -1,0 +1,80 @@
+"""maskgen.allocation: one masked-count rule (round half up) and one largest-remainder share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maskgen.allocation import allocate, largest_remainder, masked_count
+
+
+@pytest.mark.parametrize(("n", "ratio", "expected"), [
+    (5, 0.5, 3), (7, 0.5, 4), (4, 0.5, 2), (5, 0.3, 2), (25, 0.1, 3), (1000, 0.1, 100),
+    (0, 0.5, 0), (3, 0.0, 0), (3, 1.0, 3), (1, 0.5, 1), (10, 0.05, 1), (10, 0.04, 0),
+])
+def test_masked_count_rounds_half_up(n: int, ratio: float, expected: int) -> None:
+    assert masked_count(n, ratio) == expected
+
+
+def test_masked_count_absorbs_float_error() -> None:
+    assert 0.7 * 45 < 31.5  # 31.499999999999996
+    assert masked_count(45, 0.7) == 32
+    with pytest.raises(ValueError):
+        masked_count(5, 1.5)
+
+
+def test_largest_remainder_bounds_and_total() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = int(rng.integers(1, 12))
+        sizes = rng.integers(0, 40, k)
+        n = int(sizes.sum())
+        if n == 0:
+            continue
+        total = masked_count(n, float(rng.random()))
+        quotas = sizes * total / n
+        got = largest_remainder(quotas, total, np.random.default_rng(1))
+        assert got.sum() == total
+        assert (got >= np.floor(quotas + 1e-9)).all() and (got <= np.ceil(quotas - 1e-9)).all()
+
+
+def test_ties_seeded_or_in_order() -> None:
+    quotas = np.full(6, 0.5)  # three of six equal remainders get the extra one
+    in_order = largest_remainder(quotas, 3)
+    assert in_order.tolist() == [1, 1, 1, 0, 0, 0]
+    a = largest_remainder(quotas, 3, np.random.default_rng(7))
+    b = largest_remainder(quotas, 3, np.random.default_rng(7))
+    assert a.tolist() == b.tolist() and a.sum() == 3
+    seen = {tuple(largest_remainder(quotas, 3, np.random.default_rng(s))) for s in range(20)}
+    assert len(seen) > 1  # the seed, not the group's position, decides
+
+
+def test_allocate_groups() -> None:
+    assert allocate([5], 0.5).tolist() == [3]  # the case where round() gave 2
+    picks = allocate([3, 3, 4], 0.5)
+    assert picks.sum() == 5 and picks.tolist() == [2, 1, 2]  # 1.5, 1.5, 2.0 -> first tie wins
+    assert allocate([0, 0], 0.5).tolist() == [0, 0]
+    assert allocate([2, 1], 1.0).tolist() == [2, 1]
+    assert allocate([10, 10], 0.0).tolist() == [0, 0]
+    for counts in ([1] * 1000, [7, 0, 13, 1, 1]):
+        p = allocate(counts, 0.1, np.random.default_rng(3))
+        assert p.sum() == masked_count(sum(counts), 0.1) and (p <= np.asarray(counts)).all()
+
+
+def test_same_results_as_the_build_plan_today() -> None:
+    """The build's planner gives the same numbers with this module (same rounding, same
+    tie-breaking draws), so moving it here changes no shard."""
+    from maskgen.pipelines import plan
+
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n = int(rng.integers(1, 300))
+        ratio = float(rng.choice([0.1, 0.3, 0.5, rng.random()]))
+        assert masked_count(n, ratio) == plan.masked_count(n, ratio)
+        sizes = rng.integers(1, 20, int(rng.integers(1, 10)))
+        total = masked_count(int(sizes.sum()), ratio)
+        quotas = sizes * total / sizes.sum()
+        seed = int(rng.integers(0, 2**31))
+        mine = largest_remainder(quotas, total, np.random.default_rng(seed))
+        theirs = plan.largest_remainder(quotas, total, np.random.default_rng(seed))
+        assert mine.tolist() == theirs.tolist()
