@@ -19,7 +19,7 @@ Printed per N, against the targets of the scale work:
   and, apart, in dispatching the landmark and shard tasks (Ray's per-task cost in the driver).
 
     MASKGEN_DATA_HOME=../shared/data python benchmarks/build_scale.py --sizes 10000 100000
-    MASKGEN_DATA_HOME=../shared/data flock /tmp/maskgen-heavy.lock python benchmarks/build_scale.py --sizes 1000000
+    MASKGEN_DATA_HOME=../shared/data python benchmarks/build_scale.py --sizes 1000000
     python benchmarks/build_scale.py --work /big/disk/bench --sizes 10000 --keep   # keep the builds
 
 The work folder (default `~/.cache/maskgen/bench-scale`) holds the crops and the `.rec` files

@@ -21,7 +21,7 @@ images per CPU-second (decode + detection + landmarks, one process, one thread);
 face-free images (background crops of LFW outside the face, see :func:`face_free_images`) that
 get a face; success by head yaw (MTCNN's five-point estimate, independent of the 68-point fit).
 
-    flock /tmp/maskgen-heavy.lock nice -n 5 env MASKGEN_DATA_HOME=../shared/data \\
+    nice -n 5 env MASKGEN_DATA_HOME=../shared/data \\
         python benchmarks/detect_fairness.py --out detect_fairness.json
 
 ``--limit N`` runs on the first N images of each set (a quick look); ``--calibrate`` refits the

@@ -731,12 +731,19 @@ def test_build_rejects_renders_below_min_fit(tmp_path: Path, lfw300) -> None:
     person.mkdir(parents=True)
     cv2.imwrite(str(person / "a.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     src = parse_source(f"folder:{tmp_path / 'src'}")
-    row = {"path": "someone/a.jpg", "relpath": "someone/a.jpg", "offset": None, "nbytes": None, "landmarks": face.landmarks.ravel().tolist(),
+    row = {"path": "someone/a.jpg", "offset": -1, "nbytes": -1, "member": None, "landmarks": face.landmarks.ravel().tolist(),
            "masked": True, "seed": 1, "key": "0-0", "identity": "someone", "label": 0, "source": "folder", "box": list(face.box)}
     opts = {"output": "aligned", "image_size": 112, "jpeg_quality": 90, "twins": False, "min_fit": 0.5}
-    members, result = process_sample({**row, "spec": MaskSpec(wear="correct").to_json()}, opts, None, src)
+    ctx = {"opts": opts, "src": src, "face_attributes": None, "label_columns": []}
+
+    def spec_columns(spec: MaskSpec) -> dict:  # the plan's mask columns (as a shard task reads them)
+        j = spec.to_json()
+        return {"mask_type": j["type"], "mask_color": j["color"], "mask_texture": j["texture"],
+                "wear": j["wear"], "mask_valve": j["valve"]}
+
+    members, result = process_sample({**row, **spec_columns(MaskSpec(wear="correct"))}, ctx)
     assert result["fit_score"] >= 0.5 and members["0-0.jpg"]
     with pytest.raises(SampleError, match="^fit score below threshold$"):
-        process_sample({**row, "spec": MaskSpec(wear="chin").to_json()}, opts, None, src)
+        process_sample({**row, **spec_columns(MaskSpec(wear="chin"))}, ctx)
     with pytest.raises(ValueError):
         BuildConfig(source="lfw", out=str(tmp_path / "o"), min_fit=1.5).validate()

@@ -152,7 +152,7 @@ def test_mapping_as_config_and_dotted_keys() -> None:
         ({"ema": 1}, "ema: must be within (0, 1), got 1"),
         ({"mask_mix": 3}, "mask_mix: expected text or a mapping, got 3"),
         ({"method_options": [1]}, "method_options: expected a mapping, got [1]"),
-        ({"backend": "dlb"}, "backend: must be one of auto, dlib"),
+        ({"backend": "dlb"}, "backend: must be one of auto, cnn, dlib"),
         ({"mask_type": "n99"}, "mask_type: must be one of surgical"),
         ({"rato": 0.2}, "rato: unknown toy option; did you mean 'ratio'?"),
         ({"ratio": 1.0}, "toy: ratio 1 needs twins"),
@@ -212,7 +212,7 @@ def test_command_line_gives_the_same_messages(tmp_path: Path) -> None:
         (["--ratio", "1.5"], "Error: --ratio: must be within [0, 1], got 1.5"),
         (["--ratio", "abc"], "Error: --ratio: expected a number, got 'abc'"),
         (["--quality", "101"], "Error: --quality: must be within [1, 100], got 101"),
-        (["--backend", "dlb"], "Error: --backend: must be one of auto, dlib"),
+        (["--backend", "dlb"], "Error: --backend: must be one of auto, cnn, dlib"),
         (["--mask-types", "a", "--betas", "2"], "Error: --betas: item 1: must be within [0, 1), got 2"),
         (["-c", str(_yaml(tmp_path, {"ratio": 2}))], f"Error: {tmp_path / 'cfg.yaml'}: ratio: must be within"),
         (["-c", "no-such-config"], "Error: no-such-config: no such config file, nor a shipped config"),
@@ -359,7 +359,7 @@ def test_shared_fields_are_one_definition() -> None:
     from maskgen.masks import BACKENDS, MASK_TYPES
     from maskgen.masks.options import mask_type_choices
 
-    assert BACKEND.choice_list() == ("auto", *BACKENDS)
+    assert BACKEND.choice_list() == BACKENDS and BACKENDS[0] == "auto"
     assert set(MASK_TYPES) < set(mask_type_choices()) and MASK_TYPE.coerce("random") == "random"
     restrict = MASK_TYPE.with_(type=list[str] | None, default=None)
     assert restrict.coerce("n95,pack:x") == ["n95", "pack:x"]

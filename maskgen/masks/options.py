@@ -9,11 +9,11 @@ from maskgen.options import Field
 
 
 def backend_choices() -> tuple[str, ...]:
-    """``auto`` (the aligned fit for square crops of at most 128 px, else dlib) and every
-    backend of :data:`maskgen.masks.landmarks.BACKENDS`."""
+    """Every backend of :data:`maskgen.masks.landmarks.BACKENDS` (``auto`` first: the aligned
+    fit for square crops of at most 128 px, else ``cnn``)."""
     from maskgen.masks.landmarks import BACKENDS
 
-    return ("auto", *BACKENDS)
+    return tuple(dict.fromkeys(("auto", *BACKENDS)))
 
 
 def mask_type_choices() -> tuple[str, ...]:
