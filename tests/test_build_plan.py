@@ -130,3 +130,56 @@ def test_landmark_cache_tag_names_the_aligned_model(tmp_path, monkeypatch) -> No
     (tmp_path / "aligned68.dat").write_bytes(b"x")
     assert cache_tag("auto") == "auto:cnn2+compact" and cache_tag("aligned") == "aligned+compact"
     assert cache_tag("dlib") == "dlib" and cache_tag("aligned-full") == "aligned-full"
+
+
+def _capture_build(monkeypatch) -> list:
+    """Replace the build run by a recorder of the resolved config (nothing heavy runs)."""
+    import importlib
+    from types import SimpleNamespace
+
+    B = importlib.import_module("maskgen.pipelines.build")  # the module (the package exports the function)
+    seen: list = []
+
+    def run_build(cfg, **kw):
+        seen.append(cfg)
+        return SimpleNamespace(num_samples=0, num_classes=0, num_masked=0, ratio=0.0, shards=[],
+                               out=cfg.out, shards_failed=0)
+
+    monkeypatch.setattr(B, "run_build", run_build)
+    return seen
+
+
+def test_explicit_argument_beats_the_config_even_at_its_default(tmp_path, monkeypatch) -> None:
+    """build(config=<ratio: 0.5>, ratio=0.1) gives 0.1 (0.1 is also the default); without the
+    argument the config's 0.5 holds, and what neither gives is the default."""
+    import inspect
+
+    from maskgen.pipelines.build import build
+
+    seen = _capture_build(monkeypatch)
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(f"source: lfw\nout: {tmp_path / 'out'}\nratio: 0.5\nseed: 7\n")
+    build(config=cfg, ratio=0.1)
+    build(config=cfg)
+    build(config=cfg, seed=0, source=None)  # source=None: not given (positional default)
+    build("lfw", tmp_path / "o2")
+    assert [c.ratio for c in seen] == [0.1, 0.5, 0.5, 0.1]
+    assert [c.seed for c in seen] == [7, 7, 0, 0]
+    assert seen[2].source == "lfw" and seen[0].mode == "resume"
+    # the documented defaults still read as values in help(build)
+    text = str(inspect.signature(build))
+    assert "ratio: 'float' = 0.1," in text and "mode: " in text and "= 'resume'" in text
+
+
+def test_cli_flag_beats_the_config_even_at_its_default(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from maskgen.pipelines.cli import build as build_cmd
+
+    seen = _capture_build(monkeypatch)
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(f"source: lfw\nout: {tmp_path / 'out'}\nratio: 0.5\n")
+    for args in (["-c", str(cfg), "--ratio", "0.1"], ["-c", str(cfg)]):
+        r = CliRunner().invoke(build_cmd, args)
+        assert r.exit_code == 0, r.output
+    assert [c.ratio for c in seen] == [0.1, 0.5]

@@ -12,7 +12,7 @@ and per-shard arrays only: never a Python object per image, never a stage's rows
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import os
 import re
@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -76,63 +76,80 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
+class _Default:
+    """The default of a :func:`build` keyword argument that was not passed: it shows as the
+    default's value (``ratio=0.1`` in ``help(build)``), and tells "not given" from "given, equal
+    to the default", so the YAML of ``config`` fills only what the caller left out."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
+
+
+def _default(name: str) -> Any:
+    """The sentinel default of ``build``'s argument ``name``: BuildConfig's default."""
+    return _Default(_FIELD_DEFAULTS[name])
+
+
 def build(
     source: str | None = None,
     out: str | os.PathLike | None = None,
     *,
-    ratio: float = 0.1,
-    twins: bool = False,
-    seed: int = 0,
-    mask_mix: str | dict | None = None,
-    mask_types: list[str] | str | None = None,
-    wear: list[str] | str | None = None,
-    texture_prob: float | None = None,
-    min_fit: float | None = None,
-    min_images: int = 1,
-    max_images: int | None = None,
-    max_identities: int | None = None,
-    min_masked: int = 0,
-    include: list[str] | str | None = None,
-    exclude: list[str] | str | None = None,
-    exclude_eval: list[str] | str | None = None,
-    dedup: bool = False,
-    dedup_threshold: int = 4,
-    identity_depth: int = 1,
-    labels: str | None = None,
-    stratify: list[str] | str | None = None,
-    cap_per_group: int | None = None,
-    output: Literal["aligned", "original"] = "aligned",
-    image_size: int = 112,
-    jpeg_quality: int = 95,
-    samples_per_shard: int = 1000,
-    shard_bytes: int | None = None,
-    name: str = "train",
-    shuffle: bool = True,
-    attributes: Literal["auto", "all", "sample", "none"] = "auto",
-    record_root: bool = False,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    mode: Literal["resume", "overwrite"] = "resume",
-    detector: str = "auto",
-    landmarks_from: str | None = None,
-    chunk_size: int = 256,
-    progress: bool = True,
-    report: bool = True,
+    ratio: float = _default("ratio"),
+    twins: bool = _default("twins"),
+    seed: int = _default("seed"),
+    mask_mix: str | dict | None = _default("mask_mix"),
+    mask_types: list[str] | str | None = _default("mask_types"),
+    wear: list[str] | str | None = _default("wear"),
+    texture_prob: float | None = _default("texture_prob"),
+    min_fit: float | None = _default("min_fit"),
+    min_images: int = _default("min_images"),
+    max_images: int | None = _default("max_images"),
+    max_identities: int | None = _default("max_identities"),
+    min_masked: int = _default("min_masked"),
+    include: list[str] | str | None = _default("include"),
+    exclude: list[str] | str | None = _default("exclude"),
+    exclude_eval: list[str] | str | None = _default("exclude_eval"),
+    dedup: bool = _default("dedup"),
+    dedup_threshold: int = _default("dedup_threshold"),
+    identity_depth: int = _default("identity_depth"),
+    labels: str | None = _default("labels"),
+    stratify: list[str] | str | None = _default("stratify"),
+    cap_per_group: int | None = _default("cap_per_group"),
+    output: Literal["aligned", "original"] = _default("output"),
+    image_size: int = _default("image_size"),
+    jpeg_quality: int = _default("jpeg_quality"),
+    samples_per_shard: int = _default("samples_per_shard"),
+    shard_bytes: int | None = _default("shard_bytes"),
+    name: str = _default("name"),
+    shuffle: bool = _default("shuffle"),
+    attributes: Literal["auto", "all", "sample", "none"] = _default("attributes"),
+    record_root: bool = _default("record_root"),
+    workers: int | None = _default("workers"),
+    ray_address: str | None = _default("ray_address"),
+    mode: Literal["resume", "overwrite"] = _default("mode"),
+    detector: str = _default("detector"),
+    landmarks_from: str | None = _default("landmarks_from"),
+    chunk_size: int = _default("chunk_size"),
+    progress: bool = _default("progress"),
+    report: bool = _default("report"),
     config: str | os.PathLike | None = None,
 ) -> BuildResult:
     """Build WebDataset shards from ``source`` into ``out`` (see docs/build.md).
 
-    ``config`` names a YAML file of the same keys; arguments that differ from their defaults
-    override it.
+    ``config`` names a YAML file of the same keys; every argument passed explicitly overrides
+    it (even one equal to its default); the others come from the YAML, else their defaults.
     """
-    sig = inspect.signature(build)
-    given = {}
-    for k, p in sig.parameters.items():
-        if k == "config":
-            continue
-        v = locals()[k]
-        if v != p.default:
-            given[k] = v
+    args = locals()
+    given = {k: v for k, v in args.items()
+             if k != "config" and not isinstance(v, _Default) and not (k in ("source", "out") and v is None)}
     return run_build(resolve(config, given))
 
 
