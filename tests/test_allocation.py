@@ -61,20 +61,67 @@ def test_allocate_groups() -> None:
         assert p.sum() == masked_count(sum(counts), 0.1) and (p <= np.asarray(counts)).all()
 
 
-def test_same_results_as_the_build_plan_today() -> None:
-    """The build's planner gives the same numbers with this module (same rounding, same
-    tie-breaking draws), so moving it here changes no shard."""
+def _plan_rule_before(quotas, total, rng):
+    """The build planner's largest remainder as it was before it moved here (frozen copy)."""
+    quotas = np.asarray(quotas, dtype=np.float64)
+    base = np.floor(quotas + 1e-9).astype(np.int64)
+    left = int(total - base.sum())
+    if left:
+        frac = quotas - base
+        prio = rng.random(len(quotas))
+        order = np.lexsort((prio, -np.round(frac, 9)))
+        base[order[:left]] += 1
+    return base
+
+
+def test_same_results_as_the_build_plan_before() -> None:
+    """The build's planner uses this module, with the numbers (same rounding, same
+    tie-breaking draws) of its own earlier code, so no shard changes."""
     from maskgen.pipelines import plan
 
+    assert plan.masked_count is masked_count and plan.largest_remainder is largest_remainder
     rng = np.random.default_rng(11)
     for _ in range(200):
         n = int(rng.integers(1, 300))
         ratio = float(rng.choice([0.1, 0.3, 0.5, rng.random()]))
-        assert masked_count(n, ratio) == plan.masked_count(n, ratio)
+        assert masked_count(n, ratio) == int(np.floor(ratio * n + 0.5 + 1e-9))
         sizes = rng.integers(1, 20, int(rng.integers(1, 10)))
         total = masked_count(int(sizes.sum()), ratio)
         quotas = sizes * total / sizes.sum()
         seed = int(rng.integers(0, 2**31))
         mine = largest_remainder(quotas, total, np.random.default_rng(seed))
-        theirs = plan.largest_remainder(quotas, total, np.random.default_rng(seed))
-        assert mine.tolist() == theirs.tolist()
+        before = _plan_rule_before(quotas, total, np.random.default_rng(seed))
+        assert mine.tolist() == before.tolist()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_audit_target_agrees_with_the_build_plan(seed: int) -> None:
+    """The audit's stratified target and the build's plan mask the same number of images in
+    all (5 at 0.5: 3 in both), each group the floor or ceiling of the same share; with one
+    group, or no tie, the same number per group."""
+    from maskgen.audit import balance
+    from maskgen.pipelines import plan
+
+    assert balance.allocate is allocate
+    assert balance.stratified_mask_plan(["a"] * 5, 0.5, seed=seed).sum() == 3
+    assert plan.allocate_masked([f"k{i}" for i in range(5)], ["a"] * 5, 0.5, seed=seed).sum() == 3
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    ratio = float(rng.choice([0.1, 0.25, 0.5, round(float(rng.random()), 3)]))
+    groups = [str(g) for g in rng.choice(["x", "y", "z"], n, p=[0.6, 0.3, 0.1])]
+    keys = [f"{i:05d}" for i in range(n)]
+    audit = balance.stratified_mask_plan(groups, ratio, seed=seed)
+    build = plan.allocate_masked(keys, keys, ratio, seed=seed, groups=groups)  # one image per identity
+    assert audit.sum() == build.sum() == masked_count(n, ratio)
+    names = sorted(set(groups))
+    size = np.array([groups.count(g) for g in names])
+    quota = size * masked_count(n, ratio) / n
+    for g, q in zip(names, quota):
+        a = int(audit[np.array(groups) == g].sum())
+        b = int(build[np.array(groups) == g].sum())
+        assert np.floor(q + 1e-9) <= a <= np.ceil(q - 1e-9) and np.floor(q + 1e-9) <= b <= np.ceil(q - 1e-9)
+    frac = np.round(quota - np.floor(quota + 1e-9), 9)
+    if len(set(frac[frac > 0].tolist())) == int((frac > 0).sum()):  # no tie to break
+        for g in names:
+            sel = np.array(groups) == g
+            assert audit[sel].sum() == build[sel].sum()

@@ -12,6 +12,8 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from maskgen.allocation import allocate  # the build's rule: ratio * N rounded half up, largest remainder
+
 CAP_REASON = "cap per group"  # manifest reason of rows removed by cap_per_group
 
 
@@ -26,27 +28,10 @@ def _rng(seed: int, group: str, salt: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(f"{salt}:{group}".encode())])
 
 
-def allocate(counts: Sequence[int], ratio: float) -> np.ndarray:
-    """How many of each group to pick so that every group gets ``ratio`` of its size and the
-    total is exactly ``round(ratio * sum(counts))`` (largest-remainder rounding, ties broken by
-    group order)."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    c = np.asarray(counts, dtype=np.int64)
-    exact = c * ratio
-    base = np.floor(exact).astype(np.int64)
-    total = int(round(ratio * int(c.sum())))
-    rest = total - int(base.sum())
-    if rest > 0:
-        frac = exact - base
-        order = np.lexsort((np.arange(len(c)), -frac))  # largest remainder first, stable
-        base[order[:rest]] += 1
-    return np.minimum(base, c)
-
-
 def stratified_mask_plan(groups: Sequence[Hashable | None], ratio: float, seed: int,
                          eligible: Sequence[bool] | None = None) -> np.ndarray:
-    """Which images to mask so that every group is masked at ``ratio`` (exact up to rounding).
+    """Which images to mask so that every group is masked at ``ratio`` (exact up to rounding;
+    the total is the build's: :func:`maskgen.allocation.masked_count` of the eligible images).
 
     ``groups``: one label per image (e.g. the ``race`` column, or identity; None is its own
     group); ``eligible``: images that may be masked (e.g. status ok with landmarks) — the ratio

@@ -1,6 +1,7 @@
 """The plan: which samples are masked, with what, and in which shard — all from the seed.
 
-The masked count is exact: ``round(ratio * N)`` over the N output samples. It is spread by a
+The masked count is exact: ``ratio * N`` rounded half up over the N output samples (the one
+rule of :mod:`maskgen.allocation`, shared with the audit). It is spread by a
 largest-remainder allocation, first over demographic groups (when labels exist), then over
 the identities inside each group, so every group and every identity gets ``floor`` or
 ``ceil`` of its share; ties between equal remainders are broken by seeded random priorities,
@@ -22,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from maskgen.allocation import largest_remainder, masked_count
+
 ORDER_ROUNDS = 6  # Feistel rounds of the shard shuffle
 EXPLICIT_ORDER = 1 << 22  # up to this many samples the shuffle is an explicit seeded permutation
 
@@ -35,27 +38,6 @@ def key_seed(seed: int, key: str) -> int:
 def key_seeds(seed: int, keys: Sequence[str], prefix: str = "") -> np.ndarray:
     """:func:`key_seed` of ``prefix + key`` for many keys, as int64."""
     return np.fromiter((key_seed(seed, prefix + k) for k in keys), dtype=np.int64, count=len(keys))
-
-
-def largest_remainder(quotas: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
-    """Integers ``n_i`` summing to ``total`` with ``floor(q_i) <= n_i <= ceil(q_i)``
-    (Hamilton's method), equal remainders broken by a seeded random priority."""
-    quotas = np.asarray(quotas, dtype=np.float64)
-    base = np.floor(quotas + 1e-9).astype(np.int64)
-    left = int(total - base.sum())
-    if left < 0 or left > len(quotas):
-        raise ValueError("quotas do not sum to the total")
-    if left:
-        frac = quotas - base
-        prio = rng.random(len(quotas))
-        order = np.lexsort((prio, -np.round(frac, 9)))  # largest remainder first
-        base[order[:left]] += 1
-    return base
-
-
-def masked_count(n: int, ratio: float) -> int:
-    """The exact masked count for ``n`` samples (round half up)."""
-    return int(np.floor(ratio * n + 0.5 + 1e-9))
 
 
 def allocate_cells(cell_group: np.ndarray, cell_size: np.ndarray, ratio: float, seed: int) -> np.ndarray:
