@@ -737,3 +737,32 @@ def test_a_training_step_does_not_synchronize_the_gpu(name: str, opts: dict):
             ema.update(method)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cli_config_by_shipped_name_or_path(tmp_path: Path):
+    """--config takes a shipped config's name (from any folder) as well as a path; a name that
+    is neither is one line naming what was looked for."""
+    import yaml
+    from click.testing import CliRunner
+
+    from maskgen.options import find_config
+    from maskgen.training.config import ConfigError
+    from maskgen.training.cli import train as train_cmd
+
+    runner = CliRunner()
+    shipped = yaml.safe_load(find_config("train_tiny_cpu").read_text())
+    for name in ("train_tiny_cpu", "configs/train_tiny_cpu.yaml", str(find_config("train_tiny_cpu"))):
+        res = runner.invoke(train_cmd, ["--config", name, "--shards", "x-*.tar", "--print-config"])
+        assert res.exit_code == 0, (name, res.output)
+        got = yaml.safe_load(res.output)
+        assert got["max_steps"] == shipped["max_steps"] and got["model"] == shipped["model"], name
+    res = runner.invoke(train_cmd, ["--config", "methods/huang_bfm", "--shards", "x", "--print-config"])
+    assert res.exit_code == 0 and yaml.safe_load(res.output)["method"] == "bfm", res.output
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("max_steps: 7\n")
+    res = runner.invoke(train_cmd, ["--config", str(mine), "--shards", "x", "--print-config"])
+    assert res.exit_code == 0 and yaml.safe_load(res.output)["max_steps"] == 7, res.output
+    res = runner.invoke(train_cmd, ["--config", "train_tiny_cpux", "--shards", "x", "--print-config"])
+    msg = str(res.exception)
+    assert isinstance(res.exception, ConfigError) and "\n" not in msg, res.output
+    assert "train_tiny_cpux" in msg and "no such config file" in msg and "'train_tiny_cpu'" in msg

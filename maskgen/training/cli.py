@@ -52,8 +52,9 @@ def _flag_value(kind: str, value: Any) -> Any:
 
 
 @click.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="YAML training config; flags override its values")
+@click.option("--config", "config_path", metavar="FILE|NAME", default=None,
+              help="YAML training config, or the name of one shipped with maskgen (train_tiny_cpu, "
+                   "methods/huang_bfm); flags override its values")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override any key, nested ones too: --set method_options.s=32")
 @click.option("--print-config", is_flag=True, help="print the resolved config and exit")

@@ -205,6 +205,14 @@ DEFAULTS: dict[str, Any] = {k.name: k.default for k in KEYS}
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A training config file: ``path`` itself, or the config shipped with maskgen of that name
+    (``train_tiny_cpu``, ``methods/huang_bfm``, ``configs/train_tiny_cpu.yaml``)."""
+    from maskgen.options import find_config
+
+    try:
+        path = find_config(path)
+    except OptionError as exc:  # one line: what was looked for, the closest shipped name
+        raise ConfigError(str(exc)) from None
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
