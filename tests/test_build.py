@@ -540,3 +540,18 @@ def test_two_node_cluster_same_bytes_and_survives_a_dead_node(lfw_build: Path, t
             assert x.read_bytes() == y.read_bytes(), (d, x.name)
     info = json.loads((tmp_path / "killed" / "dataset.json").read_text())
     assert info["num_samples"] == ref.num_samples and not any("shard task failed" in k for k in info["reasons"])
+
+
+def test_build_from_a_script_on_stdin(lfw_build: Path, tmp_path: Path) -> None:
+    """`python -` (a script piped to Python, as notebooks' shell cells and heredocs do): the scan's
+    helper process cannot import such a main module, so the scan runs on Ray alone; same shards."""
+    out = tmp_path / "stdin"
+    script = (f"from maskgen.pipelines import build\n"
+              f"build('lfw', {str(out)!r}, ratio=0.1, max_identities={N_IDS}, samples_per_shard=30, seed=0,"
+              f" landmarks_from={str(lfw_build)!r}, progress=False, report=False, workers=1)\n")
+    r = subprocess.run([sys.executable, "-"], input=script, text=True, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = sorted((lfw_build / "shards").glob("*.tar"))
+    got = sorted((out / "shards").glob("*.tar"))
+    assert [p.name for p in got] == [p.name for p in ref]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(got, ref))

@@ -17,9 +17,11 @@ import json
 import os
 import re
 import stat
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +36,7 @@ from maskgen.datasets.sources import parse_source
 from maskgen.datasets.tarwriter import write_atomic
 from maskgen.errors import InputError, MaskgenError, OutputError
 from maskgen.outputs import OutputClaim, claim, is_tmp_of
+from maskgen.parallel import cluster_cpus, start_ray
 from maskgen.pipelines import analyze as A
 from maskgen.pipelines import plan as P
 from maskgen.pipelines.config import BuildConfig, resolve, write_yaml
@@ -42,7 +45,7 @@ from maskgen.pipelines.maskmix import MaskMix
 from maskgen.pipelines.merge import classes_tsv, manifest_task
 from maskgen.pipelines.parts import join_task, part_path, plan_task, prepare_task
 from maskgen.pipelines.progress import Progress
-from maskgen.pipelines.runner import cluster_cpus, error_line, run_window, start_ray
+from maskgen.pipelines.runner import error_line, run_window
 from maskgen.pipelines.scan import Identities, scan_notes, scan_task, units
 
 FORMAT_VERSION = 2  # bump when the bytes written for the same plan change
@@ -374,7 +377,7 @@ class _Build:
 
     def _start_ray(self) -> None:
         t, c = time.perf_counter(), time.process_time()
-        started, how = start_ray(self.cfg.workers, self.cfg.ray_address)
+        started, how = start_ray(self.cfg.workers, self.cfg.ray_address, quiet=not self.cfg.progress)
         self.cpu["ray_start"] = time.process_time() - c
         self.ray_started = started and not self.cfg.ray_address
         self.window = self.cfg.workers or cluster_cpus()
@@ -397,9 +400,15 @@ class _Build:
         def scan_early() -> None:
             import multiprocessing
 
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                while not ray_up.is_set() and len(early) < len(tasks):
-                    early[len(early)] = pool.submit(scan_task, tasks[len(early)]).result()
+            main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+            if main_file is not None and not os.path.isfile(main_file):
+                return  # e.g. `python -` (stdin): a spawned process cannot import the main module
+            try:
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    while not ray_up.is_set() and len(early) < len(tasks):
+                        early[len(early)] = pool.submit(scan_task, tasks[len(early)]).result()
+            except BrokenProcessPool:
+                pass  # the helper could not start or died: the units it did not finish run on Ray
 
         with ThreadPoolExecutor(1, thread_name_prefix="maskgen-scan") as ex:
             scanning = ex.submit(scan_early) if not cfg.ray_address else None
