@@ -162,7 +162,6 @@ def test_disk_full_build_then_resume_gives_the_same_bytes(tmp_path: Path, photos
     assert got == faults.tree_digest(tmp_path / "clean" / "shards") and len(got) == 3
 
 
-@pytest.mark.xfail(reason="the build's write errors do not yet name the file and the reason", strict=False)
 def test_disk_full_build_names_the_file_and_reason(tmp_path: Path, photos: Path, small_disk: Path) -> None:
     full = faults.run_maskgen(["build", photos, "-o", small_disk / "out", *BUILD], cwd=tmp_path)
     line = faults.error_line(full)

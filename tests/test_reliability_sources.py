@@ -93,7 +93,6 @@ def test_without_idx_every_record_is_found(tmp_path: Path, crops) -> None:
     assert len(good) == N and not bad
 
 
-@pytest.mark.xfail(reason="a build that finds no image still exits 0 on this branch", strict=False)
 def test_empty_rec_build_exits_non_zero(tmp_path: Path) -> None:
     (tmp_path / "empty.rec").write_bytes(b"")
     res = faults.run_maskgen(["build", f"recordio:{tmp_path / 'empty.rec'}", "-o", tmp_path / "out",
