@@ -71,3 +71,51 @@ def test_not_quiet_shows_rays_notices() -> None:
     assert "Token authentication is enabled" in r.stderr
     reports = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert reports[0]["started"] is True and reports[1] == {"after": False}
+
+
+def test_the_build_starts_ray_through_parallel(monkeypatch, tmp_path) -> None:
+    """One Ray start: the build calls maskgen.parallel.start_ray, quiet when progress is off,
+    with the cluster address when one is given."""
+    import importlib
+    from types import SimpleNamespace
+
+    from maskgen import parallel
+    from maskgen.pipelines import runner
+    from maskgen.pipelines.config import BuildConfig
+
+    B = importlib.import_module("maskgen.pipelines.build")
+    assert B.start_ray is parallel.start_ray and B.cluster_cpus is parallel.cluster_cpus
+    assert not hasattr(runner, "start_ray") and not hasattr(runner, "cluster_cpus")
+    calls = []
+    monkeypatch.setattr(B, "start_ray", lambda *a, **kw: calls.append((a, kw)) or (True, "started"))
+    monkeypatch.setattr(B, "cluster_cpus", lambda: 3)
+
+    class _Log:
+        def line(self, text: str) -> None:
+            pass
+
+    for progress, address in ((False, None), (True, None), (False, "auto")):
+        cfg = BuildConfig(source="lfw", out=str(tmp_path), progress=progress, workers=None, ray_address=address)
+        b = B._Build(cfg, SimpleNamespace(out=tmp_path), _Log(), 0.0, False)  # type: ignore[arg-type]
+        b._start_ray()
+        assert b.window == 3 and b.ray_started == (address is None)
+    assert calls == [((None, None), {"quiet": True}), ((None, None), {"quiet": False}),
+                     ((None, "auto"), {"quiet": True})]
+
+
+@pytest.mark.slow
+def test_quiet_build_prints_only_its_result(lfw_dir, tmp_path) -> None:
+    """`maskgen build --quiet` prints its one result line and nothing of Ray's (no token
+    notice), and starts its own local Ray even with RAY_ADDRESS pointing elsewhere."""
+    ray_tmp = tempfile.mkdtemp(prefix="mgray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env.update(RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1")
+    try:
+        r = subprocess.run([sys.executable, "-m", "maskgen", "build", "lfw", "-o", str(tmp_path / "out"),
+                            "--max-identities", "2", "--workers", "1", "--no-report", "--quiet"],
+                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert len(r.stdout.splitlines()) == 1 and "2 classes" in r.stdout
