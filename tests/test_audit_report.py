@@ -136,6 +136,11 @@ def test_data_card_front_matter_and_sections(report_dir):
         assert k in front, k
     assert front["size_categories"] == ["1K<n<10K"]
     assert front["configs"][0]["data_files"][0]["path"] == "shards/*.tar"
+    # the declared features of the samples, and the card as the folder's README.md
+    feats = {f["name"]: f for f in front["dataset_info"]["features"]}
+    assert feats["jpg"]["dtype"] == "image" and "orig.jpg" not in feats  # no twins
+    assert {f["name"] for f in feats["json"]["struct"]} >= {"mask", "landmarks", "skin_tone"}
+    assert (report_dir / "README.md").read_text() == text
     for h in ("## Motivation", "## Composition", "## Collection and preprocessing", "## Uses",
               "### Out-of-scope uses", "## Bias, risks and limitations", "## Maintenance",
               "## Citation"):

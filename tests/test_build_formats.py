@@ -52,8 +52,20 @@ def crops_rec(tmp_path_factory, astronaut) -> tuple[Path, list[bytes]]:
 @pytest.fixture(scope="module")
 def twins_build(crops_rec, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("twins") / "b"
-    build(f"recordio:{crops_rec[0]}", out, ratio=0.25, twins=True, samples_per_shard=16, report=False,
-          progress=False, workers=2)
+    build(f"recordio:{crops_rec[0]}", out, ratio=0.25, twins=True, samples_per_shard=16, progress=False, workers=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ratio_build(crops_rec, tmp_path_factory) -> Path:
+    """A plain ``--ratio 0.1`` build (no twins) with demographic labels, some identities
+    unlabelled: its first samples are unmasked (``mask`` null) and lack some labels."""
+    root = tmp_path_factory.mktemp("ratio")
+    labels = root / "labels.csv"
+    labels.write_text("identity,group\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(N_IDS - 2)))
+    out = root / "b"
+    build(f"recordio:{crops_rec[0]}", out, ratio=0.1, labels=str(labels), samples_per_shard=16, progress=False,
+          workers=2, seed=5)  # seed 5: the first 9 samples are unmasked
     return out
 
 
@@ -140,16 +152,104 @@ def test_manifest_same_in_pandas_polars_duckdb(twins_build: Path) -> None:
 
 
 def test_hugging_face_datasets_load_and_write_parquet(twins_build: Path, tmp_path: Path) -> None:
+    """The documented call: ``load_dataset("webdataset", data_files=..., features=...)`` with
+    the features the build publishes (inferred from the first samples, nulls there would be
+    typed null and later samples fail to cast)."""
     datasets = pytest.importorskip("datasets")
+    from maskgen.datasets.hf import build_features, shard_files
+
     info = json.loads((twins_build / "dataset.json").read_text())
     files = [str(twins_build / "shards" / s["name"]) for s in info["shards"]]
-    ds = datasets.load_dataset("webdataset", data_files={"train": files}, split="train",
-                               cache_dir=str(tmp_path / "hf"))
+    assert shard_files(twins_build) == files
+    ds = datasets.load_dataset("webdataset", data_files={"train": files}, features=build_features(twins_build),
+                               split="train", cache_dir=str(tmp_path / "hf"))
     assert len(ds) == info["num_samples"]
     assert {"jpg", "cls", "json", "orig.jpg", "masked.jpg"} <= set(ds.column_names)
     out = tmp_path / "train.parquet"
     ds.to_parquet(str(out))
     assert pq.read_metadata(out).num_rows == info["num_samples"]
+
+
+def _front_matter(path: Path) -> dict:
+    import yaml
+
+    text = path.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("\n---\n", 1)[0][4:])
+
+
+@pytest.mark.parametrize("which", ["ratio_build", "twins_build"])
+def test_every_build_loads_in_hugging_face_datasets(which: str, request, tmp_path: Path) -> None:
+    """A plain ``--ratio`` build whose first samples are unmasked, and a twins build, each load
+    both documented ways -- ``load_dataset("webdataset", ..., features=build_features(out))``
+    and ``load_dataset(out)`` (the card, ``README.md``, declares configs and features) -- with
+    every sample's JSON intact, nulls included, and write Parquet."""
+    datasets = pytest.importorskip("datasets")
+    from maskgen.datasets.hf import build_features, features, shard_files
+
+    out: Path = request.getfixturevalue(which)
+    info = json.loads((out / "dataset.json").read_text())
+    ref = {json.loads(s["json"])["key"]: json.loads(s["json"]) for s in _samples(out)}
+    if which == "ratio_build":
+        first = [json.loads(s["json"]) for s in _samples(out)][:5]
+        assert all(m["mask"] is None for m in first)  # what inference from 5 samples typed null
+        assert info["label_columns"] == ["group"] and not info["twins"]
+        assert any(m["demographics"]["group"] is None for m in ref.values())
+    readme = out / "README.md"
+    assert readme.read_bytes() == (out / "DATA_CARD.md").read_bytes()
+    front = _front_matter(readme)
+    assert front["configs"][0]["data_files"] == [{"split": "train", "path": "shards/*.tar"}]
+    want = build_features(out)
+    assert want == features(info["label_columns"], info["twins"])
+    assert datasets.Features._from_yaml_list(front["dataset_info"]["features"]) == want
+    by_files = datasets.load_dataset("webdataset", data_files={"train": shard_files(out)}, features=want,
+                                     split="train", cache_dir=str(tmp_path / "hf1"))
+    by_card = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf2"))
+    for ds in (by_files, by_card):
+        assert len(ds) == info["num_samples"] == len(ref)
+        assert ds.features == want
+        assert set(ds.column_names) == {"jpg", "cls", "json", "__key__", "__url__"} | (
+            {"orig.jpg", "masked.jpg"} if info["twins"] else set())
+        rows = ds.remove_columns([c for c in ds.column_names if c.endswith("jpg")]).to_list()
+        for r in rows:
+            meta = ref[r["json"]["key"]]
+            assert r["cls"] == meta["label"]
+            assert {k: r["json"].get(k) for k in meta} == meta  # nulls stay null, values unchanged
+        assert sum(r["json"]["masked"] for r in rows) == info["num_masked"]
+        p = tmp_path / f"{len(list(tmp_path.iterdir()))}.parquet"
+        ds.to_parquet(str(p))
+        assert pq.read_metadata(p).num_rows == info["num_samples"]
+
+
+@pytest.mark.parametrize("which", ["ratio_build", "twins_build"])
+def test_sample_json_fields_are_all_declared_with_their_types(which: str, request) -> None:
+    """Every field the writer emits is in :mod:`maskgen.datasets.sample` with the type of its
+    values (and every declared field is emitted); the writer refuses an undeclared one."""
+    from maskgen.datasets.sample import SAMPLE_FIELDS, check_sample_json, json_type, sample_json
+
+    out: Path = request.getfixturevalue(which)
+    info = json.loads((out / "dataset.json").read_text())
+    typ = json_type(info["label_columns"])
+    names = {typ.field(i).name for i in range(typ.num_fields)}
+    seen_non_null: set[str] = set()
+    for s in _samples(out):
+        meta = json.loads(s["json"])
+        assert set(meta) == names
+        check_sample_json(meta, info["label_columns"])
+        assert sample_json(meta, info["label_columns"]) == s["json"]  # the writer's bytes
+        seen_non_null |= {k for k, v in meta.items() if v is not None}
+        if meta["mask"] is not None:
+            assert set(meta["mask"]) == {f.name for f in typ.field("mask").type}
+    assert "mask" in seen_non_null and "landmarks" in seen_non_null
+    with pytest.raises(TypeError, match="not declared"):
+        check_sample_json({**meta, "extra": 1}, info["label_columns"])
+    with pytest.raises(TypeError, match="not declared"):
+        check_sample_json({**meta, "pose": {**meta["pose"], "tilt": 1.0}}, info["label_columns"])
+    with pytest.raises(TypeError, match="is not int64"):
+        check_sample_json({**meta, "seed": "7"}, info["label_columns"])
+    with pytest.raises(TypeError, match="is not bool"):
+        check_sample_json({**meta, "masked": 1}, info["label_columns"])
+    assert [f.name for f in SAMPLE_FIELDS][:2] == ["key", "identity"]
 
 
 def test_resume_rebuilds_a_damaged_tar(crops_rec, tmp_path: Path) -> None:

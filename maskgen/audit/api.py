@@ -1,7 +1,8 @@
 """Entry points: ``audit`` (any build, manifest or image folder) and ``write_build_report``.
 
 Both write the same set of files into one folder: ``report.html`` (self-contained),
-``report.md`` with its figures under ``report/``, ``stats.json`` and ``DATA_CARD.md``. Files are
+``report.md`` with its figures under ``report/``, ``stats.json`` and ``DATA_CARD.md`` (in a build
+folder also as ``README.md``, for ``datasets.load_dataset(<folder>)`` and the Hub). Files are
 written to a temporary name and renamed, and carry no timestamp, so re-running on the same
 input rewrites identical bytes.
 """
@@ -25,6 +26,7 @@ from maskgen.outputs import claim
 
 FIGURE_DIR = "report"
 OUTPUTS = ("report.html", "report.md", "stats.json", "DATA_CARD.md")
+CARD_README = "README.md"  # the card again, in a build folder (its shards sit next to it)
 FOLDER_OUTPUTS = ("images.parquet", "images.csv")  # the per-image table of a folder audit
 
 
@@ -109,9 +111,15 @@ def write_outputs(stats: dict, out_dir: Path, *, title: str, inp: AuditInput | N
         flat=bool(inp and inp.flat),
         reproduce=reproduce,
     )
-    _write(out_dir / "DATA_CARD.md", render_card(ci))
+    card = render_card(ci)
+    _write(out_dir / "DATA_CARD.md", card)
     for n in OUTPUTS:
         written[n] = out_dir / n
+    if ci.has_shards and ci.build_dir is not None and Path(ci.build_dir).resolve() == out_dir.resolve():
+        # next to its shards, the card is also the folder's README.md: the file the Hub and
+        # datasets.load_dataset(<build folder>) read its configs and features from
+        _write(out_dir / CARD_README, card)
+        written[CARD_README] = out_dir / CARD_README
     if inp is not None and inp.kind == "folder":
         for name, data in per_image_tables(inp.table).items():
             _write(out_dir / name, data)

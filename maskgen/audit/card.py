@@ -1,5 +1,10 @@
 """DATA_CARD.md: a Hugging Face dataset card with the Datasheets-for-Datasets sections.
 
+The card of a build with shards declares the features of its samples (``dataset_info:
+features:``, from :mod:`maskgen.datasets.hf`) next to ``configs:``; written into the build
+folder itself it is also written as ``README.md``, the name ``datasets.load_dataset(<folder>)``
+and the Hub read.
+
 The card describes what was audited, nothing else. A build gets the card of a derived
 dataset (shards, the mask recipe of its ``build.yaml``, ``configs:``); a folder or a bare
 manifest gets the card of the images as found (no masks, shards or recipe unless the
@@ -21,6 +26,7 @@ import yaml
 from maskgen.audit.escape import md, md_code, one_line
 from maskgen.audit.report import _pct
 from maskgen.datasets.catalog import UNKNOWN, DatasetInfo
+from maskgen.datasets.hf import features_yaml
 
 MASKTHEFACE_CITATION = """@article{anwar2020masked,
   author  = {Aqeel Anwar and Arijit Raychowdhury},
@@ -264,6 +270,10 @@ def _front_matter(ci: CardInput, pretty: str, lic: Licence, derived: bool, has_m
         if ci.has_shards:
             front["configs"] = [{"config_name": "default",
                                  "data_files": [{"split": "train", "path": "shards/*.tar"}]}]
+            # the features, declared: inferred from the first samples, a field null there
+            # (``mask`` of an unmasked sample) would be typed null and later samples fail
+            front["dataset_info"] = {"config_name": "default",
+                                     "features": sample_features_yaml(ci)}
     else:
         front["tags"] = ["face-images", "dataset-audit"]
         front["size_categories"] = [size_category(n)]
@@ -271,6 +281,16 @@ def _front_matter(ci: CardInput, pretty: str, lic: Licence, derived: bool, has_m
             front["source_datasets"] = [ds.hf_id]
         front["annotations_creators"] = creators
     return front
+
+
+def sample_features_yaml(ci: CardInput) -> list[dict]:
+    """The Hugging Face features of the build's samples (``dataset_info: features:``): the
+    label columns and twins of its ``dataset.json`` (else its config)."""
+    info = ci.dataset_info or {}
+    cfg = ci.build_config or {}
+    labels = info.get("label_columns")
+    twins = info.get("twins", cfg.get("twins"))
+    return features_yaml([str(c) for c in labels or ()], bool(twins))
 
 
 def _identities_phrase(ci: CardInput) -> str:

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from maskgen.datasets.filters import _reason_class
 from maskgen.datasets.manifest import STATUS_FAILED, STATUS_OK, to_manifest
+from maskgen.datasets.sample import sample_json
 from maskgen.datasets.tarwriter import tar_bytes, write_atomic
 from maskgen.outputs import replacing
 from maskgen.pipelines.analyze import DEFERRED, jpeg_info
@@ -150,7 +151,7 @@ def process_sample(row: dict, ctx: dict) -> tuple[dict[str, bytes], dict]:
     lm_crop = None if lm is None else (lm if matrix is None else transform_points(lm, matrix))
     key = row["key"]
     b = upd.get("box", row.get("box"))
-    meta = {
+    meta = {  # the fields and types are declared in maskgen.datasets.sample (SAMPLE_FIELDS)
         "key": key,
         "identity": row["identity"],
         "label": int(row["label"]),
@@ -175,8 +176,7 @@ def process_sample(row: dict, ctx: dict) -> tuple[dict[str, bytes], dict]:
     members = {
         f"{key}.jpg": masked_jpg if masked else orig_jpg,
         f"{key}.cls": str(int(row["label"])).encode(),
-        f"{key}.json": json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "surrogateescape"),
+        f"{key}.json": sample_json(meta, ctx["label_columns"]),  # checked against its declared types
     }
     if twins:
         members[f"{key}.orig.jpg"] = orig_jpg
