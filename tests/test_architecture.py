@@ -32,8 +32,20 @@ PRIVATE_IMPORTS_TODAY = {
 
 
 def _lint(config: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run import-linter in this process. It configures logging with ``dictConfig``, which
+    disables every logger that exists (maskgen's own included): put their state back after."""
+    import logging
+
     monkeypatch.chdir(ROOT)
-    return importlinter_cli.lint_imports(config_filename=str(config), no_cache=True, no_logo=True)
+    loggers = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    state = [(lg, lg.disabled, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    root = (logging.root.level, list(logging.root.handlers))
+    try:
+        return importlinter_cli.lint_imports(config_filename=str(config), no_cache=True, no_logo=True)
+    finally:
+        for lg, disabled, level, propagate, handlers in state:
+            lg.disabled, lg.level, lg.propagate, lg.handlers = disabled, level, propagate, handlers
+        logging.root.level, logging.root.handlers = root
 
 
 def test_import_contracts_are_kept(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
