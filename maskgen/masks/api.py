@@ -19,6 +19,8 @@ from maskgen.masks import textures
 from maskgen.masks.align import alignment_matrix
 from maskgen.masks.designs import DESIGNS, MASK_TYPES, Template, build_template
 from maskgen.masks.geometry import WEAR_MODES, FaceMesh
+from maskgen.masks.jpeglook import applies as jpeg_applies
+from maskgen.masks.jpeglook import check_quality, round_trip_mask
 from maskgen.masks.landmarks import Face, Select, detect_faces, faces_from_landmarks
 from maskgen.masks.packs import PACK_PREFIX, pack_template
 from maskgen.masks.mix import MaskMix, default_mix
@@ -264,6 +266,8 @@ def mask_face(
     select: Select = "all",
     min_fit: float | None = None,
     fit_frame: str = "aligned",
+    jpeg_quality: int | None = None,
+    jpeg_sampling: str | None = None,
 ) -> MaskResult:
     """Put the mask ``spec`` on the faces of ``img`` (RGB uint8).
 
@@ -272,9 +276,15 @@ def mask_face(
     ``LOW_FIT`` when the worst face's fit score is below it), never raised. ``fit_frame``:
     judge the fit inside each face's aligned 112x112 crop (``aligned``, what a recognition
     model sees) or the whole image (``image``).
+
+    ``jpeg_quality`` (the photo's JPEG quality, ``maskgen.masks.jpeglook.jpeg_look``) below 95
+    gives each mask the photo's JPEG look: its box, on the photo's 8x8 grid, goes through one
+    JPEG encode/decode at that quality and chroma subsampling (``jpeg_sampling``: ``"4:2:0"``
+    (default), ``"4:2:2"``, ``"4:4:4"``, ... or ``"gray"``); only the mask's pixels take it.
     """
     if fit_frame not in FIT_FRAMES:
         raise ValueError(f"fit_frame must be one of {FIT_FRAMES}")
+    check_quality(jpeg_quality, jpeg_sampling)
     spec = spec or MaskSpec()
     rng = np.random.default_rng(seed)
     rspec = spec.resolve(rng)
@@ -312,6 +322,8 @@ def mask_face(
         roi += 0.5
         np.clip(roi, 0.0, 255.0, out=roi)
         out[sl] = roi
+        if jpeg_applies(jpeg_quality):
+            round_trip_mask(out, r.alpha, r.x0, r.y0, int(jpeg_quality), jpeg_sampling)
         done.append(face)
         meshes.append(r.mesh)
     if not done:

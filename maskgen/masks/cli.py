@@ -54,13 +54,16 @@ GROUP_IMAGES = 64  # images loaded and detected together (batched landmark fits)
 GROUP_PIXELS = 24 * 1024 * 1024
 
 
-def load_with_faces(paths, backend: str, select: str, group: int | None = None) -> Iterator[tuple]:
+def load_with_faces(paths, backend: str, select: str, group: int | None = None, jpeg: bool = False) -> Iterator[tuple]:
     """``(path, image, reason, faces)`` for each path, in order. The images are detected a group
     at a time (``detect_faces_many``: batched landmark fits for the ``cnn`` and ``dlib``
     backends, the same faces as one by one); ``faces`` is None where the caller detects (an
-    image that failed to load, a group whose batch failed)."""
-    from maskgen.masks import load_image
+    image that failed to load, a group whose batch failed). With ``jpeg``, a fifth item: the
+    file's JPEG look (``jpeglook.JpegLook``, read from its headers) or None."""
+    from maskgen.masks import decode_image
     from maskgen.masks.api import _check_image
+    from maskgen.masks.imageio import read_regular_file
+    from maskgen.masks.jpeglook import look_of_image
     from maskgen.masks.landmarks import detect_faces_many
 
     group = group or GROUP_IMAGES
@@ -68,7 +71,7 @@ def load_with_faces(paths, backend: str, select: str, group: int | None = None) 
     pixels = 0
 
     def flush():
-        ok = [i for i, (_, img, _) in enumerate(buf) if img is not None and _check_image(img) is None]
+        ok = [i for i, b in enumerate(buf) if b[1] is not None and _check_image(b[1]) is None]
         faces: list = [None] * len(buf)
         if len(ok) > 1:
             try:
@@ -76,13 +79,14 @@ def load_with_faces(paths, backend: str, select: str, group: int | None = None) 
                     faces[i] = f
             except Exception:  # each image then meets its own problem alone
                 faces = [None] * len(buf)
-        out = [(*b, f) for b, f in zip(buf, faces)]
+        out = [(*b[:3], f, *b[3:]) for b, f in zip(buf, faces)]
         buf.clear()
         return out
 
     for p in paths:
-        img, reason = load_image(p)
-        buf.append((p, img, reason))
+        data, reason = read_regular_file(p)
+        img, reason = (None, reason) if data is None else decode_image(data)
+        buf.append((p, img, reason, look_of_image(data, img)) if jpeg else (p, img, reason))
         pixels += 0 if img is None else img.shape[0] * img.shape[1]
         if len(buf) >= group or pixels >= GROUP_PIXELS:
             yield from flush()
@@ -160,7 +164,7 @@ def mask(
     counts: Counter[str] = Counter()
     n = written = 0
     with claim(out, "mask"), open(out / RESULTS, "w", encoding="utf-8") as log:
-        for p, img, reason, faces in load_with_faces(inputs, backend, select):
+        for p, img, reason, faces, look in load_with_faces(inputs, backend, select, jpeg=True):
             rel = _rel(p, src)
             s = image_seed(seed, rel)
             rec: dict = {"path": json_name(rel), "seed": s}
@@ -180,7 +184,8 @@ def mask(
                     if wear == "random":
                         rng = np.random.default_rng(s)
                         spec = MaskSpec(**{**spec.to_json(), "wear": str(rng.choice(WEAR_MODES))})
-                res = mask_face(img, spec, seed=s, faces=faces, backend=backend, select=select, min_fit=min_fit)
+                res = mask_face(img, spec, seed=s, faces=faces, backend=backend, select=select, min_fit=min_fit,
+                                jpeg_quality=look and look.quality, jpeg_sampling=look and look.sampling)
                 rec.update(res.to_json())
                 if res.ok:
                     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpg" else []

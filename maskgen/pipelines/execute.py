@@ -127,9 +127,13 @@ def process_sample(row: dict, ctx: dict) -> tuple[dict[str, bytes], dict]:
     if masked or twins:
         from maskgen.masks import LOW_FIT, MaskSpec, faces_from_landmarks, mask_face
 
+        from maskgen.masks.jpeglook import look_of_image
+
         faces = faces_from_landmarks(lm, img.shape)
+        look = look_of_image(data, img)  # the source's JPEG look, given to the mask
         result = mask_face(img, MaskSpec(**spec), seed=int(row["seed"]), faces=faces, min_fit=opts.get("min_fit"),
-                           fit_frame="aligned" if opts["output"] == "aligned" else "image")
+                           fit_frame="aligned" if opts["output"] == "aligned" else "image",
+                           jpeg_quality=look and look.quality, jpeg_sampling=look and look.sampling)
         if getattr(result, "status", "ok") == LOW_FIT:
             raise SampleError("fit score below threshold")
         if getattr(result, "status", "ok") != "ok" or result.image is None:
