@@ -212,13 +212,13 @@ def round_trip_mask(out: np.ndarray, alpha: np.ndarray, x0: int, y0: int, qualit
         rt = cv2.cvtColor(cv2.imdecode(enc, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) if ok else None
     if rt is None or rt.shape != box.shape:
         return
-    # the mask's pixels inside the box, in box coordinates
+    # the mask's pixels inside the box, in box coordinates: (1 - a) x now + a x round trip,
+    # rounded to 8 bits (cv2.blendLinear: exact where a is 0 or 1), then written where a > 0
     sy0, sx0 = ay0 - gy0, ax0 - gx0
     sub = np.s_[sy0 : sy0 + bh, sx0 : sx0 + bw]
-    aw = a[by : by + bh, bx : bx + bw]
-    cur = box[sub].astype(np.float32)
-    mix = cur + aw[..., None] * (rt[sub].astype(np.float32) - cur)
-    mix += 0.5
-    np.clip(mix, 0.0, 255.0, out=mix)
-    keep = nz[by : by + bh, bx : bx + bw].astype(bool)
-    box[sub][keep] = mix.astype(np.uint8)[keep]
+    aw = np.ascontiguousarray(a[by : by + bh, bx : bx + bw])
+    cur = box[sub]
+    mix = cv2.blendLinear(np.ascontiguousarray(cur), np.ascontiguousarray(rt[sub]), 1.0 - aw, aw)
+    cur_c = np.ascontiguousarray(cur)
+    cv2.copyTo(mix, nz[by : by + bh, bx : bx + bw], cur_c)
+    cur[...] = cur_c
