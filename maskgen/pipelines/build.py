@@ -48,7 +48,7 @@ from maskgen.pipelines.progress import Progress
 from maskgen.pipelines.runner import error_line, run_window
 from maskgen.pipelines.scan import Identities, scan_notes, scan_task, units
 
-FORMAT_VERSION = 2  # bump when the bytes written for the same plan change
+FORMAT_VERSION = 3  # bump when the bytes written for the same plan change
 ATTRIBUTE_SAMPLE_RATE = 0.1  # share of pass-through samples measured by attributes="sample"/"auto"
 VERIFY_BATCH = 64  # finished shards whose digest one task re-checks on resume
 CHUNKS_PER_TASK = 16  # at most this many landmark chunks per task
