@@ -4,7 +4,7 @@ Stages (one-way): scan -> identity filters -> prepare -> landmarks (cached) -> j
 duplicates) -> plan -> execute shard by shard -> merge (manifest, dataset.json, report).
 
 The driver is a coordinator. From the scan on, rows live on disk as Parquet parts under
-``<out>/work/`` (scan parts, partition parts, the landmark cache, plan parts, per-shard
+``<out>/work`` (scan parts, partition parts, the landmark cache, plan parts, per-shard
 results) and every per-row step is a Ray task that reads and writes those parts and returns
 counts. The driver keeps per-identity arrays (:class:`~maskgen.pipelines.scan.Identities`)
 and per-shard arrays only: never a Python object per image, never a stage's rows.

@@ -3,7 +3,7 @@
 A partition is a contiguous range of identities (``Identities.partitions``), so every rule
 that needs all images of an identity (keys, ``max_images``, duplicates, which images of an
 identity are masked) is local to one task. Three passes, each reading and writing Parquet
-under ``<out>/work/`` and returning only small, per-identity or per-shard arrays:
+under ``<out>/work`` and returning only small, per-identity or per-shard arrays:
 
 1. :func:`prepare_task` — keys, scan-time reasons, identity filters decided by the driver,
    the seeded ``max_images`` choice, demographic labels -> ``work/part/p-NNNNN.parquet``
