@@ -17,11 +17,9 @@ import json
 import os
 import re
 import stat
-import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +44,7 @@ from maskgen.pipelines.merge import classes_tsv, manifest_task
 from maskgen.pipelines.parts import join_task, part_path, plan_task, prepare_task
 from maskgen.pipelines.progress import Progress
 from maskgen.pipelines.runner import error_line, run_window
-from maskgen.pipelines.scan import Identities, scan_notes, scan_task, units
+from maskgen.pipelines.scan import Identities, ScanHelper, scan_notes, scan_task, units
 
 FORMAT_VERSION = 3  # bump when the bytes written for the same plan change
 ATTRIBUTE_SAMPLE_RATE = 0.1  # share of pass-through samples measured by attributes="sample"/"auto"
@@ -398,17 +396,12 @@ class _Build:
         ray_up = threading.Event()
 
         def scan_early() -> None:
-            import multiprocessing
-
-            main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-            if main_file is not None and not os.path.isfile(main_file):
-                return  # e.g. `python -` (stdin): a spawned process cannot import the main module
-            try:
-                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    while not ray_up.is_set() and len(early) < len(tasks):
-                        early[len(early)] = pool.submit(scan_task, tasks[len(early)]).result()
-            except BrokenProcessPool:
-                pass  # the helper could not start or died: the units it did not finish run on Ray
+            with ScanHelper() as helper:
+                while not ray_up.is_set() and len(early) < len(tasks):
+                    result = helper.scan(tasks[len(early)])
+                    if result is None:
+                        return  # the helper failed: the units it did not finish run on Ray
+                    early[len(early)] = result
 
         with ThreadPoolExecutor(1, thread_name_prefix="maskgen-scan") as ex:
             scanning = ex.submit(scan_early) if not cfg.ray_address else None
@@ -427,7 +420,10 @@ class _Build:
         self.ids = ids
         n_rows = int(ids.n_rows.sum())
         self.log.line(f"[scan] {n_rows:,} images, {len(ids):,} identities in {self.src.describe()} ({len(us)} unit(s))")
-        for note, count in sorted(scan_notes(counts).items()):  # what the scan skipped without a row
+        notes = scan_notes(counts)  # what the scan skipped without a row: in the units' tasks
+        for note, count in self.src.notes.items():  # and while listing the units, here
+            notes[note] = notes.get(note, 0) + count
+        for note, count in sorted(notes.items()):
             self.log.line(f"[scan] {note} ({count:,})")
         if n_rows == 0:
             raise InputError(f"no image found in {self.src.describe()}: nothing to build")
