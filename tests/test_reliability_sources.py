@@ -99,6 +99,8 @@ def test_empty_rec_build_exits_non_zero(tmp_path: Path) -> None:
                               "--workers", "1", "--quiet"], cwd=tmp_path)
     line = faults.error_line(res)
     assert "no image" in line.lower() or "0 images" in line
+    # the reason the scan found nothing is in the build's log (noted while listing the units)
+    assert "empty .rec file: no records" in (tmp_path / "out" / "build.log").read_text()
 
 
 def _tar(path: Path, members: list[tuple[str, bytes]], truncate: int | None = None) -> Path:
