@@ -127,6 +127,23 @@ def test_build_report_files(report_dir):
     assert stats["source"] == {"kind": "build", "name": report_dir.name}
 
 
+def test_a_users_readme_is_never_replaced(report_dir, tmp_path):
+    """README.md is the card's copy only while it is absent or still the last card maskgen
+    wrote: a README.md of the user's own survives every later report, byte for byte."""
+    import shutil
+
+    out = tmp_path / "b"
+    shutil.copytree(report_dir, out)
+    assert (out / "README.md").read_bytes() == (out / "DATA_CARD.md").read_bytes()
+    write_build_report(out)  # still maskgen's copy: rewritten with the card
+    assert (out / "README.md").read_bytes() == (out / "DATA_CARD.md").read_bytes()
+    (out / "README.md").write_text("# my notes on this build\n")
+    write_build_report(out)
+    assert (out / "README.md").read_text() == "# my notes on this build\n"
+    assert (out / "DATA_CARD.md").read_text().startswith("---\n")
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_data_card_front_matter_and_sections(report_dir):
     text = (report_dir / "DATA_CARD.md").read_text()
     assert text.startswith("---\n")

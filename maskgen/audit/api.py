@@ -55,15 +55,25 @@ def parse_target(target: str | Mapping | None) -> dict | None:
 
 
 def _write(path: Path, data: bytes | str) -> None:
-    """Atomic write; a failure ends in one line naming the file (``OutputError``)."""
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        data = data.encode("utf-8")
+    """Atomic write under a temp name unique to the run; a failure ends in one line naming the
+    file (``OutputError``)."""
+    from maskgen.fsio import write_atomic
+
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _is_card_copy(readme: Path, card: Path) -> bool:
+    """``readme`` may be (re)written as the card: it does not exist, or it holds exactly the
+    card maskgen wrote beside it last time."""
+    if not readme.exists() and not readme.is_symlink():
+        return True
+    try:
+        return readme.is_file() and not readme.is_symlink() and readme.read_bytes() == card.read_bytes()
+    except OSError:
+        return False
 
 
 def _mkdir(path: Path) -> None:
@@ -112,10 +122,14 @@ def write_outputs(stats: dict, out_dir: Path, *, title: str, inp: AuditInput | N
         reproduce=reproduce,
     )
     card = render_card(ci)
+    # README.md is the card's copy only where it is absent or still the card written last time:
+    # a README.md of the user's own is never replaced
+    readme_ours = _is_card_copy(out_dir / CARD_README, out_dir / "DATA_CARD.md")
     _write(out_dir / "DATA_CARD.md", card)
     for n in OUTPUTS:
         written[n] = out_dir / n
-    if ci.has_shards and ci.build_dir is not None and Path(ci.build_dir).resolve() == out_dir.resolve():
+    if (ci.has_shards and ci.build_dir is not None and Path(ci.build_dir).resolve() == out_dir.resolve()
+            and readme_ours):
         # next to its shards, the card is also the folder's README.md: the file the Hub and
         # datasets.load_dataset(<build folder>) read its configs and features from
         _write(out_dir / CARD_README, card)
