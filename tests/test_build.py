@@ -542,19 +542,26 @@ def test_two_node_cluster_same_bytes_and_survives_a_dead_node(lfw_build: Path, t
     assert info["num_samples"] == ref.num_samples and not any("shard task failed" in k for k in info["reasons"])
 
 
+def _build_call(out: Path, lfw_build: Path) -> str:
+    """The source line of a script's build() call: the build of ``lfw_build``, into ``out``."""
+    return (f"build('lfw', {str(out)!r}, ratio=0.1, max_identities={N_IDS}, samples_per_shard=30, seed=0,"
+            f" landmarks_from={str(lfw_build)!r}, progress=False, report=False, workers=1)\n")
+
+
+def _assert_same_shards(out: Path, ref: Path) -> None:
+    got, want = sorted((out / "shards").glob("*.tar")), sorted((ref / "shards").glob("*.tar"))
+    assert [p.name for p in got] == [p.name for p in want]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(got, want))
+
+
 def test_build_from_a_script_on_stdin(lfw_build: Path, tmp_path: Path) -> None:
     """`python -` (a script piped to Python, as notebooks' shell cells and heredocs do) builds
     the same shards as the in-process build."""
     out = tmp_path / "stdin"
-    script = (f"from maskgen.pipelines import build\n"
-              f"build('lfw', {str(out)!r}, ratio=0.1, max_identities={N_IDS}, samples_per_shard=30, seed=0,"
-              f" landmarks_from={str(lfw_build)!r}, progress=False, report=False, workers=1)\n")
+    script = "from maskgen.pipelines import build\n" + _build_call(out, lfw_build)
     r = subprocess.run([sys.executable, "-"], input=script, text=True, capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    ref = sorted((lfw_build / "shards").glob("*.tar"))
-    got = sorted((out / "shards").glob("*.tar"))
-    assert [p.name for p in got] == [p.name for p in ref]
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(got, ref))
+    _assert_same_shards(out, lfw_build)
 
 
 def test_build_from_a_script_without_a_main_guard_runs_it_once(lfw_build: Path, tmp_path: Path) -> None:
@@ -564,13 +571,8 @@ def test_build_from_a_script_without_a_main_guard_runs_it_once(lfw_build: Path, 
     out, runs = tmp_path / "noguard", tmp_path / "runs.txt"
     script = tmp_path / "make_shards.py"
     script.write_text(f"from maskgen.pipelines import build\n"
-                      f"with open({str(runs)!r}, 'a') as f:\n    f.write('ran\\n')\n"
-                      f"build('lfw', {str(out)!r}, ratio=0.1, max_identities={N_IDS}, samples_per_shard=30, seed=0,"
-                      f" landmarks_from={str(lfw_build)!r}, progress=False, report=False, workers=1)\n")
+                      f"with open({str(runs)!r}, 'a') as f:\n    f.write('ran\\n')\n" + _build_call(out, lfw_build))
     r = subprocess.run([sys.executable, str(script)], text=True, capture_output=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert runs.read_text() == "ran\n"
-    ref = sorted((lfw_build / "shards").glob("*.tar"))
-    got = sorted((out / "shards").glob("*.tar"))
-    assert [p.name for p in got] == [p.name for p in ref]
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(got, ref))
+    _assert_same_shards(out, lfw_build)
