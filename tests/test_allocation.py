@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,14 @@ def test_audit_target_agrees_with_the_build_plan(seed: int) -> None:
         for g in names:
             sel = np.array(groups) == g
             assert audit[sel].sum() == build[sel].sum()
+
+
+def test_masked_count_is_exact_at_web_scale() -> None:
+    """Half up on the decimal written, at sizes where a float product drifts past any fixed
+    tolerance (WebFace42M-sized and beyond)."""
+    assert masked_count(42_474_557, 0.1) == 4_247_456  # 4,247,455.7
+    assert masked_count(10**12 + 5, 0.5) == 500_000_000_003  # ...002.5 rounds up
+    assert masked_count(3 * 10**15, 0.3) == 9 * 10**14  # 0.3 * 3e15 is 899999999999999.9 in floats
+    for n in (0, 1, 5, 7, 45, 1000, 13_233):
+        for r in (0.0, 0.1, 0.25, 0.5, 0.7, 1.0):
+            assert masked_count(n, r) == int(Fraction(str(r)) * n + Fraction(1, 2))
