@@ -22,7 +22,13 @@ from fractions import Fraction
 
 import numpy as np
 
-EPS = 1e-9  # float noise in ratio * n (0.7 * 45 = 31.499999999999996) is not a real remainder
+EPS = 1e-9  # float noise in a quota (0.7 * 45 = 31.499999999999996) is not a real remainder
+
+
+def tie_rng(seed: int) -> np.random.Generator:
+    """The one stream that breaks equal remainders between groups, for the build's plan and
+    the audit's target alike (so they agree group by group, ties included)."""
+    return np.random.default_rng([int(seed), 0x6D61736B])
 
 
 def masked_count(n: int, ratio: float) -> int:
