@@ -143,8 +143,7 @@ def attribute_coverage_note(table: pd.DataFrame, built: dict | None = None) -> s
         return None
     ok = table["status"] == "ok"
     total = int(ok.sum())
-    col = "attr_measured" if "attr_measured" in table.columns else None
-    measured = int(table.loc[ok, col].astype(bool).sum() if col else table.loc[ok, "ita"].notna().sum())
+    measured = int(table.loc[ok, "ita"].notna().sum())  # what the skin-tone figures can use
     if total == 0 or measured == total:
         return None
     how = ""
