@@ -657,9 +657,8 @@ def invert_mesh(
     cell[..., 2], cell[..., 3], cell[..., 4], cell[..., 5] = by * i1, -bx * i1, -ay * i1, ax * i1
     cell[..., 6], cell[..., 7], cell[..., 8], cell[..., 9] = cy * i2, -cx * i2, -by * i2, bx * i2
     cell = cell.reshape(-1, 10)
-    corners = np.stack([p00, p10, p11, p01])
-    lo = corners.min(0).reshape(-1, 2) - 1e-6
-    hi = corners.max(0).reshape(-1, 2) + 1e-6
+    lo = np.minimum(np.minimum(p00, p10), np.minimum(p11, p01)).reshape(-1, 2) - 1e-6
+    hi = np.maximum(np.maximum(p00, p10), np.maximum(p11, p01)).reshape(-1, 2) + 1e-6
     lo_x, lo_y, hi_x, hi_y = lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]
     # candidate (point, cell) pairs: one boolean matrix, points x cells
     if axes is not None:
@@ -697,7 +696,8 @@ def invert_mesh(
     t = qx * abx
     t += qy * aby
     t *= 1.0 / np.maximum(abx * abx + aby * aby, 1e-12)
-    np.clip(t, 0.0, 1.0, out=t)
+    np.maximum(t, 0.0, out=t)  # clip to the segment (np.clip's dispatch costs more than both)
+    np.minimum(t, 1.0, out=t)
     qx -= t * abx
     qy -= t * aby
     qx *= qx
