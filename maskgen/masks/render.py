@@ -30,6 +30,8 @@ _FALLOFF = 0.35  # darkening of the mask where it turns away from the camera (1 
 _FALLOFF_BASE = 1.0 - _FALLOFF  # a camera-facing surface keeps the fitted light
 _SHADOW = 0.5  # darkness of the contact shadow right under a mask edge
 _KNEE = 0.9  # lit colours above this roll off toward white instead of clipping at it
+_RIDGE = np.diag([0.0, 1.0, 1.0, 1.0])  # the lighting fit's ridge on the normal terms
+_TINY = 1e-9 * np.eye(4)
 
 
 @dataclass
@@ -304,8 +306,8 @@ def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh, sheen_k: flo
     x = np.concatenate([np.ones((gh * gw, 1)), normals.reshape(-1, 3)], 1)
     wv = wsk.reshape(-1)
     xtw = x.T * wv
-    lhs = xtw @ x + np.diag([0.0, 1.0, 1.0, 1.0]) * (0.01 * wsum)
-    coef = np.linalg.solve(lhs + 1e-9 * np.eye(4), xtw @ ls.reshape(-1).astype(np.float64))
+    lhs = xtw @ x + _RIDGE * (0.01 * wsum)
+    coef = np.linalg.solve(lhs + _TINY, xtw @ ls.reshape(-1).astype(np.float64))
     ref = float(wv @ ls.reshape(-1)) / wsum + 1e-4
     model = (x @ coef).reshape(gh, gw)
     # plus the falloff every matte surface shows as it turns from the camera-side light
@@ -318,7 +320,7 @@ def _lighting(roi8: np.ndarray, lm: np.ndarray, mm, mesh: FaceMesh, sheen_k: flo
     shade *= np.sqrt(np.minimum(np.maximum(resid, 0.6), 1.5))  # _RESIDUAL = 0.5
     exposure = min(max((ref / 0.5) ** 0.5, 0.35), 1.12)
     mean_rgb = (wsk.reshape(-1) @ cs.reshape(-1, 3)) / wsum
-    cast = (mean_rgb / max(float(mean_rgb.mean()), 1e-4)) ** 0.15
+    cast = (mean_rgb / max(float(mean_rgb.sum() / 3), 1e-4)) ** 0.15  # (= .mean(), without its overhead)
     light_s = np.ones((gh, gw, 4), np.float32)
     light_s[..., :3] = (shade * exposure)[..., None] * cast[None, None, :]
     # a light fabric lit like a bright face would go past 1 and clip to a flat patch: where its
