@@ -747,3 +747,29 @@ def test_build_rejects_renders_below_min_fit(tmp_path: Path, lfw300) -> None:
         process_sample({**row, **spec_columns(MaskSpec(wear="chin"))}, ctx)
     with pytest.raises(ValueError):
         BuildConfig(source="lfw", out=str(tmp_path / "o"), min_fit=1.5).validate()
+
+
+def test_pose_solve_shared_between_detection_and_head_fit(astronaut: np.ndarray, astro_face: Face) -> None:
+    """The head fit reuses the detection's SQPnP solve (same landmarks, same image size): the
+    same rotation and translation as a fresh solvePnP, handed out read-only."""
+    import cv2
+
+    from maskgen.masks import MEAN_SHAPE_3D, estimate_pose, pose
+    from maskgen.masks.geometry import fit_head
+
+    h, w = astronaut.shape[:2]
+    lm = np.asarray(astro_face.landmarks, np.float64)
+    ok, rvec, tvec = cv2.solvePnP(MEAN_SHAPE_3D, lm, pose._camera(h, w), None, flags=cv2.SOLVEPNP_SQPNP)
+    assert ok
+    estimate_pose(astro_face.landmarks, (h, w))  # as the landmark stage does
+    first = pose.solve_pose(lm, h, w)
+    assert first is not None and pose.solve_pose(lm.copy(), h, w) is first  # one solve per face
+    np.testing.assert_array_equal(first[0], rvec)
+    np.testing.assert_array_equal(first[1], tvec)
+    np.testing.assert_array_equal(first[2], cv2.Rodrigues(rvec)[0])
+    assert not any(a.flags.writeable for a in first)
+    head = fit_head(lm, (h, w))
+    np.testing.assert_array_equal(head.R, first[2])
+    np.testing.assert_array_equal(head.t, tvec.reshape(3))
+    # a different image size is a different problem
+    assert pose.solve_pose(lm, h + 10, w) is not first

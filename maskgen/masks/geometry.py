@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from maskgen.masks.designs.base import Shape
-from maskgen.masks.pose import MEAN_SHAPE_3D, _camera
+from maskgen.masks.pose import MEAN_SHAPE_3D, _camera, solve_pose
 
 WEAR_MODES = ("correct", "below_nose", "chin")
 
@@ -95,10 +95,10 @@ def fit_head(lm: np.ndarray, image_shape: tuple[int, int]) -> Head | None:
     lm = np.asarray(lm, np.float64).reshape(68, 2)
     h, w = int(image_shape[0]), int(image_shape[1])
     cam = _camera(h, w)
-    ok, rvec, tvec = cv2.solvePnP(MEAN_SHAPE_3D, lm, cam, None, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
+    solved = solve_pose(lm, h, w)  # SQPnP, shared with the detection's plausibility check
+    if solved is None:
         return None
-    R, _ = cv2.Rodrigues(rvec)
+    _, tvec, R = solved
     t = tvec.reshape(3)
     f, cx, cy = float(cam[0, 0]), float(cam[0, 2]), float(cam[1, 2])
     z = MEAN_SHAPE_3D @ R[2] + t[2]
@@ -325,10 +325,11 @@ def _skin_knots(knots: np.ndarray) -> np.ndarray:
 
 
 def _xy_area(g: np.ndarray) -> np.ndarray:
-    """Signed XY area of each cell of a knot grid (positive for u right, v down)."""
-    a = g[:-1, 1:, :2] - g[:-1, :-1, :2]
-    b = g[1:, 1:, :2] - g[:-1, :-1, :2]
-    c = g[1:, :-1, :2] - g[:-1, :-1, :2]
+    """Signed XY area of each cell of a knot grid (positive for u right, v down); grids may be
+    stacked along leading axes."""
+    a = g[..., :-1, 1:, :2] - g[..., :-1, :-1, :2]
+    b = g[..., 1:, 1:, :2] - g[..., :-1, :-1, :2]
+    c = g[..., 1:, :-1, :2] - g[..., :-1, :-1, :2]
     return 0.5 * (a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0] + b[..., 0] * c[..., 1] - b[..., 1] * c[..., 0])
 
 
@@ -393,10 +394,10 @@ def face_mesh(lm: np.ndarray, image_shape: tuple[int, int], wear: str, shape: Sh
     n *= 1.0 / np.maximum(np.sqrt((n * n).sum(2)), 1e-9)[..., None]
     normals = n @ head.R.T
     xy = xy.reshape(r, c, 2)
-    area = _xy_area(xy)
-    # folds: cells of the patch the landmarks crushed or turned over (in head coordinates, so
-    # a turned head's foreshortening does not count)
-    own = _xy_area(g)[1:-1, 1:-1]
+    # image areas, and head-frame areas for the folds: cells of the patch the landmarks crushed
+    # or turned over (in head coordinates, so a turned head's foreshortening does not count)
+    area, own = _xy_area(np.stack([xy, g[..., :2]]))  # both in one pass
+    own = own[1:-1, 1:-1]
     ref = mm.patch_area[1:-1, 1:-1]
     crushed = np.minimum(np.maximum(1.0 - own / np.maximum(ref * 0.35, 1e-9), 0.0), 1.0)
     fold = float((crushed * ref).sum() / max(ref.sum(), 1e-9))
@@ -524,13 +525,13 @@ def mask_map(
     us, vs = knot_params
     h, w = image_shape
     mp = mesh.reshape(-1, 2)
-    allp = mp
-    if extra_points is not None and len(extra_points):
-        allp = np.concatenate([mp, np.asarray(extra_points, np.float64).reshape(-1, 2)])
-    x0, y0, x1, y1 = _bbox(allp, w, h)
+    mx0, my0, mx1, my1 = _bbox(mp, w, h)
+    x0, y0, x1, y1 = mx0, my0, mx1, my1
+    if extra_points is not None and len(extra_points):  # the box of both = the union of the boxes
+        ex0, ey0, ex1, ey1 = _bbox(np.asarray(extra_points, np.float64).reshape(-1, 2), w, h)
+        x0, y0, x1, y1 = min(x0, ex0), min(y0, ey0), max(x1, ex1), max(y1, ey1)
     if x1 - x0 < 4 or y1 - y0 < 4:
         return None
-    mx0, my0, mx1, my1 = _bbox(mp, w, h)
     rw, rh = mx1 - mx0, my1 - my0
     if rw < 2 or rh < 2:
         return None
@@ -540,7 +541,7 @@ def mask_map(
     # sample positions that make cv2.resize (INTER_LINEAR) interpolate exactly between them
     sx = (np.arange(gw) + 0.5) * (rw / gw) - 0.5 + mx0
     sy = (np.arange(gh) + 0.5) * (rh / gh) - 0.5 + my0
-    px = np.tile(sx, gh)
+    px = np.broadcast_to(sx, (gh, gw)).ravel()  # = np.tile(sx, gh), without its Python overhead
     py = np.repeat(sy, gw)
     prio = None
     if front is not None or depth is not None:
@@ -552,7 +553,9 @@ def mask_map(
         tu0, su, tv0, sv = to_pixels
         u = (u - tu0) * su - 0.5
         v = (v - tv0) * sv - 0.5
-    coarse = np.stack([u, v], -1).reshape(gh, gw, 2).astype(np.float32)
+    coarse = np.empty((gh, gw, 2), np.float32)
+    coarse[..., 0] = u.reshape(gh, gw)
+    coarse[..., 1] = v.reshape(gh, gw)
     dense = cv2.resize(coarse, (rw, rh), interpolation=cv2.INTER_LINEAR)
     if (mx0, my0, mx1, my1) != (x0, y0, x1, y1):
         # outside the mesh box: far outside the template (transparent after the remap)
@@ -614,12 +617,15 @@ def knot_values(values: np.ndarray, fu: np.ndarray, fv: np.ndarray) -> np.ndarra
     fv = np.minimum(np.maximum(fv, 0.0), r - 1.0)
     i = np.minimum(fu.astype(np.intp), c - 2)
     j = np.minimum(fv.astype(np.intp), r - 2)
-    a = fu - i
-    b = fv - j
-    if values.ndim == 3:
-        a, b = a[..., None], b[..., None]
-    return (values[j, i] * (1 - a) * (1 - b) + values[j, i + 1] * a * (1 - b)
-            + values[j + 1, i] * (1 - a) * b + values[j + 1, i + 1] * a * b)
+    a = (fu - i).reshape(-1, 1)
+    b = (fv - j).reshape(-1, 1)
+    na, nb = 1 - a, 1 - b
+    # the four corners as row gathers from the flat knot table (cheaper than 2-D fancy indexing)
+    flat = values.reshape(r * c, -1)
+    k = (j * c + i).reshape(-1)
+    out = (np.take(flat, k, axis=0) * na * nb + np.take(flat, k + 1, axis=0) * a * nb
+           + np.take(flat, k + c, axis=0) * na * b + np.take(flat, k + (c + 1), axis=0) * a * b)
+    return out.reshape(fu.shape + values.shape[2:])
 
 
 def invert_mesh(
@@ -657,9 +663,8 @@ def invert_mesh(
     cell[..., 2], cell[..., 3], cell[..., 4], cell[..., 5] = by * i1, -bx * i1, -ay * i1, ax * i1
     cell[..., 6], cell[..., 7], cell[..., 8], cell[..., 9] = cy * i2, -cx * i2, -by * i2, bx * i2
     cell = cell.reshape(-1, 10)
-    corners = np.stack([p00, p10, p11, p01])
-    lo = corners.min(0).reshape(-1, 2) - 1e-6
-    hi = corners.max(0).reshape(-1, 2) + 1e-6
+    lo = np.minimum(np.minimum(p00, p10), np.minimum(p11, p01)).reshape(-1, 2) - 1e-6
+    hi = np.maximum(np.maximum(p00, p10), np.maximum(p11, p01)).reshape(-1, 2) + 1e-6
     lo_x, lo_y, hi_x, hi_y = lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]
     # candidate (point, cell) pairs: one boolean matrix, points x cells
     if axes is not None:
@@ -697,7 +702,8 @@ def invert_mesh(
     t = qx * abx
     t += qy * aby
     t *= 1.0 / np.maximum(abx * abx + aby * aby, 1e-12)
-    np.clip(t, 0.0, 1.0, out=t)
+    np.maximum(t, 0.0, out=t)  # clip to the segment (np.clip's dispatch costs more than both)
+    np.minimum(t, 1.0, out=t)
     qx -= t * abx
     qy -= t * aby
     qx *= qx

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import cv2
 import numpy as np
@@ -127,18 +128,46 @@ def estimate_pose(landmarks: np.ndarray, image_size: tuple[int, int]) -> tuple[t
     lm = np.asarray(landmarks, np.float64).reshape(68, 2)
     cam = _camera(int(h), int(w))
     obj = MEAN_SHAPE_3D
-    # SQPnP: globally optimal and ~5x faster than the iterative LM solver here
-    ok, rvec, tvec = cv2.solvePnP(obj, lm, cam, None, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
+    solved = solve_pose(lm, int(h), int(w))
+    if solved is None:
         return (0.0, 0.0, 0.0), float("inf")
+    rvec, tvec, rmat = solved
     proj, _ = cv2.projectPoints(obj, rvec, tvec, cam, None)
     lo, hi = lm.min(0), lm.max(0)
     size = max(float(hi[0] - lo[0]), float(hi[1] - lo[1]), 1.0)
     diff = proj.reshape(-1, 2) - lm
     err = math.sqrt(float(np.vdot(diff, diff)) / len(lm)) / size
-    rmat, _ = cv2.Rodrigues(rvec)
     pitch, yaw, roll = _euler(rmat)
     return (yaw, pitch, roll), err
+
+
+_SOLVED: dict[tuple[bytes, int, int], tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
+_SOLVED_LOCK = threading.Lock()
+_SOLVED_MAX = 16
+
+
+def solve_pose(lm: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(rvec, tvec, rotation matrix) of the mean face posed onto 68 landmarks (float64, (68, 2))
+    in an h x w image by SQPnP (globally optimal, ~5x faster than the iterative LM solver
+    here); None when it fails. The last few results are kept (read-only): the plausibility
+    check of a detection and the mask's head fit solve the same problem for the same face."""
+    lm = np.ascontiguousarray(lm, np.float64)
+    key = (lm.tobytes(), h, w)
+    with _SOLVED_LOCK:
+        if key in _SOLVED:
+            return _SOLVED[key]
+    ok, rvec, tvec = cv2.solvePnP(MEAN_SHAPE_3D, lm, _camera(h, w), None, flags=cv2.SOLVEPNP_SQPNP)
+    out = None
+    if ok:
+        rmat, _ = cv2.Rodrigues(rvec)
+        out = (rvec, tvec, rmat)
+        for a in out:
+            a.flags.writeable = False
+    with _SOLVED_LOCK:
+        if len(_SOLVED) >= _SOLVED_MAX:
+            _SOLVED.pop(next(iter(_SOLVED)))
+        _SOLVED[key] = out
+    return out
 
 
 @functools.lru_cache(maxsize=64)
