@@ -24,10 +24,26 @@ SHARED: dict[str, Field] = {f.name: f for f in (OUT, SEED, WORKERS, QUALITY, QUI
 
 # spellings that once named a shared concept and must never be a visible option again
 OLD_SPELLINGS = {"--output", "--type", "--landmarks", "--detector", "--jpeg-quality", "--output-dir"}
-# the build's options are declared by its own module (pipelines/cli.py); until they are on a
-# schema its --output means aligned/original (a crop choice, not a folder) and --mask-types
-# restricts its mix
-NOT_YET_ON_A_SCHEMA = {"build"}
+
+
+def _commands() -> list[str]:
+    return main.list_commands(click.Context(main))
+
+
+def _command(name: str) -> click.Command:
+    cmd = main.get_command(click.Context(main), name)
+    assert cmd is not None, name
+    return cmd
+
+
+def _schema(name: str) -> Schema | None:
+    return getattr(_command(name), "schema", None)
+
+
+# while the build's options are declared by click decorators of their own (pipelines/cli.py),
+# its --output means aligned/original (a crop choice, not a folder) and --mask-types restricts
+# its mix; once the build is declared by a schema it is checked like every other command
+NOT_YET_ON_A_SCHEMA = {"build"} if _schema("build") is None else set()
 
 # what a command needs to parse (a path that exists for its positional argument)
 ARGS = {
@@ -43,20 +59,6 @@ ARGS = {
     "train": ["--shards", "x-*.tar"],
     "export": ["{img}", "-o", "{tmp}/m.onnx"],
 }
-
-
-def _commands() -> list[str]:
-    return main.list_commands(click.Context(main))
-
-
-def _command(name: str) -> click.Command:
-    cmd = main.get_command(click.Context(main), name)
-    assert cmd is not None, name
-    return cmd
-
-
-def _schema(name: str) -> Schema | None:
-    return getattr(_command(name), "schema", None)
 
 
 def _args(name: str, tmp_path: Path) -> list[str]:
