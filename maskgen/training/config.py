@@ -164,12 +164,6 @@ def resolve_config(config: dict[str, Any] | str | os.PathLike | None = None, **o
     return TRAIN.resolve(config, **given).to_dict()
 
 
-def validate(config: dict[str, Any]) -> None:
-    """Type-check every key of a complete config in place (ints become floats where a number
-    is asked, tuples lists) and the rules that span keys."""
-    config.update(TRAIN.resolve(dict(config)).to_dict())
-
-
 def to_json(config: dict[str, Any]) -> str:
     """The resolved config as the JSON string stored in checkpoints (plain values only)."""
     return json.dumps(config, sort_keys=True)
