@@ -782,35 +782,52 @@ class Schema:
         skip = set(exclude)
 
         def deco(func: Callable[..., Any]) -> click.Command:
-            managed = {f.name for f in self if f.name not in skip and (f.argument or f.cli_flags)}
-            managed |= {_alias_dest(f.name, i) for f in self for i, a in enumerate(f.aliases) if a.flags}
-
             @functools.wraps(func)
             def callback(**kwargs: Any) -> Any:
                 ctx = click.get_current_context()
-                mine = {k: kwargs.pop(k) for k in list(kwargs) if k in managed}
-                with warnings.catch_warnings(record=True) as notes:
-                    warnings.simplefilter("always", FutureWarning)
-                    try:
-                        cfg = self.from_click(ctx, mine)
-                    except OptionError as exc:
-                        raise _ClickOptionError(str(exc)) from None
-                    finally:
-                        for note in notes:  # deprecations: one plain line each, as the CLI writes
-                            click.echo(f"warning: {note.message}", err=True)
+                mine = self.managed(kwargs, exclude=skip)
+                try:
+                    cfg = self.click_config(ctx, mine)
+                except OptionError as exc:
+                    raise _ClickOptionError(str(exc)) from None
                 return func(cfg, **kwargs)
 
-            return click.command(name, context_settings=settings, **attrs)(self.options(exclude=skip)(callback))
+            cmd = click.command(name, context_settings=settings, **attrs)(self.options(exclude=skip)(callback))
+            cmd.schema = self  # type: ignore[attr-defined]  # what declared it (docs, tests)
+            return cmd
 
         return deco
 
-    def from_click(self, ctx: click.Context, params: Mapping[str, Any]) -> Config:
-        """The resolved config of a command line: only parameters whose source is not
-        click's default count as given, so they beat the config file."""
-        with self._errors():
-            return self._from_click(ctx, params)
+    def managed(self, kwargs: dict[str, Any], *, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """Pop this schema's click parameters (its fields' and their aliases') out of a
+        callback's keyword arguments, for :meth:`click_config`."""
+        skip = set(exclude)
+        names = {f.name for f in self if f.name not in skip and (f.argument or f.cli_flags)}
+        names |= {_alias_dest(f.name, i) for f in self for i, a in enumerate(f.aliases) if a.flags}
+        return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
 
-    def _from_click(self, ctx: click.Context, params: Mapping[str, Any]) -> Config:
+    def click_config(self, ctx: click.Context, params: Mapping[str, Any],
+                     extra: Mapping[str, Any] | None = None) -> Config:
+        """:meth:`from_click`, with each deprecation written as one ``warning:`` line on
+        stderr (the way the CLI writes), for a command that declares its own click command."""
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", FutureWarning)
+            try:
+                return self.from_click(ctx, params, extra)
+            finally:
+                for note in notes:
+                    click.echo(f"warning: {note.message}", err=True)
+
+    def from_click(self, ctx: click.Context, params: Mapping[str, Any],
+                   extra: Mapping[str, Any] | None = None) -> Config:
+        """The resolved config of a command line: only parameters whose source is not
+        click's default count as given, so they beat the config file. ``extra``: keyword-style
+        values given besides the flags (``--set KEY=VALUE``, see :func:`parse_assignments`);
+        they win over a flag of the same option."""
+        with self._errors():
+            return self._from_click(ctx, params, extra or {})
+
+    def _from_click(self, ctx: click.Context, params: Mapping[str, Any], extra: Mapping[str, Any]) -> Config:
         from click.core import ParameterSource
 
         given: dict[str, tuple[Any, str]] = {}
@@ -837,6 +854,10 @@ class Schema:
                     raise OptionError(f"{old} and {f.label()} both given; use {f.label()}")
                 _deprecated(f"{old} is deprecated, use {f.label()}")
                 given[f.name] = (a.translate(params[dest], old), old)
+        for key, value in extra.items():
+            label = f"--set {key}"
+            name = self._canonical(key, where=label)
+            given[name] = (self._from_alias(key, value, name, label), label)
         config = None
         if "config" in given:
             config = given.pop("config")[0]
@@ -950,7 +971,7 @@ class _Raw(click.ParamType):
 
 def _help(f: Field) -> str:
     if f.is_list:
-        return f.help.rstrip(".") + " (comma-separated or repeated)."
+        return f.help.rstrip(".") + (" (comma-separated or repeated)." if f.split else " (repeatable).")
     return f.help
 
 
@@ -1045,7 +1066,7 @@ def existing(kind: str = "any") -> Callable[[str], str | None]:
 
     return check
 
-OUT = Field("out", str, REQUIRED, "Output folder.", flags=("-o", "--out"), metavar="DIR")
+OUT = Field("out", str | None, REQUIRED, "Output folder.", flags=("-o", "--out"), metavar="DIR")
 SEED = Field("seed", int, 0, "Seed of every random choice: the same inputs and seed give the same bytes.", min=0)
 WORKERS = Field("workers", int | None, None, "Parallel worker processes (default: every CPU).", min=1)
 QUALITY = Field("quality", int, 95, "JPEG quality of the images written.", min=1, max=100)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import click
 import pytest
 from click.testing import CliRunner
 
@@ -490,48 +489,6 @@ def test_mtcnn_weights_come_from_the_installed_package() -> None:
 
     assert mtcnn.available()
     assert (mtcnn.model_dir() / "onet.onnx").is_file()
-
-
-COMMANDS = {  # command -> (arguments that make it parse, the option's destination)
-    "mask": (["SRC", "-o", "OUT"], "backend"),
-    "landmarks": (["SRC"], "backend"),
-    "build": (["lfw", "-o", "OUT"], "detector"),
-    "audit": (["SRC"], "backend"),
-    "eval": (["--out", "OUT"], "landmarks"),
-}
-OLD_NAMES = {"build": "--detector", "eval": "--landmarks"}
-
-
-def _command(name: str):
-    from maskgen.cli import main
-
-    ctx = click.Context(main)
-    return main.get_command(ctx, name)
-
-
-@pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_every_command_offers_the_same_backends(name: str, tmp_path: Path) -> None:
-    from maskgen.masks.landmarks import BACKENDS, DEFAULT_BACKEND
-
-    cmd = _command(name)
-    opt = next(p for p in cmd.params if "--backend" in getattr(p, "opts", ()))
-    assert tuple(opt.type.choices) == BACKENDS
-    src = tmp_path / "in.jpg"
-    src.write_bytes(b"")
-    args, dest = COMMANDS[name]
-    args = [str(src) if a == "SRC" else str(tmp_path / "out") if a == "OUT" else a for a in args]
-    assert cmd.make_context(name, list(args)).params[dest] == DEFAULT_BACKEND
-    for b in BACKENDS:
-        assert cmd.make_context(name, [*args, "--backend", b]).params[dest] == b
-    help_text = CliRunner().invoke(cmd, ["--help"]).output
-    assert "--backend" in help_text and "cnn" in help_text
-    if name in OLD_NAMES:  # the old option name still works, hidden from --help
-        old = OLD_NAMES[name]
-        assert old not in help_text.replace("--landmarks-from", "")
-        assert cmd.make_context(name, [*args, old, "dlib"]).params[dest] == "dlib"
-        assert cmd.make_context(name, [*args, old, "dlib", "--backend", "cnn"]).params[dest] == "cnn"
-    with pytest.raises(click.BadParameter):
-        cmd.make_context(name, [*args, "--backend", "hog"])
 
 
 @pytest.mark.parametrize("backend", ["auto", "cnn", "dlib"])

@@ -402,11 +402,11 @@ def test_methods_run_in_the_trainer(name: str, twins_shards: Path, tmp_path: Pat
         from maskgen.training.config import ConfigError
 
         with pytest.raises(ConfigError, match="pretrained"):
-            training.train(config, shards=shards, output=str(tmp_path), name=name)
-        pre = training.train(dict(config, method="arcface", max_steps=1), shards=shards, output=str(tmp_path),
+            training.train(config, shards=shards, out=str(tmp_path), name=name)
+        pre = training.train(dict(config, method="arcface", max_steps=1), shards=shards, out=str(tmp_path),
                              name="pretrained")
         config = dict(config, init_from=str(pre.checkpoint), freeze=["neck"])
-    result = training.train(config, shards=shards, output=str(tmp_path), name=name)
+    result = training.train(config, shards=shards, out=str(tmp_path), name=name)
     assert result.step == 3 and len(result.history) == 3
     assert all(np.isfinite(row["loss"]) for row in result.history)
     embedder, cfg = load_model(result.run_dir)

@@ -92,14 +92,14 @@ def test_debug_shows_the_traceback(tmp_path: Path, readonly: Path, faces: Path) 
 
 def test_train_with_no_matching_shards(tmp_path: Path) -> None:
     res = faults.run_maskgen(["train", "--shards", str(tmp_path / "nothing" / "*.tar"), "--device", "cpu",
-                              "--output", tmp_path / "runs"], cwd=tmp_path)
+                              "-o", tmp_path / "runs"], cwd=tmp_path)
     line = faults.error_line(res)
     assert "no shard matches" in line and "nothing" in line
 
 
 def test_train_set_with_a_mistyped_value(tmp_path: Path, built: Path) -> None:
     res = faults.run_maskgen(["train", "--set", "lr=abc", "--shards", str(built / "shards" / "*.tar"),
-                              "--device", "cpu", "--output", tmp_path / "runs", "--num-workers", "0"],
+                              "--device", "cpu", "-o", tmp_path / "runs", "--num-workers", "0"],
                              cwd=tmp_path)
     line = faults.error_line(res)
     assert "abc" in line

@@ -9,7 +9,8 @@ import click
 
 from maskgen.audit.stats import FIT_THRESHOLD
 from maskgen.errors import MaskgenError
-from maskgen.masks.landmarks import backend_option
+from maskgen.masks.options import BACKEND
+from maskgen.options import OUT, QUIET, REQUIRED, WORKERS, Config, Field, Schema, existing
 
 _DATASET_HELP = ("The known dataset the images come from (exact catalog name, e.g. fairface); "
                  "[default: recognised from the source's name, exactly].")
@@ -51,67 +52,66 @@ def _print_summary(stats: dict, out: Path | None, licence: str | None = None) ->
                    "with --license ID, or name the dataset with --dataset NAME")
 
 
-@click.command()
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV or parquet of labels (e.g. age, gender, race) to join.")
-@click.option("--join-on", type=click.Choice(["key", "path", "identity"]), default="key",
-              show_default=True,
-              help="Match label rows by sample key, by image path (suffix match) or by identity.")
-@click.option("--target", default="uniform", show_default=True,
-              help="Target shares: 'uniform', or JSON (inline or a file) "
-                   "{column: {group: share}}.")
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder [default: the build folder itself, else ./<name>-audit].")
-@click.option("--group-by", default=None,
-              help="Comma-separated columns to slice by [default: label columns + skin_tone].")
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="Worker processes that decode images (folder scan, attributes, thumbnails).")
-@backend_option()
-@click.option("--compute-attributes/--no-compute-attributes", default=True, show_default=True,
-              help="Compute skin tone and quality from the images when a manifest lacks them.")
-@click.option("--fit-threshold", type=float, default=FIT_THRESHOLD, show_default=True,
-              help="Mask fit score below which a masked image counts as a poor fit.")
-@click.option("--dataset", default=None, help=_DATASET_HELP)
-@click.option("--license", "licence", default=None, help=_LICENSE_HELP)
-@click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
-              help="Embed strips of sample images in the report (off: no copy of any source "
-                   "image in the outputs).")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
-def audit(path: Path, labels: Path | None, join_on: str, target: str, out: Path | None,
-          group_by: str | None, workers: int, backend: str, compute_attributes: bool,
-          fit_threshold: float, dataset: str | None, licence: str | None, thumbnails: bool,
-          quiet: bool) -> None:
+_TARGET = Field("target", str, "uniform",
+                "Target shares: 'uniform', or JSON (inline or a file) {column: {group: share}}.")
+_CARD_FIELDS = [  # what the card states and shows, the same on audit and card
+    Field("dataset", str | None, None, _DATASET_HELP),
+    Field("license", str | None, None, _LICENSE_HELP, metavar="ID"),
+    Field("thumbnails", bool, True,
+          "Embed strips of sample images in the report (off: no copy of any source image in the "
+          "outputs, e.g. for a card committed to a repository)."),
+]
+
+AUDIT = Schema("audit", [
+    Field("path", str, REQUIRED, "A build folder, a manifest or an image folder.", argument=True,
+          validator=existing("any")),
+    Field("labels", str | None, None, "CSV or parquet of labels (e.g. age, gender, race) to join.",
+          validator=existing("file"), metavar="FILE"),
+    Field("join_on", str, "key", "Match label rows by sample key, by image path (suffix match) or by identity.",
+          choices=("key", "path", "identity")),
+    _TARGET,
+    OUT.with_(default=None, help="Output folder [default: the build folder itself, else ./<name>-audit]."),
+    Field("group_by", list[str] | None, None, "Columns to slice by [default: label columns + skin_tone]."),
+    WORKERS.with_(default=1, help="Worker processes that decode images (folder scan, attributes, thumbnails)."),
+    BACKEND,
+    Field("compute_attributes", bool, True, "Compute skin tone and quality from the images when a manifest lacks them."),
+    Field("fit_threshold", float, FIT_THRESHOLD, "Mask fit score below which a masked image counts as a poor fit."),
+    *_CARD_FIELDS,
+    QUIET,
+])
+
+
+@AUDIT.command("audit")
+def audit(cfg: Config) -> None:
     """Balance report and dataset card of a build folder, a manifest or an image folder."""
+    path, out, licence = Path(cfg.path), None if cfg.out is None else Path(cfg.out), cfg.license
     from maskgen.audit.api import audit as run_audit
 
     if out is None:
         out = path if (path / "manifest.parquet").is_file() else Path(f"{path.stem}-audit")
-    stats = _run(run_audit, path, labels=labels, join_on=join_on, target=target, out=out,
-                 group_by=group_by.split(",") if group_by else None, workers=workers,
-                 backend=backend, compute_attributes=compute_attributes,
-                 fit_threshold=fit_threshold, dataset=dataset, license=licence,
-                 thumbnails=thumbnails, progress=not quiet)
+    stats = _run(run_audit, path, labels=cfg.labels, join_on=cfg.join_on, target=cfg.target, out=out,
+                 group_by=cfg.group_by or None, workers=cfg.workers,
+                 backend=cfg.backend, compute_attributes=cfg.compute_attributes,
+                 fit_threshold=cfg.fit_threshold, dataset=cfg.dataset, license=licence,
+                 thumbnails=cfg.thumbnails, progress=not cfg.quiet)
     _print_summary(stats, out, licence)
 
 
-@click.command()
-@click.argument("build", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder [default: the build folder].")
-@click.option("--target", default="uniform", show_default=True,
-              help="Target shares: 'uniform', or JSON (inline or a file).")
-@click.option("--reproduce", default=None,
-              help="The command that regenerates this build, quoted in the card.")
-@click.option("--name", default=None, help="Dataset name in the report [default: folder name].")
-@click.option("--dataset", default=None, help=_DATASET_HELP)
-@click.option("--license", "licence", default=None, help=_LICENSE_HELP)
-@click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
-              help="Embed strips of sample images in the report (off: no copy of any source "
-                   "image in the outputs, e.g. for a card committed to a repository).")
-def card(build: Path, out: Path | None, target: str, reproduce: str | None,
-         name: str | None, dataset: str | None, licence: str | None, thumbnails: bool) -> None:
+CARD = Schema("card", [
+    Field("build", str, REQUIRED, "A build folder (with manifest.parquet).", argument=True, validator=existing("dir")),
+    OUT.with_(default=None, help="Output folder [default: the build folder]."),
+    _TARGET,
+    Field("reproduce", str | None, None, "The command that regenerates this build, quoted in the card."),
+    Field("name", str | None, None, "Dataset name in the report [default: folder name]."),
+    *_CARD_FIELDS,
+])
+
+
+@CARD.command("card")
+def card(cfg: Config) -> None:
     """Write DATA_CARD.md, the balance report and stats.json of a build."""
+    build, out, licence = Path(cfg.build), None if cfg.out is None else Path(cfg.out), cfg.license
+    target, reproduce, name, dataset, thumbnails = cfg.target, cfg.reproduce, cfg.name, cfg.dataset, cfg.thumbnails
     from maskgen.audit.api import audit as run_audit
 
     if not (build / "manifest.parquet").is_file():

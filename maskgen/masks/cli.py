@@ -15,7 +15,8 @@ from typing import Iterator
 
 import click
 
-from maskgen.masks.landmarks import backend_option
+from maskgen.masks.options import BACKEND, MASK_TYPE, SELECT
+from maskgen.options import OUT, QUALITY, QUIET, REQUIRED, SEED, Alias, Config, Field, Schema, existing
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
@@ -98,45 +99,39 @@ def _rel(p: Path, root: Path) -> str:
     return p.name if root.is_file() else p.relative_to(root).as_posix()
 
 
-@click.command("mask")
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--type", "mask_type", default="surgical", show_default=True,
-              help="A mask design (maskgen.masks.MASK_TYPES: surgical, n95, kn95, cloth, bandana, ...), pack:<name>, "
-                   "or random (a seeded draw from the default mix).")
-@click.option("--color", default=None, help="Palette name, #rrggbb or random (one of the design's colours; default: its own).")
-@click.option("--texture", default=None,
-              help="A print (checks, stripes, dots, floral, brand, cartoon, flag, plaid, knit, lace, camo; name:K for one "
-                   "variant), random, or an image file (tiled).")
-@click.option("--wear", default="correct", show_default=True, type=click.Choice(["correct", "below_nose", "chin", "random"]))
-@click.option("--valve/--no-valve", default=False, help="Exhalation valve (n95, kn95).")
-@click.option("--pack", default=None, type=click.Path(exists=True, file_okay=False), help="MaskTheFace-format template pack folder (for pack:<name>).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@backend_option()
-@click.option("--select", default="all", show_default=True, type=click.Choice(["all", "largest", "center"]))
-@click.option("--format", "fmt", default="jpg", show_default=True, type=click.Choice(["jpg", "png"]))
-@click.option("--quality", default=95, show_default=True, type=int, help="JPEG quality.")
-@click.option("--alpha/--no-alpha", "save_alpha", default=False, help="Also write the mask alpha as <name>.alpha.png.")
-@click.option("--min-fit", default=None, type=click.FloatRange(0.0, 1.0),
-              help="Reject renders whose fit score is below this (reason: fit score below threshold).")
-def mask(
-    src: Path,
-    out: Path,
-    mask_type: str,
-    color: str | None,
-    texture: str | None,
-    wear: str,
-    valve: bool,
-    pack: str | None,
-    seed: int,
-    backend: str,
-    select: str,
-    fmt: str,
-    quality: int,
-    save_alpha: bool,
-    min_fit: float | None,
-) -> None:
+MASK = Schema("mask", [
+    Field("src", str, REQUIRED, "An image or a folder of images.", argument=True, validator=existing("any")),
+    OUT,
+    MASK_TYPE.with_(default="surgical",
+                    help="A mask design (maskgen.masks.MASK_TYPES: surgical, n95, kn95, cloth, bandana, ...), "
+                         "pack:<name>, or random (a seeded draw from the default mix).",
+                    aliases=(Alias(flags=("--type",), key="type"),)),
+    Field("color", str | None, None, "Palette name, #rrggbb or random (one of the design's colours; default: its own)."),
+    Field("texture", str | None, None,
+          "A print (checks, stripes, dots, floral, brand, cartoon, flag, plaid, knit, lace, camo; name:K for one "
+          "variant), random, or an image file (tiled)."),
+    Field("wear", str, "correct", "How the mask is worn.", choices=("correct", "below_nose", "chin", "random")),
+    Field("valve", bool, False, "Exhalation valve (n95, kn95)."),
+    Field("pack", str | None, None, "MaskTheFace-format template pack folder (for pack:<name>).",
+          validator=existing("dir"), metavar="DIR"),
+    SEED,
+    BACKEND,
+    SELECT,
+    Field("format", str, "jpg", "Image format written.", choices=("jpg", "png")),
+    QUALITY,
+    Field("alpha", bool, False, "Also write the mask alpha as <name>.alpha.png."),
+    Field("min_fit", float | None, None,
+          "Reject renders whose fit score is below this (reason: fit score below threshold).", min=0, max=1),
+    QUIET,
+])
+
+
+@MASK.command("mask")
+def mask(cfg: Config) -> None:
     """Put masks on the faces of SRC (an image or a folder); write images and results.jsonl to OUT."""
+    src, out, mask_type, color, texture = Path(cfg.src), Path(cfg.out), cfg.mask_type, cfg.color, cfg.texture
+    wear, valve, pack, seed, backend, select = cfg.wear, cfg.valve, cfg.pack, cfg.seed, cfg.backend, cfg.select
+    fmt, quality, save_alpha, min_fit = cfg.format, cfg.quality, cfg.alpha, cfg.min_fit
     import cv2
     import numpy as np
 
@@ -218,13 +213,18 @@ def _write(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-@click.command("landmarks")
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", "out", default="-", show_default=True, help="JSON-lines file ('-' = stdout).")
-@backend_option()
-@click.option("--select", default="all", show_default=True, type=click.Choice(["all", "largest", "center"]))
-def landmarks(src: Path, out: str, backend: str, select: str) -> None:
+LANDMARKS = Schema("landmarks", [
+    Field("src", str, REQUIRED, "An image or a folder of images.", argument=True, validator=existing("any")),
+    OUT.with_(default="-", help="JSON-lines file ('-' = stdout).", metavar="FILE"),
+    BACKEND,
+    SELECT,
+])
+
+
+@LANDMARKS.command("landmarks")
+def landmarks(cfg: Config) -> None:
     """Print (or write) 68 landmarks, box, score and head pose of every face in SRC, one JSON line per image."""
+    src, out, backend, select = Path(cfg.src), cfg.out, cfg.backend, cfg.select
     from maskgen.masks import detect_faces
     from maskgen.masks.outfiles import json_name
 
@@ -251,17 +251,23 @@ def landmarks(src: Path, out: str, backend: str, select: str) -> None:
             fh.close()
 
 
-@click.command("contact-sheet")
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
-@click.option("--faces", "n_faces", default=3, show_default=True, type=click.IntRange(1, 12), help="How many LFW faces (head poses).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--cell", default=176, show_default=True, type=int, help="Cell size in pixels.")
-@click.option("--data-home", default=None, type=click.Path(file_okay=False), help="Data folder (default: $MASKGEN_DATA_HOME).")
-@click.option("--pack", default=None, type=click.Path(file_okay=False), help="Also show this MaskTheFace-format pack's surgical template.")
-@click.option("--real", "real", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of your own real masked photos, shown beside the synthetic ones at the same size.")
-def contact_sheet(out: Path, n_faces: int, seed: int, cell: int, data_home: str | None, pack: str | None, real: Path | None) -> None:
+CONTACT_SHEET = Schema("contact-sheet", [
+    OUT.with_(help="PNG file to write.", metavar="FILE"),
+    Field("faces", int, 3, "How many LFW faces (head poses).", min=1, max=12),
+    SEED,
+    Field("cell", int, 176, "Cell size in pixels.", min=1),
+    Field("data_home", str | None, None, "Data folder (default: $MASKGEN_DATA_HOME).", metavar="DIR"),
+    Field("pack", str | None, None, "Also show this MaskTheFace-format pack's surgical template.", metavar="DIR"),
+    Field("real", str | None, None,
+          "Folder of your own real masked photos, shown beside the synthetic ones at the same size.", metavar="DIR"),
+])
+
+
+@CONTACT_SHEET.command("contact-sheet")
+def contact_sheet(cfg: Config) -> None:
     """Write a PNG of every mask design x wear mode x head pose on LFW faces (astronaut when LFW is absent)."""
+    out, n_faces, seed, cell, data_home, pack = Path(cfg.out), cfg.faces, cfg.seed, cfg.cell, cfg.data_home, cfg.pack
+    real = None if cfg.real is None else Path(cfg.real)
     from maskgen.masks.sheet import make_contact_sheet
 
     from maskgen.errors import MaskgenError
@@ -279,23 +285,32 @@ def contact_sheet(out: Path, n_faces: int, seed: int, cell: int, data_home: str 
 
 
 
-@click.command("landmarks-model")
-@click.option("--photos", type=click.Path(path_type=Path), default=None,
-              help="Folder of face photos to distil from (default: fairface-val in the data home).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Model file (default: aligned68.dat in ~/.cache/maskgen/models or $MASKGEN_MODEL_DIR).")
-@click.option("--max-photos", type=int, default=None, help="Use the first N photos only (quick, less accurate).")
-@click.option("--jitters", type=int, default=2, show_default=True, help="Jittered alignments per face, plus the exact one.")
-@click.option("--cascade", type=int, default=12, show_default=True, help="Cascade levels.")
-@click.option("--trees", type=int, default=60, show_default=True, help="Trees per level.")
-@click.option("--threads", type=int, default=2, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--lfw", type=click.Path(path_type=Path), default=None,
-              help="Evaluate on aligned crops of this LFW folder (default: lfw in the data home, when present).")
-@click.option("--eval-n", type=int, default=1000, show_default=True, help="LFW photos to evaluate on.")
-@click.option("--eval-only", is_flag=True, help="Evaluate an existing model, do not train.")
-def landmarks_model(photos, out, max_photos, jitters, cascade, trees, threads, seed, lfw, eval_n, eval_only) -> None:
+LANDMARKS_MODEL = Schema("landmarks-model", [
+    Field("photos", str | None, None,
+          "Folder of face photos to distil from (default: fairface-val in the data home).", metavar="DIR"),
+    OUT.with_(default=None, help="Model file (default: aligned68.dat in ~/.cache/maskgen/models or $MASKGEN_MODEL_DIR).",
+              metavar="FILE"),
+    Field("max_photos", int | None, None, "Use the first N photos only (quick, less accurate).", min=1),
+    Field("jitters", int, 2, "Jittered alignments per face, plus the exact one.", min=0),
+    Field("cascade", int, 12, "Cascade levels.", min=1),
+    Field("trees", int, 60, "Trees per level.", min=1),
+    Field("threads", int, 2, "Threads of dlib's trainer.", min=1),
+    SEED,
+    Field("lfw", str | None, None,
+          "Evaluate on aligned crops of this LFW folder (default: lfw in the data home, when present).", metavar="DIR"),
+    Field("eval_n", int, 1000, "LFW photos to evaluate on.", min=1),
+    Field("eval_only", bool, False, "Evaluate an existing model, do not train.", negatable=False),
+    QUIET,
+])
+
+
+@LANDMARKS_MODEL.command("landmarks-model")
+def landmarks_model(cfg: Config) -> None:
     """Build maskgen's compact 68-point model for aligned crops (distilled from dlib's)."""
+    photos, out, max_photos, jitters, cascade, trees = cfg.photos, cfg.out, cfg.max_photos, cfg.jitters, cfg.cascade, cfg.trees
+    threads, seed, lfw, eval_n, eval_only = cfg.threads, cfg.seed, cfg.lfw, cfg.eval_n, cfg.eval_only
+    out = None if out is None else Path(out)
+    progress = (lambda _line: None) if cfg.quiet else click.echo  # the distillation's progress lines
     import cv2
 
     from maskgen.data_home import dataset_dir
@@ -310,9 +325,9 @@ def landmarks_model(photos, out, max_photos, jitters, cascade, trees, threads, s
         if not files:
             raise click.ClickException(f"no face photos under {src} (pass --photos)")
         click.echo(f"distilling from {len(files):,} photos under {src}")
-        imgs, lms = distill.teacher_samples(files, jitters, seed, log=click.echo)
+        imgs, lms = distill.teacher_samples(files, jitters, seed, log=progress)
         distill.train(imgs, lms, out, distill.TrainOptions(cascade=cascade, trees=trees, threads=threads, seed=seed),
-                      log=click.echo)
+                      log=progress)
     elif not Path(out).is_file():
         raise click.ClickException(f"no model at {out}")
     lfw = lfw or dataset_dir("lfw")

@@ -36,3 +36,5 @@ BACKEND = Field("backend", str, "auto", "Landmark backend.", choices=backend_cho
 MASK_TYPE = Field("mask_type", str, "random",
                   "Mask design: a built-in type, pack:<name> (a template of --pack) or random.",
                   validator=_check_mask_type, metavar="TYPE")
+SELECT = Field("select", str, "all", "Which faces of an image: all, the largest, or the one nearest the centre.",
+               choices=("all", "largest", "center"))

@@ -13,72 +13,35 @@ from typing import Any
 
 import click
 
-from maskgen.training import config as C
-from maskgen.training.config import KEYS, parse_value, resolve_config
+from maskgen.errors import OptionError
+from maskgen.options import OUT, REQUIRED, Config, Field, Schema, existing, parse_assignments
+from maskgen.training.config import TRAIN, ConfigError
 
-_CLICK_TYPES: dict[str, Any] = {C.INT: int, C.FLOAT: float, C.STR: str}
-_MULTIPLE = {C.FLOATS: float, C.STRS: str, C.SHARDS: str}  # repeatable flags
-
-
-def _help(key: C.Key) -> str:
-    return key.help if key.default is None else f"{key.help} [default: {key.default}]"
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _options(func):
-    """One click option per scalar or list key of ``config.KEYS`` (mappings use ``--set``)."""
-    for key in reversed(KEYS):
-        if key.kind == C.MAPPING:
-            continue
-        dest = key.name
-        if key.kind in _MULTIPLE:
-            func = click.option(key.flag, dest, multiple=True, type=_MULTIPLE[key.kind],
-                                help=f"{key.help} (repeatable)")(func)
-        elif key.kind == C.BOOL:
-            func = click.option(f"{key.flag}/--no-{key.flag[2:]}", dest, default=None, help=_help(key))(func)
-        else:
-            typ = click.Choice(key.choices) if key.choices else _CLICK_TYPES.get(key.kind, str)
-            func = click.option(key.flag, dest, type=typ, default=None, help=_help(key))(func)
-    return func
-
-
-def _flag_value(kind: str, value: Any) -> Any:
-    if kind == C.SHARDS:
-        return list(value) if len(value) > 1 else value[0]
-    if kind in (C.FLOATS, C.STRS):
-        return list(value)
-    if kind in (C.AUTO_BOOL, C.COMPILE) and value != "auto":
-        return parse_value(value)  # "true"/"false" -> bool; a backend name stays a string
-    return value
-
-
-@click.command()
-@click.option("--config", "config_path", metavar="FILE|NAME", default=None,
-              help="YAML training config, or the name of one shipped with maskgen (train_tiny_cpu, "
-                   "methods/huang_bfm); flags override its values")
+@click.command("train", context_settings=_SETTINGS)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="override any key, nested ones too: --set method_options.s=32")
-@click.option("--print-config", is_flag=True, help="print the resolved config and exit")
-@_options
-def train(config_path: str | None, sets: tuple[str, ...], print_config: bool, **flags: Any) -> None:
+              help="Override any key, nested ones too: --set method_options.s=32.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+@TRAIN.options()
+def train(sets: tuple[str, ...], print_config: bool, **flags: Any) -> None:
     """Train a face recognition model on WebDataset shards of `maskgen build`."""
     import yaml
 
-    kinds = {k.name: k.kind for k in KEYS}
-    overrides: dict[str, Any] = {}
-    for key, value in flags.items():
-        if value is None or (kinds[key] in _MULTIPLE and not value):
-            continue
-        overrides[key] = _flag_value(kinds[key], value)
-    for item in sets:
-        if "=" not in item:
-            raise C.ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = parse_value(value)
-    resolved = resolve_config(config_path, **overrides)  # ConfigError: one line, before any work
+    ctx = click.get_current_context()
+    try:
+        extra = parse_assignments(sets, flag="--set")
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg = TRAIN.click_config(ctx, TRAIN.managed(flags), extra)  # ConfigError: one line, before any work
+    resolved = cfg.to_dict()
     if print_config:
         click.echo(yaml.safe_dump(resolved, sort_keys=False))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # -q: the trainer's progress lines (logged at INFO) stay out of the console
+    logging.basicConfig(level=logging.WARNING if cfg.quiet else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
     from maskgen.training.trainer import train as run_training
 
     result = run_training(resolved)
@@ -91,17 +54,26 @@ def train(config_path: str | None, sets: tuple[str, ...], print_config: bool, **
         click.echo(f"error: shard {shard} could not be read to its end: {reason}")
 
 
-@click.command()
-@click.argument("checkpoint", type=click.Path(exists=True))
-@click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--input-size", type=int, default=None, help="input side (default: the run's image_size)")
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (the dynamo exporter's is 18)")
-@click.option("--ema/--no-ema", default=True, show_default=True, help="use the EMA weights when the run kept them")
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="compare ONNX Runtime with torch on random inputs (needs onnxruntime)")
-def export(checkpoint: str, output: str, input_size: int | None, opset: int, ema: bool, check: bool) -> None:
+train.schema = TRAIN  # type: ignore[attr-defined]  # as Schema.command marks its commands
+
+
+EXPORT = Schema("export", [
+    Field("checkpoint", str, REQUIRED, "A checkpoint file or a run folder.", argument=True, validator=existing("any")),
+    OUT.with_(default=None, help="The ONNX file to write.", metavar="FILE"),
+    Field("input_size", int | None, None, "Input side (default: the run's image_size).", min=16),
+    Field("opset", int, 18, "ONNX opset (the dynamo exporter's is 18).", min=1),
+    Field("ema", bool, True, "Use the EMA weights when the run kept them."),
+    Field("check", bool, True, "Compare ONNX Runtime with torch on random inputs (needs onnxruntime)."),
+])
+
+
+@EXPORT.command("export")
+@click.argument("legacy_out", required=False, metavar="[OUTPUT]")
+def export(cfg: Config, legacy_out: str | None) -> None:
     """Export the model of CHECKPOINT (file or run folder) to ONNX (fp32, dynamic batch): the
     embedding, plus the mask-usage head as a second output when the method has one."""
+    output = _export_target(cfg, legacy_out)
+    checkpoint, input_size, opset, ema, check = cfg.checkpoint, cfg.input_size, cfg.opset, cfg.ema, cfg.check
     import torch
 
     from maskgen.errors import OutputError
@@ -127,3 +99,15 @@ def export(checkpoint: str, output: str, input_size: int | None, opset: int, ema
                       if "mask_prob_max_diff" in got else ""))
         if got["cosine_min"] < 0.999 or got.get("mask_prob_max_diff", 0.0) > 1e-3:
             raise OutputError(f"{path}: ONNX output differs from torch (cosine < 0.999 or mask head off)")
+
+
+def _export_target(cfg: Config, legacy_out: str | None) -> str:
+    """``-o/--out``, or the old positional OUTPUT (still read, with a deprecation line)."""
+    if legacy_out is None:
+        if cfg.out is None:
+            raise OptionError("export: -o/--out is required (the ONNX file to write)")
+        return cfg.out
+    if cfg.out is not None:
+        raise OptionError("the positional OUTPUT and -o/--out both given; use -o/--out")
+    click.echo("warning: the positional OUTPUT is deprecated, use -o/--out", err=True)
+    return legacy_out

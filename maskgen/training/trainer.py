@@ -341,7 +341,7 @@ def _train(cfg: dict[str, Any], di: DistInfo) -> TrainResult:
     # -- run folder and resume ------------------------------------------------------------------
     name = cfg.get("name") or f"{cfg['model']}-{cfg['method']}"
     cfg["name"] = name
-    run_dir = Path(cfg["output"]) / name
+    run_dir = Path(cfg["out"]) / name
     step, skipped = 0, Counter()
     if cfg.get("resume"):
         if cfg["resume"] == "latest":
