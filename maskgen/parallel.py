@@ -8,7 +8,8 @@
 - **Quiet means quiet.** With ``quiet`` Ray's own notices are silenced too: its loggers are
   set to errors only (so the "Token authentication is enabled" notice of a new local instance
   is not printed; authentication itself stays as Ray sets it) and worker output is not
-  forwarded.
+  forwarded. The loggers get their levels back when the instance is stopped
+  (:func:`stop_ray`), so a quiet run does not silence Ray for the rest of the process.
 - Workers import maskgen from the same installation (no runtime environment is packaged).
 """
 
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 
 OBJECT_STORE_BYTES = 200 * 1024 * 1024  # task payloads are small: plan rows, stats, embeddings
 _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+_saved_levels: dict[str, int] = {}  # the Ray loggers' levels before a quiet start, for stop_ray
 
 
 def _import_ray():
@@ -44,8 +46,15 @@ def start_ray(workers: int | None = None, address: str | None = None, *, quiet: 
         return False, f"using the Ray instance already initialised in this process ({cluster_cpus()} CPUs)"
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if quiet:
-        for name in _RAY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
+        _silence_loggers()
+    try:
+        return _init(ray, workers, address, quiet, object_store_bytes)
+    except BaseException:
+        _restore_loggers()
+        raise
+
+
+def _init(ray, workers: int | None, address: str | None, quiet: bool, object_store_bytes: int) -> tuple[bool, str]:
     if address:
         ray.init(address=address, log_to_driver=not quiet, configure_logging=False)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -67,10 +76,27 @@ def start_ray(workers: int | None = None, address: str | None = None, *, quiet: 
 
 
 def stop_ray() -> None:
-    """Stop (or leave) the Ray instance of this process; the processes it started end."""
+    """Stop (or leave) the Ray instance of this process; the processes it started end, and
+    Ray's loggers get back the levels a quiet start changed."""
     ray = _import_ray()
-    if ray.is_initialized():
-        ray.shutdown()
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        _restore_loggers()
+
+
+def _silence_loggers() -> None:
+    for name in _RAY_LOGGERS:
+        lg = logging.getLogger(name)
+        _saved_levels.setdefault(name, lg.level)
+        lg.setLevel(logging.ERROR)
+
+
+def _restore_loggers() -> None:
+    for name, level in _saved_levels.items():
+        logging.getLogger(name).setLevel(level)
+    _saved_levels.clear()
 
 
 def cluster_cpus() -> int:

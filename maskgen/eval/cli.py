@@ -60,7 +60,7 @@ def eval_cmd(verbose: bool, quiet: bool, **kwargs) -> None:
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     try:
-        res = evaluate(progress=None if quiet else (lambda line: click.echo(line, err=True)), **kwargs)
+        res = evaluate(quiet=quiet, **kwargs)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(markdown_table(res), nl=False)

@@ -119,6 +119,7 @@ def _rel(p: Path, root: Path) -> str:
 @click.option("--alpha/--no-alpha", "save_alpha", default=False, help="Also write the mask alpha as <name>.alpha.png.")
 @click.option("--min-fit", default=None, type=click.FloatRange(0.0, 1.0),
               help="Reject renders whose fit score is below this (reason: fit score below threshold).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines; errors still print.")
 def mask(
     src: Path,
     out: Path,
@@ -135,6 +136,7 @@ def mask(
     quality: int,
     save_alpha: bool,
     min_fit: float | None,
+    quiet: bool = False,
 ) -> None:
     """Put masks on the faces of SRC (an image or a folder); write images and results.jsonl to OUT."""
     import cv2
@@ -157,13 +159,15 @@ def mask(
         raise click.BadParameter(str(exc)) from exc
     from maskgen.masks.outfiles import RESULTS, alpha_name, check_apart, json_name, output_names
     from maskgen.outputs import claim
+    from maskgen.progress import Progress
 
     check_apart(src, out)
     inputs = list(iter_inputs(src))
     names = output_names([_rel(p, src) for p in inputs], fmt, alpha=save_alpha)
     counts: Counter[str] = Counter()
     n = written = 0
-    with claim(out, "mask"), open(out / RESULTS, "w", encoding="utf-8") as log:
+    with claim(out, "mask"), open(out / RESULTS, "w", encoding="utf-8") as log, \
+            Progress("mask", len(inputs), quiet=quiet) as prog:
         for p, img, reason, faces, look in load_with_faces(inputs, backend, select, jpeg=True):
             rel = _rel(p, src)
             s = image_seed(seed, rel)
@@ -206,8 +210,10 @@ def mask(
             counts[rec["status"] if rec["status"] == "ok" else str(rec["reason"])] += 1
             n += 1
             log.write(json.dumps(rec) + "\n")
+            prog.advance(1, ok=int(rec["status"] == "ok"), failed=int(rec["status"] != "ok"))
     summary = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
-    click.echo(f"{n} images, {written} written -> {out} ({summary})", err=True)
+    if not quiet:
+        click.echo(f"{n} images, {written} written -> {out} ({summary})", err=True)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -294,7 +300,9 @@ def contact_sheet(out: Path, n_faces: int, seed: int, cell: int, data_home: str 
               help="Evaluate on aligned crops of this LFW folder (default: lfw in the data home, when present).")
 @click.option("--eval-n", type=int, default=1000, show_default=True, help="LFW photos to evaluate on.")
 @click.option("--eval-only", is_flag=True, help="Evaluate an existing model, do not train.")
-def landmarks_model(photos, out, max_photos, jitters, cascade, trees, threads, seed, lfw, eval_n, eval_only) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines; errors still print.")
+def landmarks_model(photos, out, max_photos, jitters, cascade, trees, threads, seed, lfw, eval_n, eval_only,
+                    quiet) -> None:
     """Build maskgen's compact 68-point model for aligned crops (distilled from dlib's)."""
     import cv2
 
@@ -309,10 +317,9 @@ def landmarks_model(photos, out, max_photos, jitters, cascade, trees, threads, s
         files = distill.photo_files(src)[: max_photos or None]
         if not files:
             raise click.ClickException(f"no face photos under {src} (pass --photos)")
-        click.echo(f"distilling from {len(files):,} photos under {src}")
-        imgs, lms = distill.teacher_samples(files, jitters, seed, log=click.echo)
+        imgs, lms = distill.teacher_samples(files, jitters, seed, quiet=quiet)
         distill.train(imgs, lms, out, distill.TrainOptions(cascade=cascade, trees=trees, threads=threads, seed=seed),
-                      log=click.echo)
+                      quiet=quiet)
     elif not Path(out).is_file():
         raise click.ClickException(f"no model at {out}")
     lfw = lfw or dataset_dir("lfw")
@@ -320,6 +327,6 @@ def landmarks_model(photos, out, max_photos, jitters, cascade, trees, threads, s
     if files:
         click.echo(f"evaluation on aligned crops of {min(eval_n, len(files))} LFW photos "
                    "(error: mean over 68 points / outer-eye-corner distance, against dlib on the photo)")
-        distill.evaluate(files[:: max(1, len(files) // eval_n)][:eval_n], out, log=click.echo)
+        distill.evaluate(files[:: max(1, len(files) // eval_n)][:eval_n], out, log=click.echo, quiet=quiet)
     else:
         click.echo(f"no LFW photos under {lfw}: evaluation skipped")

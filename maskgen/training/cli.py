@@ -58,8 +58,9 @@ def _flag_value(kind: str, value: Any) -> Any:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override any key, nested ones too: --set method_options.s=32")
 @click.option("--print-config", is_flag=True, help="print the resolved config and exit")
+@click.option("--quiet", "-q", is_flag=True, help="no progress lines; errors and warnings still print")
 @_options
-def train(config_path: str | None, sets: tuple[str, ...], print_config: bool, **flags: Any) -> None:
+def train(config_path: str | None, sets: tuple[str, ...], print_config: bool, quiet: bool, **flags: Any) -> None:
     """Train a face recognition model on WebDataset shards of `maskgen build`."""
     import yaml
 
@@ -78,10 +79,11 @@ def train(config_path: str | None, sets: tuple[str, ...], print_config: bool, **
     if print_config:
         click.echo(yaml.safe_dump(resolved, sort_keys=False))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
     from maskgen.training.trainer import train as run_training
 
-    result = run_training(resolved)
+    result = run_training(resolved, quiet=quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     click.echo(f"done: step {result.step}, run folder {result.run_dir}, checkpoint {result.checkpoint}")
