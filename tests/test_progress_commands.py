@@ -94,12 +94,16 @@ def test_folder_audit(tmp_path: Path) -> None:
     assert (tmp_path / "out-q" / "DATA_CARD.md").is_file()
 
 
-def test_tiny_eval(tmp_path: Path) -> None:
-    paths = _faces(tmp_path / "img", 4)
-    names = [p.name for p in paths]
-    # two folds of one genuine and one impostor-labelled pair (the labels only steer the metrics)
+def _pairs(tmp_path: Path) -> None:
+    """4 face images and a generic pair list: two folds of one genuine and one impostor-labelled
+    pair (the labels only steer the metrics)."""
+    names = [p.name for p in _faces(tmp_path / "img", 4)]
     (tmp_path / "pairs.txt").write_text(f"{names[0]} {names[1]} 1 0\n{names[0]} {names[2]} 0 0\n"
                                         f"{names[2]} {names[3]} 1 1\n{names[1]} {names[3]} 0 1\n")
+
+
+def test_tiny_eval(tmp_path: Path) -> None:
+    _pairs(tmp_path)
     args = ["eval", "--model", "dlib", "--pairs", str(tmp_path / "pairs.txt"), "--images", str(tmp_path / "img"),
             "--cases", "1", "--no-identification"]
     proc = _run(*args, "-o", str(tmp_path / "out"))
@@ -107,6 +111,17 @@ def test_tiny_eval(tmp_path: Path) -> None:
     quiet = _run(*args, "-o", str(tmp_path / "out-q"), "--quiet")
     _only_warnings(quiet.stderr)
     assert (tmp_path / "out-q" / "results.json").is_file()
+
+
+def test_tiny_make_bin(tmp_path: Path) -> None:
+    _pairs(tmp_path)
+    args = ["make-bin", str(tmp_path / "pairs.txt"), "--images", str(tmp_path / "img"), "--case", "1,2"]
+    proc = _run(*args, "-o", str(tmp_path / "p_{case}.bin"))
+    lines = _progress(proc.stderr, "make-bin")
+    assert lines[-1]["done"] == "8" and lines[-1]["unit"] == "pairs"  # 4 pairs x 2 cases
+    quiet = _run(*args, "-o", str(tmp_path / "q_{case}.bin"), "--quiet")
+    _only_warnings(quiet.stderr)
+    assert (tmp_path / "q_2.bin").is_file()
 
 
 def test_tiny_landmarks_model(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def eval_cmd(verbose: bool, quiet: bool, **kwargs) -> None:
 @click.option("--quality", default=95, show_default=True, help="JPEG quality of the crops.")
 @click.option("--max-pairs", type=int, default=None)
 @click.option("--max-folds", type=int, default=None)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def make_bin(**kwargs) -> None:
     """Write an insightface verification .bin (pickled JPEG pairs + labels) from a pairs file."""
     from maskgen.eval.makebin import make_bin as run
