@@ -185,10 +185,15 @@ def test_a_quiet_ray_start_gives_rays_loggers_back_when_stopped(ray_env: dict, m
     if ray.is_initialized():
         pytest.skip("Ray already runs in this test process")
     monkeypatch.setenv("RAY_TMPDIR", ray_env["RAY_TMPDIR"])
+    import ray.data
+
+    bars = ray.data.DataContext.get_current().enable_progress_bars
     before = {n: logging.getLogger(n).level for n in ("ray", "ray.data")}
     started, _ = start_ray(1, quiet=True)
     try:
         assert started and logging.getLogger("ray").level == logging.ERROR
+        assert ray.data.DataContext.get_current().enable_progress_bars is False  # Ray Data's bars too
     finally:
         stop_ray()
     assert {n: logging.getLogger(n).level for n in before} == before
+    assert ray.data.DataContext.get_current().enable_progress_bars == bars
