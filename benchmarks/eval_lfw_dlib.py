@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = evaluate(model="dlib", pairs=str(lfw / "pairs.txt"), images=str(lfw), out=args.out,
                    cases=tuple(int(c) for c in args.cases.split(",")), seed=args.seed,
                    mask_type=args.mask_type, workers=args.workers, batch_size=args.batch_size,
-                   max_folds=args.max_folds, cache_dir=args.cache_dir, progress=print)
+                   max_folds=args.max_folds, cache_dir=args.cache_dir)
     wall = time.perf_counter() - t0
     print()
     print(f"dlib ResNet descriptor on LFW View 2: {res['pairs']} pairs, {res['folds']} folds, "

@@ -8,7 +8,9 @@
 - **Quiet means quiet.** With ``quiet`` Ray's own notices are silenced too: its loggers are
   set to errors only (so the "Token authentication is enabled" notice of a new local instance
   is not printed; authentication itself stays as Ray sets it) and worker output is not
-  forwarded.
+  forwarded, and Ray Data's progress bars are off when the caller uses Ray Data. The loggers
+  (and the bars) get their settings back when the instance is stopped
+  (:func:`stop_ray`), so a quiet run does not silence Ray for the rest of the process.
 - Workers import maskgen from the same installation (no runtime environment is packaged).
 """
 
@@ -17,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 OBJECT_STORE_BYTES = 200 * 1024 * 1024  # task payloads are small: plan rows, stats, embeddings
 _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+_saved_levels: dict[str, int] = {}  # the Ray loggers' levels before a quiet start, for stop_ray
+_saved_bars: dict[str, bool] = {}  # Ray Data's progress-bar setting before a quiet start
 
 
 def _import_ray():
@@ -44,8 +49,15 @@ def start_ray(workers: int | None = None, address: str | None = None, *, quiet: 
         return False, f"using the Ray instance already initialised in this process ({cluster_cpus()} CPUs)"
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if quiet:
-        for name in _RAY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
+        _silence_loggers()
+    try:
+        return _init(ray, workers, address, quiet, object_store_bytes)
+    except BaseException:
+        _restore_loggers()
+        raise
+
+
+def _init(ray, workers: int | None, address: str | None, quiet: bool, object_store_bytes: int) -> tuple[bool, str]:
     if address:
         ray.init(address=address, log_to_driver=not quiet, configure_logging=False)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -67,10 +79,43 @@ def start_ray(workers: int | None = None, address: str | None = None, *, quiet: 
 
 
 def stop_ray() -> None:
-    """Stop (or leave) the Ray instance of this process; the processes it started end."""
+    """Stop (or leave) the Ray instance of this process; the processes it started end, and
+    Ray's loggers get back the levels a quiet start changed."""
     ray = _import_ray()
-    if ray.is_initialized():
-        ray.shutdown()
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        _restore_loggers()
+
+
+def _silence_loggers() -> None:
+    for name in _RAY_LOGGERS:
+        lg = logging.getLogger(name)
+        _saved_levels.setdefault(name, lg.level)
+        lg.setLevel(logging.ERROR)
+    ctx = _data_context()
+    if ctx is not None:  # Ray Data's progress bars (maskgen does not use Ray Data; a caller may)
+        _saved_bars.setdefault("bars", ctx.enable_progress_bars)
+        ctx.enable_progress_bars = False
+
+
+def _restore_loggers() -> None:
+    for name, level in _saved_levels.items():
+        logging.getLogger(name).setLevel(level)
+    _saved_levels.clear()
+    ctx = _data_context()
+    if ctx is not None and "bars" in _saved_bars:
+        ctx.enable_progress_bars = _saved_bars["bars"]
+    _saved_bars.clear()
+
+
+def _data_context():
+    """Ray Data's context when the caller has imported Ray Data (it is never imported here:
+    it is slow to import and maskgen does not use it)."""
+    if "ray.data" not in sys.modules:
+        return None
+    return sys.modules["ray.data"].DataContext.get_current()
 
 
 def cluster_cpus() -> int:

@@ -6,7 +6,9 @@ file as on a terminal (no carriage returns, no bars), at most one every few seco
 
 The rate is over the whole run so far (steady, not the last few items); the ETA is the rest
 at that rate. ``quiet`` silences the terminal, never the log file. Used by folder ``mask``,
-``audit``, ``eval``, ``landmarks-model``, ``train`` and ``build``.
+``audit``, ``eval``, ``landmarks-model``, ``train`` and ``build`` (whose ``build.log`` gets
+every line, quiet or not). Several jobs of one command (the stages of a build) share one
+:class:`Lines`, the terminal-and-log sink.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ def hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _count(n: float) -> str:
+def _count(n: Any) -> str:
+    if isinstance(n, str):
+        return n
     return f"{n:,}" if isinstance(n, int) else f"{n:.4g}"
 
 
@@ -34,33 +38,85 @@ def _rate(r: float) -> str:
     return f"{r:,.1f}" if r < 100 else f"{r:,.0f}"
 
 
+class Lines:
+    """Where the lines of a command go: the terminal (stderr, unless ``quiet``) and a log file
+    (every line, quiet or not). Each line is time-stamped; nothing is ever rewritten in place.
+
+    ``log``: a path (appended; a name that is a symbolic link is refused, so a log name turned
+    into a link never appends to its target) or an open text file. A log that stops taking
+    lines (a full disk) is dropped with one line on stderr; the command goes on."""
+
+    def __init__(self, *, quiet: bool = False, stream: IO[str] | None = None,
+                 log: str | os.PathLike | IO[str] | None = None) -> None:
+        self.quiet = quiet
+        self.stream = stream
+        self._own_log = isinstance(log, (str, os.PathLike))
+        self._log: IO[str] | None = _open_log(log) if self._own_log else log  # type: ignore[arg-type]
+
+    def emit(self, text: str) -> None:
+        stamped = f"{time.strftime('%H:%M:%S')} {text}"
+        if not self.quiet:
+            print(stamped, file=self.stream or sys.stderr, flush=True)
+        if self._log is not None:
+            try:
+                self._log.write(stamped + "\n")
+            except OSError as exc:  # e.g. the disk is full: keep going, say it once
+                self._log = None
+                print(f"{time.strftime('%H:%M:%S')} [log] cannot append to the log: {exc.strerror or exc}",
+                      file=self.stream or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._own_log and self._log is not None:
+            try:
+                self._log.close()
+            except OSError:
+                pass
+        self._log = None
+
+
+def _open_log(path: str | os.PathLike) -> IO[str]:
+    from maskgen.outputs import write_error
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise write_error(path, exc, "") from exc
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+
+
 class Progress:
     """Progress lines of one job of ``total`` items (None: not known in advance).
 
     ``update(done, ok=..., failed=...)`` sets the state, ``advance(n, ok=1)`` adds to it;
     either prints when ``every`` seconds have passed since the last line, or when forced, or
-    when the job reaches its total. ``note(text)`` prints a plain line; ``finish()`` prints
-    the summary. ``log``: a file path (appended) or an open text file that gets every line,
-    quiet or not. ``clock`` is replaceable for tests."""
+    when the job reaches its total. Named counts may be numbers or short texts
+    (``shards="3/10"``). ``note(text)`` prints a plain line; ``finish()`` prints the summary.
+    ``initial``: items already done before this run (a resumed job): the rate counts only
+    this run's. Output goes to ``lines`` when given (shared by the jobs of one command), else
+    to a sink of its own made from ``quiet``, ``stream`` and ``log`` (see :class:`Lines`).
+    ``clock`` is replaceable for tests."""
 
     def __init__(self, label: str, total: int | None = None, *, unit: str = "images", quiet: bool = False,
                  every: float = EVERY_S, stream: IO[str] | None = None, log: str | os.PathLike | IO[str] | None = None,
+                 lines: Lines | None = None, initial: int = 0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
         self.total = total
         self.unit = unit
-        self.quiet = quiet
         self.every = every
-        self.stream = stream
         self.clock = clock
-        self.done = 0
+        self.done = self._initial = int(initial)
         self.counts: dict[str, Any] = {}
-        self._own_log = isinstance(log, (str, os.PathLike))
-        self._log: IO[str] | None = open(log, "a", buffering=1, encoding="utf-8") if self._own_log else log  # type: ignore[arg-type]
+        self._own_lines = lines is None
+        self.lines = lines if lines is not None else Lines(quiet=quiet, stream=stream, log=log)
         self._start = clock()
         self._last_print: float | None = None
         self._last_state: tuple | None = None
         self._finished = False
+
+    @property
+    def quiet(self) -> bool:
+        return self.lines.quiet
 
     # ---- state
 
@@ -84,9 +140,9 @@ class Progress:
 
     @property
     def rate(self) -> float:
-        """Items per second since the start."""
+        """Items per second of this run since its start."""
         el = self.elapsed
-        return self.done / el if el > 0 else 0.0
+        return (self.done - self._initial) / el if el > 0 else 0.0
 
     @property
     def eta(self) -> float | None:
@@ -118,24 +174,24 @@ class Progress:
 
     def note(self, text: str) -> None:
         """A plain line of this job (a stage, a warning, a decision)."""
-        self._emit(f"[{self.label}] {text}")
+        self.lines.emit(f"[{self.label}] {text}")
 
     def finish(self, **counts: Any) -> str:
         """Print (once) and return the summary line: items, time, average rate, counts."""
         self.counts.update(counts)
         el = self.elapsed
-        rate = self.done / el if el > 0 else 0.0
+        rate = (self.done - self._initial) / el if el > 0 else 0.0
         text = (f"[{self.label}] done: {self.done:,} {self.unit} in {hms(el)} "
                 f"({_rate(rate)} {self.unit}/s)" + self._counts_text())
         if not self._finished:
             self._finished = True
-            self._emit(text)
+            self.lines.emit(text)
         return text
 
     def close(self) -> None:
-        if self._own_log and self._log is not None:
-            self._log.close()
-        self._log = None
+        """Close the log file of a sink this job made itself (a shared one stays open)."""
+        if self._own_lines:
+            self.lines.close()
 
     def __enter__(self) -> Progress:
         return self
@@ -160,12 +216,4 @@ class Progress:
             return
         self._last_print = now
         self._last_state = state
-        self._emit(self.line())
-
-    def _emit(self, text: str) -> None:
-        stamped = f"{time.strftime('%H:%M:%S')} {text}"
-        if not self.quiet:
-            print(stamped, file=self.stream or sys.stderr, flush=True)
-        if self._log is not None:
-            self._log.write(stamped + "\n")
-
+        self.lines.emit(self.line())

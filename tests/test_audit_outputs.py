@@ -389,7 +389,6 @@ def test_progress_lines(astronaut, tmp_path, capsys):
     import cv2
 
     from maskgen.audit.sources import scan_folder
-    from maskgen.audit.workers import Progress
 
     d = tmp_path / "faces"
     d.mkdir()
@@ -397,10 +396,11 @@ def test_progress_lines(astronaut, tmp_path, capsys):
         cv2.imwrite(str(d / f"{i}.jpg"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
     scan_folder(d, progress=True)
     err = capsys.readouterr().err
-    assert re.search(r"\[audit\] landmarks and attributes: 6/6 \(100%\), [\d.]+ images/s", err)
-    p = Progress("x", 100, every_s=0.0)
-    p.update(25)
-    assert "ETA" in capsys.readouterr().err
+    assert "[audit] landmarks and attributes of 6 images" in err
+    assert re.search(r"\[audit\] 6/6 images \(100%\) \| [\d.]+ images/s \| ETA 0:00:00", err)
+    assert re.search(r"\[audit\] done: 6 images in ", err)
+    scan_folder(d, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_unwritable_output_is_one_line(hostile_build, tmp_path):

@@ -7,6 +7,8 @@ test reuses its embedding cache.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -51,10 +53,11 @@ def three_cases(subset: dict) -> dict:
     from maskgen.eval.api import evaluate
 
     out = subset["root"] / "run1"
-    lines: list[str] = []
-    res = evaluate(model="dlib", pairs=str(subset["pairs_bad"]), images=str(subset["images"]),
-                   out=str(out), cases=(1, 2, 3), seed=7, cache_dir=str(subset["cache"]), progress=lines.append)
-    return {"res": res, "out": out, "progress": lines}
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        res = evaluate(model="dlib", pairs=str(subset["pairs_bad"]), images=str(subset["images"]),
+                       out=str(out), cases=(1, 2, 3), seed=7, cache_dir=str(subset["cache"]))
+    return {"res": res, "out": out, "progress": err.getvalue().splitlines()}
 
 
 def test_three_cases_reported(three_cases, subset):
@@ -86,7 +89,8 @@ def test_three_cases_reported(three_cases, subset):
     assert png is not None and png.shape[0] > 100
     # progress lines while embedding: done/total, rate and ETA, the last one at the end
     lines = three_cases["progress"]
-    assert lines and lines[-1].startswith(f"embedded {n_img + 1}/{n_img + 1} images (") and "ETA 0:00:00" in lines[-1]
+    last = [x for x in lines if f"[eval] {n_img + 1}/{n_img + 1} images (100%) | " in x]
+    assert last and "images/s | ETA 0:00:00" in last[-1] and "[eval] done: " in lines[-1]
 
 
 def test_masked_embeddings_differ_and_cache_reuses_unmasked(three_cases, subset):

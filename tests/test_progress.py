@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from pathlib import Path
+
+import pytest
 
 from maskgen.progress import Progress, hms
 
@@ -103,3 +106,55 @@ def test_zero_total() -> None:
     p = Progress("mask", 0, stream=buf)
     p.update(0, force=True)
     assert "0/0 images |" in buf.getvalue()
+
+
+def test_jobs_share_one_sink_and_a_resumed_job_counts_its_own_rate(tmp_path: Path) -> None:
+    from maskgen.progress import Lines
+
+    clock, buf = Clock(), io.StringIO()
+    lines = Lines(stream=buf, log=tmp_path / "run.log")
+    a = Progress("landmarks", 4, lines=lines, clock=clock)
+    clock.t += 2
+    a.update(4, ok=4)
+    b = Progress("train", 10, unit="steps", lines=lines, initial=6, clock=clock)  # resumed at step 6
+    clock.t += 2
+    b.update(8, force=True, shards="1/2")
+    b.close()  # a shared sink stays open for the next job
+    lines.emit("[done] both")
+    lines.close()
+    want = ["[landmarks] 4/4 images (100%) | 2.0 images/s | ETA 0:00:00 | ok 4",
+            "[train] 8/10 steps (80%) | 1.0 steps/s | ETA 0:00:02 | shards 1/2",
+            "[done] both"]
+    assert _lines(buf) == want
+    assert [re.sub("^" + STAMP, "", x) for x in (tmp_path / "run.log").read_text().splitlines()] == want
+
+
+def test_a_log_name_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    from maskgen.errors import OutputError
+    from maskgen.progress import Lines
+
+    target = tmp_path / "precious.txt"
+    target.write_text("mine\n")
+    (tmp_path / "build.log").symlink_to(target)
+    with pytest.raises(OutputError, match="cannot write"):
+        Lines(log=tmp_path / "build.log")
+    assert target.read_text() == "mine\n"
+
+
+def test_a_log_that_stops_taking_lines_is_dropped_with_one_line() -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    from maskgen.progress import Lines
+
+    buf = io.StringIO()
+    full = open("/dev/full", "w", buffering=1, encoding="utf-8")  # every write: "No space left on device"
+    try:
+        lines = Lines(stream=buf, log=full)
+        lines.emit("[x] one")
+        lines.emit("[x] two")
+    finally:
+        with contextlib.suppress(OSError):  # the unwritten buffer fails again on close
+            full.close()
+    got = _lines(buf)
+    assert got[0] == "[x] one" and got[1].startswith("[log] cannot append to the log: ") and got[2] == "[x] two"
+    assert len(got) == 3

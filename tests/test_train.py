@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -631,18 +632,16 @@ def test_typed_options_fail_up_front_with_one_line(tmp_path: Path, shards: Path)
     assert isinstance(res.exception, InputError) and "no shard matches" in str(res.exception)
 
 
-def test_progress_lines_give_done_total_rate_and_eta(tmp_path: Path, shards: Path, caplog):
-    from maskgen.training.progress import format_eta, progress_line
-
-    assert format_eta(3725.4) == "1:02:05" and format_eta(float("nan")) == "?" and format_eta(-1) == "?"
-    assert progress_line("embedded", 320, 1614, 26.0, "images") == \
-        "embedded 320/1614 images (12.3 images/s, ETA 0:01:45)"
-    with caplog.at_level("INFO", logger="maskgen.train"):
-        train(dict(TINY), model="mobilefacenet", shards=str(shards / "shards" / "*.tar"), out=str(tmp_path),
-              name="progress", batch_size=8, max_steps=2)
-    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
-    assert [m.split()[1] for m in steps] == ["1/2", "2/2"]
-    assert steps[-1].startswith("step 2/2 (100.0%) epoch 0 loss ") and "ETA 0:00:00" in steps[-1]
+def test_progress_lines_give_done_total_rate_and_eta(tmp_path: Path, shards: Path, capsys):
+    train(dict(TINY), model="mobilefacenet", shards=str(shards / "shards" / "*.tar"), out=str(tmp_path),
+          name="progress", batch_size=8, max_steps=2)
+    steps = [x for x in capsys.readouterr().err.splitlines() if " [train] " in x]
+    assert [x.split()[2] for x in steps[:2]] == ["1/2", "2/2"]
+    assert re.search(r"\[train\] 2/2 steps \(100%\) \| [\d.,]+ steps/s \| ETA 0:00:00 \| epoch 0, loss [\d.]+, ", steps[1])
+    assert steps[-1].split(" ", 1)[1].startswith("[train] done: 2 steps in ")
+    train(dict(TINY), model="mobilefacenet", shards=str(shards / "shards" / "*.tar"), out=str(tmp_path),
+          name="progress-quiet", batch_size=8, max_steps=2, quiet=True)
+    assert "[train]" not in capsys.readouterr().err
 
 
 def test_one_loader_iterator_serves_every_epoch_with_the_same_workers(shards: Path):

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 import yaml
 
 from maskgen.audit.attributes import face_attributes
-from maskgen.audit.workers import Progress, chunked, map_in_workers
+from maskgen.audit.workers import chunked, map_in_workers
 from maskgen.datasets.catalog import DatasetInfo, identify, lookup
 from maskgen.datasets.manifest import CORE_NAMES, conform
 from maskgen.datasets.sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES  # noqa: E402
 from maskgen.errors import InputError, OptionError
+from maskgen.progress import Progress
 
 ATTRIBUTE_COLUMNS = ["ita", "skin_tone", "sharpness", "brightness", "face_size"]
 CHUNK = 50  # images per worker task: small enough for even progress, large enough to amortise
@@ -425,11 +426,12 @@ def scan_folder(root: str | os.PathLike, *, workers: int = 1, backend: str = "au
                          f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     flat = src.identity_depth == 0
     todo = [i for i, d in enumerate(scan["_drop"]) if d is None or pd.isna(d)]
-    prog = Progress("landmarks and attributes", len(todo), enabled=progress)
     chunks = chunked([((src, scan.at[i, "path"], None, scan.at[i, "nbytes"], None), backend)
                       for i in todo], CHUNK)
-    done = [r for part in map_in_workers(_analyse_many, chunks, workers=workers, progress=prog,
-                                         on_crash=_crashed_row) for r in part]
+    with Progress("audit", len(todo), quiet=not progress) as prog:
+        prog.note(f"landmarks and attributes of {len(todo):,} images ({workers} worker(s))")
+        done = [r for part in map_in_workers(_analyse_many, chunks, workers=workers, progress=prog,
+                                             on_crash=_crashed_row) for r in part]
     rows: list[dict] = [{} for _ in range(len(scan))]
     for i, r in zip(todo, done):
         rows[i] = r
@@ -516,10 +518,11 @@ def fill_attributes(df: pd.DataFrame, src, only_failed: bool = False, *,
         i = pos[ix]
         lm = _landmarks_136(lms[i])
         items.append((locs[i], lm))
-    prog = Progress("attributes from images", len(items), enabled=progress)
-    res = [r for part in map_in_workers(_attributes_many, chunked(items, CHUNK * 4),
-                                        workers=workers, progress=prog,
-                                        on_crash=lambda item, reason: None) for r in part]
+    with Progress("audit", len(items), quiet=not progress) as prog:
+        prog.note(f"attributes from {len(items):,} images ({workers} worker(s))")
+        res = [r for part in map_in_workers(_attributes_many, chunked(items, CHUNK * 4),
+                                            workers=workers, progress=prog,
+                                            on_crash=lambda item, reason: None) for r in part]
     # rows that already had attributes: measured by whoever wrote the manifest
     region = np.where(df["ita"].notna().to_numpy(), "manifest", None).astype(object)
     cols = {k: df[k].astype("object").to_numpy(copy=True) if k == "skin_tone"

@@ -214,6 +214,7 @@ def make_thumbnails(inp, stats: dict, *, workers: int = 1,
     """``report/<name>.jpg`` -> JPEG bytes, plus the strips' descriptions in
     ``stats["_thumbnails"]`` (for the report; not part of ``stats.json``)."""
     from maskgen.audit.workers import map_in_workers
+    from maskgen.progress import Progress
 
     strips = plan_strips(inp, stats)
     stats["_thumbnails"] = []
@@ -221,8 +222,10 @@ def make_thumbnails(inp, stats: dict, *, workers: int = 1,
         return {}
     chunks = [strips[i::max(1, workers)] for i in range(max(1, workers))]
     chunks = [c for c in chunks if c]
-    parts = map_in_workers(render_strips, chunks, workers=workers,
-                           on_crash=lambda item, reason: b"")
+    with Progress("audit", len(strips), unit="strips", quiet=not progress) as prog:
+        prog.note(f"thumbnail strips ({workers} worker(s))")
+        parts = map_in_workers(render_strips, chunks, workers=workers, progress=prog,
+                               on_crash=lambda item, reason: b"")
     by_name = {st.name: data for c, res in zip(chunks, parts) for st, data in zip(c, res)}
     out = {}
     for st in strips:

@@ -3,62 +3,19 @@
 The audit's main process never decodes an image: a hostile or huge file can cost a worker,
 never the report. Work goes out in chunks to a pool of spawned processes (spawned, not forked:
 no inherited threads or locks) and comes back in order, so results do not depend on the
-number of workers. Long runs print plain progress lines (done/total, images/s, ETA).
+number of workers. Long runs report on a :class:`maskgen.progress.Progress` (done/total,
+images/s, ETA).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import sys
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
 
-PROGRESS_EVERY_S = 5.0  # seconds between progress lines
-
-
-class Progress:
-    """Plain progress lines for a log: ``[audit] what: 1,200/5,000 (24%), 95.1 images/s, ETA 40 s``."""
-
-    def __init__(self, what: str, total: int, *, enabled: bool = True,
-                 stream: TextIO | None = None, every_s: float = PROGRESS_EVERY_S) -> None:
-        self.what, self.total, self.enabled = what, int(total), enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.every_s = every_s
-        self.done = 0
-        self.t0 = time.perf_counter()
-        self._last = self.t0
-
-    def update(self, n: int) -> None:
-        self.done += int(n)
-        now = time.perf_counter()
-        if self.enabled and (now - self._last >= self.every_s or self.done >= self.total):
-            self._last = now
-            self.stream.write(self.line(now) + "\n")
-            self.stream.flush()
-
-    def line(self, now: float | None = None) -> str:
-        el = max((now or time.perf_counter()) - self.t0, 1e-9)
-        rate = self.done / el
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        text = f"[audit] {self.what}: {self.done:,}/{self.total:,} ({pct:.0f}%), {rate:.1f} images/s"
-        if self.done < self.total and rate > 0:
-            text += f", ETA {fmt_seconds((self.total - self.done) / rate)}"
-        else:
-            text += f", {fmt_seconds(el)}"
-        return text
-
-
-def fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    if s < 90:
-        return f"{s} s"
-    m, s = divmod(s, 60)
-    if m < 90:
-        return f"{m} min {s:02d} s"
-    h, m = divmod(m, 60)
-    return f"{h} h {m:02d} min"
+if TYPE_CHECKING:
+    from maskgen.progress import Progress
 
 
 def chunked(items: Sequence, size: int) -> list[list]:
@@ -135,7 +92,7 @@ def _run_pool(fn, chunks, tasks, done, singles, ctx, workers, progress, one_by_o
                     else:
                         singles.setdefault(ci, {})[k] = res[0]
                     if progress is not None:
-                        progress.update(len(chunks[ci]) if k is None else 1)
+                        progress.advance(len(chunks[ci]) if k is None else 1)
             if lost:
                 if not one_by_one:
                     return lost + list(pending.values()) + queue

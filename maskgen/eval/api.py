@@ -7,7 +7,6 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -64,13 +63,14 @@ def evaluate(model: str = "dlib", pairs: str | None = None, images: str | None =
              max_pairs: int | None = None, identification: bool = True, knn_k: int = 1,
              labels: str | None = None, skin_tone: bool = False, landmarks: str | None = None,
              device: str = "auto", fars: tuple[float, ...] = DEFAULT_FARS,
-             progress: Callable[[str], None] | None = None) -> dict:
+             quiet: bool = False) -> dict:
     """Evaluate ``model`` on a pair set and write ``results.json``, ``results.md``, ``roc.png``.
 
     ``pairs``/``images``: an LFW-format or generic pair list and its image folder (default: LFW
     View 2 from the data home); ``bin_file``: an insightface ``.bin`` instead. ``cases``: which of
     Case 1 (unmasked-unmasked), 2 (masked-unmasked) and 3 (masked-masked) to report; masks are
-    made by maskgen with ``seed`` (one mask per image, the same in every case).
+    made by maskgen with ``seed`` (one mask per image, the same in every case). Progress
+    lines go to stderr unless ``quiet``.
     """
     t0 = time.perf_counter()
     cases = tuple(sorted(set(int(c) for c in cases)))
@@ -93,7 +93,7 @@ def evaluate(model: str = "dlib", pairs: str | None = None, images: str | None =
     tag = f"{embedder_tag(model)}{'-flip' if flip else ''}-{lm_backend}-{ds_tag}"
     cache = EmbeddingCache(Path(cache_dir or out_dir / "cache") / f"{tag}.npz")
     timing = embed_images(jobs, model, cfg, cache, workers=workers, chunk_size=batch_size,
-                          device=device, progress=progress)
+                          device=device, quiet=quiet)
     normalize_l2 = model != "dlib"
     protocol, route_threshold = model_protocol(model)
     route = route_threshold if protocol == "bfm" else None

@@ -66,7 +66,7 @@ def eval_cmd(cfg: Config) -> None:
     kwargs.update(cases=tuple(cfg.cases), landmarks=cfg.backend)
     logging.basicConfig(level=logging.INFO if cfg.verbose else logging.WARNING, format="%(message)s")
     try:
-        res = evaluate(progress=None if cfg.quiet else (lambda line: click.echo(line, err=True)), **kwargs)
+        res = evaluate(quiet=cfg.quiet, **kwargs)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(markdown_table(res), nl=False)
@@ -97,7 +97,7 @@ def make_bin(cfg: Config) -> None:
     """Write an insightface verification .bin (pickled JPEG pairs + labels) from a pairs file."""
     from maskgen.eval.makebin import make_bin as run
 
-    kwargs = {k: v for k, v in cfg.items() if k != "quiet"}
+    kwargs = dict(cfg.items())
     kwargs["case"] = kwargs["case"][0] if len(kwargs["case"]) == 1 else tuple(kwargs["case"])
     try:
         stats = run(**kwargs)

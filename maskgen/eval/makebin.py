@@ -42,15 +42,18 @@ def case_path(out: str, case: int, several: bool) -> Path:
 
 def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", align: bool = True,
              size: int = 112, case: int | tuple[int, ...] = 1, seed: int = 0, mask_type: str = "random",
-             quality: int = 95, max_pairs: int | None = None, max_folds: int | None = None) -> dict:
+             quality: int = 95, max_pairs: int | None = None, max_folds: int | None = None,
+             quiet: bool = False) -> dict:
     """Write one ``.bin`` per case (and ``<file>.json`` with its counts); returns the counts
     (of the single case, or ``{"cases": {N: counts}}`` for several).
 
     A pair whose image cannot be read is left out and counted; an image without a detected face
     is aligned from fallback landmarks and counted; a failed mask keeps the unmasked image and
-    is counted. With ``align=False`` the original file bytes are stored as they are.
+    is counted. With ``align=False`` the original file bytes are stored as they are. Progress
+    lines (pairs done/total over all cases, rate, ETA) go to stderr unless ``quiet``.
     """
     from maskgen.masks import align_face, load_image
+    from maskgen.progress import Progress
 
     cases = (case,) if isinstance(case, int) else tuple(sorted(set(int(c) for c in case)))
     if not cases or any(c not in (1, 2, 3) for c in cases):
@@ -106,6 +109,7 @@ def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", alig
         return data
 
     results: dict[int, dict] = {}
+    prog = Progress("make-bin", len(ps) * len(cases), unit="pairs", quiet=quiet)
     for c in cases:
         masked_keys: set[str] = set()
         blobs: list[bytes] = []
@@ -114,6 +118,7 @@ def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", alig
         skipped = 0
         for a, b, same in zip(ps.a, ps.b, ps.issame):
             da, db = encoded(a, mask_a), encoded(b, mask_b)
+            prog.advance(1, skipped=int(da is None or db is None))
             if da is None or db is None:
                 skipped += 1
                 continue
@@ -131,4 +136,5 @@ def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", alig
         tmp.write_text(json.dumps(stats, indent=2) + "\n")
         os.replace(tmp, str(target) + ".json")
         results[c] = stats
+    prog.finish()
     return results[cases[0]] if len(cases) == 1 else {"cases": results}

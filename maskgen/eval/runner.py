@@ -1,20 +1,18 @@
 """Embedding many images: in-process, or on Ray actors that each hold one copy of the model.
 
 The chunk of images is the unit of work; the cache is saved after every few chunks so an
-interrupted run resumes where it stopped.
+interrupted run resumes where it stopped. Progress (done/total images, rate, ETA) goes to a
+:class:`maskgen.progress.Progress`; ``quiet`` silences it and Ray's own lines.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Callable
 
 from maskgen.eval.cache import EmbeddingCache
 from maskgen.eval.extract import ExtractConfig, ImageJob, ImageRecord, process_jobs
-from maskgen.training.progress import progress_line
-
-log = logging.getLogger(__name__)
+from maskgen.progress import Progress
 
 
 def _chunks(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
@@ -35,32 +33,32 @@ def pending_jobs(jobs: list[ImageJob], cache: EmbeddingCache) -> list[ImageJob]:
 
 def embed_images(jobs: list[ImageJob], model: str, cfg: ExtractConfig, cache: EmbeddingCache,
                  workers: int = 1, chunk_size: int = 32, device: str = "cpu",
-                 save_every: int = 8, progress: Callable[[str], None] | None = None) -> dict:
+                 save_every: int = 8, quiet: bool = False) -> dict:
     """Fill ``cache`` with every (image, variant) of ``jobs``; returns timing figures."""
     todo = pending_jobs(jobs, cache)
     n_img = len(todo)
     t0 = time.perf_counter()
     chunks = _chunks(todo, chunk_size)
-    say = progress or (lambda s: log.info(s))
-    done = 0
+    prog = Progress("eval", n_img, quiet=quiet)
+    if len(todo) < len(jobs):
+        prog.note(f"{len(jobs) - len(todo):,} images from the embedding cache")
 
     def consume(records: list[ImageRecord], chunk: list[ImageJob], i: int) -> None:
-        nonlocal done
         for rec, job in zip(records, chunk):
             cache.add(rec, job.variants)
-        done += len(chunk)
-        if (i + 1) % save_every == 0 or done == n_img:
+        if (i + 1) % save_every == 0 or prog.done + len(chunk) == n_img:
             cache.save()
-            say(progress_line("embedded", done, n_img, time.perf_counter() - t0, "images"))
+        prog.advance(len(chunk))
 
-    if chunks and workers <= 1:
-        from maskgen.eval.embedders import load_embedder
+    with prog:
+        if chunks and workers <= 1:
+            from maskgen.eval.embedders import load_embedder
 
-        emb = load_embedder(model, device=device)
-        for i, chunk in enumerate(chunks):
-            consume(process_jobs(chunk, emb, cfg), chunk, i)
-    elif chunks:
-        _run_ray(chunks, model, cfg, workers, device, consume)
+            emb = load_embedder(model, device=device)
+            for i, chunk in enumerate(chunks):
+                consume(process_jobs(chunk, emb, cfg), chunk, i)
+        elif chunks:
+            _run_ray(chunks, model, cfg, workers, device, consume, quiet)
     cache.save()
     dt = time.perf_counter() - t0
     return {"images_embedded": n_img, "seconds": dt, "images_per_s": n_img / dt if dt > 0 and n_img else None,
@@ -68,16 +66,14 @@ def embed_images(jobs: list[ImageJob], model: str, cfg: ExtractConfig, cache: Em
 
 
 def _run_ray(chunks: list[list[ImageJob]], model: str, cfg: ExtractConfig, workers: int,
-             device: str, consume: Callable) -> None:
+             device: str, consume: Callable, quiet: bool = False) -> None:
     import ray
+
+    from maskgen.parallel import start_ray, stop_ray
 
     # Ray hides GPUs from actors that do not ask for one: "auto" means the CPU there
     device = "cpu" if device == "auto" else device
-    started = False
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True)
-        started = True
+    started, _ = start_ray(workers, quiet=quiet)
 
     @ray.remote(num_cpus=1)
     class _Worker:
@@ -124,4 +120,4 @@ def _run_ray(chunks: list[list[ImageJob]], model: str, cfg: ExtractConfig, worke
         for a in actors:  # free their CPUs on a Ray instance that outlives this call
             ray.kill(a)
         if started:
-            ray.shutdown()
+            stop_ray()

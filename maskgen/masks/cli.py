@@ -131,7 +131,7 @@ def mask(cfg: Config) -> None:
     """Put masks on the faces of SRC (an image or a folder); write images and results.jsonl to OUT."""
     src, out, mask_type, color, texture = Path(cfg.src), Path(cfg.out), cfg.mask_type, cfg.color, cfg.texture
     wear, valve, pack, seed, backend, select = cfg.wear, cfg.valve, cfg.pack, cfg.seed, cfg.backend, cfg.select
-    fmt, quality, save_alpha, min_fit = cfg.format, cfg.quality, cfg.alpha, cfg.min_fit
+    fmt, quality, save_alpha, min_fit, quiet = cfg.format, cfg.quality, cfg.alpha, cfg.min_fit, cfg.quiet
     import cv2
     import numpy as np
 
@@ -152,13 +152,15 @@ def mask(cfg: Config) -> None:
         raise click.BadParameter(str(exc)) from exc
     from maskgen.masks.outfiles import RESULTS, alpha_name, check_apart, json_name, output_names
     from maskgen.outputs import claim
+    from maskgen.progress import Progress
 
     check_apart(src, out)
     inputs = list(iter_inputs(src))
     names = output_names([_rel(p, src) for p in inputs], fmt, alpha=save_alpha)
     counts: Counter[str] = Counter()
     n = written = 0
-    with claim(out, "mask"), open(out / RESULTS, "w", encoding="utf-8") as log:
+    with claim(out, "mask"), open(out / RESULTS, "w", encoding="utf-8") as log, \
+            Progress("mask", len(inputs), quiet=quiet) as prog:
         for p, img, reason, faces, look in load_with_faces(inputs, backend, select, jpeg=True):
             rel = _rel(p, src)
             s = image_seed(seed, rel)
@@ -201,8 +203,10 @@ def mask(cfg: Config) -> None:
             counts[rec["status"] if rec["status"] == "ok" else str(rec["reason"])] += 1
             n += 1
             log.write(json.dumps(rec) + "\n")
+            prog.advance(1, ok=int(rec["status"] == "ok"), failed=int(rec["status"] != "ok"))
     summary = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
-    click.echo(f"{n} images, {written} written -> {out} ({summary})", err=True)
+    if not quiet:
+        click.echo(f"{n} images, {written} written -> {out} ({summary})", err=True)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -310,7 +314,6 @@ def landmarks_model(cfg: Config) -> None:
     photos, out, max_photos, jitters, cascade, trees = cfg.photos, cfg.out, cfg.max_photos, cfg.jitters, cfg.cascade, cfg.trees
     threads, seed, lfw, eval_n, eval_only = cfg.threads, cfg.seed, cfg.lfw, cfg.eval_n, cfg.eval_only
     out = None if out is None else Path(out)
-    progress = (lambda _line: None) if cfg.quiet else click.echo  # the distillation's progress lines
     import cv2
 
     from maskgen.data_home import dataset_dir
@@ -324,10 +327,9 @@ def landmarks_model(cfg: Config) -> None:
         files = distill.photo_files(src)[: max_photos or None]
         if not files:
             raise click.ClickException(f"no face photos under {src} (pass --photos)")
-        click.echo(f"distilling from {len(files):,} photos under {src}")
-        imgs, lms = distill.teacher_samples(files, jitters, seed, log=progress)
+        imgs, lms = distill.teacher_samples(files, jitters, seed, quiet=cfg.quiet)
         distill.train(imgs, lms, out, distill.TrainOptions(cascade=cascade, trees=trees, threads=threads, seed=seed),
-                      log=progress)
+                      quiet=cfg.quiet)
     elif not Path(out).is_file():
         raise click.ClickException(f"no model at {out}")
     lfw = lfw or dataset_dir("lfw")
@@ -335,6 +337,6 @@ def landmarks_model(cfg: Config) -> None:
     if files:
         click.echo(f"evaluation on aligned crops of {min(eval_n, len(files))} LFW photos "
                    "(error: mean over 68 points / outer-eye-corner distance, against dlib on the photo)")
-        distill.evaluate(files[:: max(1, len(files) // eval_n)][:eval_n], out, log=click.echo)
+        distill.evaluate(files[:: max(1, len(files) // eval_n)][:eval_n], out, log=click.echo, quiet=cfg.quiet)
     else:
         click.echo(f"no LFW photos under {lfw}: evaluation skipped")

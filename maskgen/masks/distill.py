@@ -44,11 +44,13 @@ from maskgen.masks.align import alignment_matrix, transform_points
 from maskgen.masks.imageio import decode_image
 from maskgen.masks.landmarks import ALIGNED_BOX_112, detect_faces, get_detector, shape_points, to_gray
 from maskgen.masks.pose import MIRROR_68
+from maskgen.progress import Progress, hms
 
 UP = 2  # training crops are stored at this multiple of 112
 # The teacher's landmark backend: the default detector for photos finds faces of every group
 # (dlib's HOG detector alone skipped a quarter of FairFace, unevenly across race and gender).
 TEACHER = "cnn"
+LABEL = "landmarks-model"  # the progress lines' label
 
 
 def _jitter(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -67,18 +69,31 @@ def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 
 
 def teacher_samples(
-    files: Sequence[Path], jitters: int = 2, seed: int = 0, log: Callable[[str], None] = print
+    files: Sequence[Path], jitters: int = 2, seed: int = 0, quiet: bool = False
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(grey 224x224 crops of 112-pixel content, landmarks in crop pixels) with mirrors."""
+    """(grey 224x224 crops of 112-pixel content, landmarks in crop pixels) with mirrors.
+    Progress lines (photos done/total, rate, ETA) on stderr unless ``quiet``."""
     rng = np.random.default_rng(seed)
-    imgs, lms = [], []
-    skipped = 0
-    for n, f in enumerate(files):
-        img, reason = decode_image(f.read_bytes())
-        faces = detect_faces(img, backend=TEACHER, select="center") if img is not None else []
-        if not faces:
-            skipped += 1
-            continue
+    imgs: list[np.ndarray] = []
+    lms: list[np.ndarray] = []
+    with Progress(LABEL, len(files), unit="photos", quiet=quiet) as prog:
+        prog.note(f"teacher landmarks ({TEACHER}) on {len(files):,} photos, {jitters} jitter(s) each")
+        for f in files:
+            n_before = len(imgs)
+            _teacher_crops(f, jitters, rng, imgs, lms)
+            prog.advance(1, crops=len(imgs) - n_before, without_a_face=int(len(imgs) == n_before))
+        prog.finish()
+        prog.note(f"teacher: {len(files) - prog.counts.get('without_a_face', 0):,} of {len(files):,} photos "
+                  f"have a face; {len(imgs):,} training crops")
+    return imgs, lms
+
+
+def _teacher_crops(f: Path, jitters: int, rng: np.random.Generator,
+                   imgs: list[np.ndarray], lms: list[np.ndarray]) -> None:
+    """Append the aligned, jittered and mirrored crops of one photo (none without a face)."""
+    img, _reason = decode_image(f.read_bytes())
+    faces = detect_faces(img, backend=TEACHER, select="center") if img is not None else []
+    if faces:
         lm = faces[0].landmarks
         base = alignment_matrix(lm, 112)
         for k in range(jitters + 1):
@@ -96,10 +111,6 @@ def teacher_samples(
                 # pixel centres: x_big = (x + 0.5) * UP - 0.5
                 imgs.append(big)
                 lms.append((pp + 0.5) * UP - 0.5)
-        if (n + 1) % 500 == 0:
-            log(f"  {n + 1}/{len(files)} photos, {len(imgs)} samples, {skipped} without a face")
-    log(f"teacher: {len(files) - skipped} of {len(files)} photos have a face; {len(imgs)} training crops")
-    return imgs, lms
 
 
 @dataclass
@@ -118,8 +129,10 @@ class TrainOptions:
 
 
 def train(imgs: list[np.ndarray], lms: list[np.ndarray], out: Path, opts: TrainOptions | None = None,
-          log: Callable[[str], None] = print) -> Path:
-    """Fit the cascade in the fixed aligned box and save it to ``out`` (written atomically)."""
+          quiet: bool = False) -> Path:
+    """Fit the cascade in the fixed aligned box and save it to ``out`` (written atomically).
+    dlib's trainer reports nothing while it runs: a line when it starts and one when it ends
+    (unless ``quiet``)."""
     import dlib
 
     opts = opts or TrainOptions()
@@ -138,6 +151,9 @@ def train(imgs: list[np.ndarray], lms: list[np.ndarray], out: Path, opts: TrainO
     o.num_threads = opts.threads
     o.be_verbose = False
     t = time.time()
+    prog = Progress(LABEL, quiet=quiet)
+    prog.note(f"training the cascade ({opts.cascade} levels x {opts.trees} trees, {opts.threads} threads) "
+              f"on {len(imgs):,} crops")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -150,7 +166,7 @@ def train(imgs: list[np.ndarray], lms: list[np.ndarray], out: Path, opts: TrainO
         dataset = _write_dataset(Path(work), imgs, lms, rect)
         dlib.train_shape_predictor(str(dataset), str(tmp), o)
     tmp.replace(out)
-    log(f"trained in {time.time() - t:.0f} s -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    prog.note(f"trained in {hms(time.time() - t)} -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out
 
 
@@ -177,9 +193,10 @@ def _nme(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.linalg.norm(pred - truth, axis=1).mean() / max(iod, 1e-6))
 
 
-def evaluate(files: Sequence[Path], model: Path, log: Callable[[str], None] = print) -> dict:
+def evaluate(files: Sequence[Path], model: Path, log: Callable[[str], None] = print, quiet: bool = False) -> dict:
     """Accuracy against landmarks from the original photo, and CPU time per fit, on aligned crops
-    of ``files`` (photos with a face), for dlib's model and the compact one in the same box."""
+    of ``files`` (photos with a face), for dlib's model and the compact one in the same box.
+    ``log`` gets the result lines; progress lines go to stderr unless ``quiet``."""
     import dlib
 
     full = get_detector("dlib").predictor
@@ -187,7 +204,9 @@ def evaluate(files: Sequence[Path], model: Path, log: Callable[[str], None] = pr
     rect = dlib.rectangle(*(int(round(v)) for v in ALIGNED_BOX_112))
     errs: dict[str, list[float]] = {"dlib": [], "compact": []}
     grays = []
+    prog = Progress(LABEL, len(files), unit="photos", quiet=quiet)
     for f in files:
+        prog.advance(1)
         img, _ = decode_image(Path(f).read_bytes())
         faces = detect_faces(img, backend="dlib", select="center") if img is not None else []
         if not faces:
@@ -200,6 +219,7 @@ def evaluate(files: Sequence[Path], model: Path, log: Callable[[str], None] = pr
         for name, pred in (("dlib", full), ("compact", fast)):
             errs[name].append(_nme(shape_points(pred(g, rect)), truth))
         grays.append(g)
+    prog.finish(faces=len(grays))
     out: dict = {"faces": len(grays)}
     for name, pred in (("dlib", full), ("compact", fast)):
         e = np.array(errs[name])

@@ -925,9 +925,9 @@ def _prepare_batch_model(log: Progress) -> None:
 
 
 def _shutdown_ray() -> None:
-    import ray
+    from maskgen.parallel import stop_ray
 
-    ray.shutdown()
+    stop_ray()  # also gives Ray's loggers back the levels a quiet start changed
 
 
 def _write_report(out: Path, log: Progress) -> None:

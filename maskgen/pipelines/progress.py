@@ -1,55 +1,29 @@
-"""Progress lines for a terminal and for ``<out>/build.log`` alike: one plain line per event,
-no carriage-return tricks, so a log file reads the same as the screen."""
+"""The build's reporter: the stages of one build on :mod:`maskgen.progress`, every line also in
+``<out>/build.log`` (quiet or not), so the log file reads the same as the screen."""
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from pathlib import Path
 
-from maskgen.outputs import write_error
-
-
-def _hms(seconds: float) -> str:
-    s = int(max(seconds, 0))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+from maskgen.progress import EVERY_S, Lines
+from maskgen.progress import Progress as _Job
 
 
 class Progress:
-    def __init__(self, log_path: str | Path | None, echo: bool = True, every: float = 5.0):
-        self.log = None
-        if log_path:  # O_NOFOLLOW: a log name turned into a link never appends to its target
-            try:
-                fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            except OSError as exc:
-                raise write_error(log_path, exc, "") from exc
-            self.log = os.fdopen(fd, "a", buffering=1)
-        self.echo = echo
+    """Stage lines of a build: ``line(msg)`` for events, ``stage(name, total)`` then
+    ``update(...)`` for a stage's progress (done/total images, rate, ETA, ok/failed, shards,
+    masked share). ``echo``: also on stderr."""
+
+    def __init__(self, log_path: str | Path | None, echo: bool = True, every: float = EVERY_S):
+        self.lines = Lines(quiet=not echo, log=log_path or None)
         self.every = every
-        self._last = 0.0
-        self._start = time.perf_counter()
-        self._stage = ""
-        self._total = 0
-        self._printed = None
+        self._job: _Job | None = None
 
     def line(self, msg: str) -> None:
-        text = f"{time.strftime('%H:%M:%S')} {msg}"
-        if self.echo:
-            print(text, file=sys.stderr, flush=True)
-        if self.log:
-            try:
-                self.log.write(text + "\n")
-            except OSError as exc:  # e.g. the disk is full: keep going, say it once on stderr
-                self.log = None
-                print(f"{time.strftime('%H:%M:%S')} [log] cannot append to the build log: {exc.strerror or exc}",
-                      file=sys.stderr, flush=True)
+        self.lines.emit(msg)
 
     def stage(self, name: str, total: int) -> None:
-        self._stage, self._total = name, total
-        self._start = time.perf_counter()
-        self._last = 0.0
-        self._printed = None
+        self._job = _Job(name, total, every=self.every, lines=self.lines)
 
     def update(
         self,
@@ -60,29 +34,14 @@ class Progress:
         masked: int | None = None,
         force: bool = False,
     ) -> None:
-        now = time.perf_counter()
-        if (not force and now - self._last < self.every and done < self._total) or (done, ok, failed) == self._printed:
-            return
-        self._last = now
-        self._printed = (done, ok, failed)
-        el = now - self._start
-        rate = done / el if el > 0 else 0.0
-        eta = (self._total - done) / rate if rate > 0 else 0.0
-        parts = []
+        if self._job is None:
+            raise RuntimeError("update() before stage()")
+        counts: dict = {"ok": ok, "failed": failed}
         if shards:
-            parts.append(f"shards {shards[0]}/{shards[1]}")
-        parts.append(f"images {done:,}/{self._total:,}")
-        parts.append(f"ok {ok:,} failed {failed:,}")
-        parts.append(f"{rate:,.1f} img/s")
+            counts["shards"] = f"{shards[0]}/{shards[1]}"
         if masked is not None and ok:
-            parts.append(f"masked {masked / ok:.2%}")
-        parts.append(f"elapsed {_hms(el)} ETA {_hms(eta)}")
-        self.line(f"[{self._stage}] " + " | ".join(parts))
+            counts["masked"] = f"{masked / ok:.2%}"
+        self._job.update(done, force=force, **counts)
 
     def close(self) -> None:
-        if self.log:
-            try:
-                self.log.close()
-            except OSError:
-                pass
-            self.log = None
+        self.lines.close()

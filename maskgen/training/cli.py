@@ -44,7 +44,7 @@ def train(sets: tuple[str, ...], print_config: bool, **flags: Any) -> None:
                         datefmt="%H:%M:%S")
     from maskgen.training.trainer import train as run_training
 
-    result = run_training(resolved)
+    result = run_training(resolved, quiet=cfg.quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     click.echo(f"done: step {result.step}, run folder {result.run_dir}, checkpoint {result.checkpoint}")

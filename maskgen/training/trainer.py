@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from maskgen.errors import InputError, OutputError
+from maskgen.progress import Progress
 from maskgen.training.augment import AugmentConfig
 from maskgen.training.checkpoint import (
     FORMAT,
@@ -51,7 +52,6 @@ from maskgen.training.ema import ModelEma
 from maskgen.training.heads import classifier_prefixes, classifier_sharding, is_classifier_key
 from maskgen.training.loader import LoaderConfig, expand_shards, make_loader, read_dataset_info, to_device
 from maskgen.training.methods import method_class
-from maskgen.training.progress import format_eta
 from maskgen.training.schedules import build_schedule
 
 log = logging.getLogger("maskgen.train")
@@ -239,13 +239,15 @@ def wrap_model(method: nn.Module, cfg: dict[str, Any], di: DistInfo) -> nn.Modul
     )
 
 
-def train(config: dict[str, Any] | str | os.PathLike | None = None, **overrides: Any) -> TrainResult:
+def train(config: dict[str, Any] | str | os.PathLike | None = None, *, quiet: bool = False,
+          **overrides: Any) -> TrainResult:
     """Train a method on shards. ``config``: a dict or YAML path; ``overrides``: config keys
-    (dotted for nested options). Returns the run folder, last checkpoint and logged rows."""
+    (dotted for nested options). Progress lines (steps done/total, rate, ETA, loss) go to
+    stderr unless ``quiet``. Returns the run folder, last checkpoint and logged rows."""
     cfg = resolve_config(config, **overrides)
     dist_info = init_distributed(cfg["device"])
     try:
-        return _train(cfg, dist_info)
+        return _train(cfg, dist_info, quiet)
     finally:
         cleanup(dist_info)
 
@@ -263,7 +265,7 @@ def _check_method_options(cfg: dict[str, Any]) -> None:
         pass  # a model that cannot be built on the meta device: the real build will tell
 
 
-def _train(cfg: dict[str, Any], di: DistInfo) -> TrainResult:
+def _train(cfg: dict[str, Any], di: DistInfo, quiet: bool = False) -> TrainResult:
     device = di.device
     if cfg.get("threads") and device.type == "cpu":
         torch.set_num_threads(int(cfg["threads"]))
@@ -431,7 +433,9 @@ def _train(cfg: dict[str, Any], di: DistInfo) -> TrainResult:
     acc: dict[str, torch.Tensor] = {}
     nonfinite_run = torch.zeros((), device=device)  # consecutive skipped steps
     nonfinite_total = torch.zeros((), device=device)
-    t_start, step_start = time.perf_counter(), step
+    # only rank 0 reports; the rate counts this run's steps (a resumed run starts at ``step``)
+    prog = Progress("train", stop_at, unit="steps", quiet=quiet or not di.is_main, initial=step)
+    step_start = step
     t_last, n_last, wait = time.perf_counter(), 0, 0.0
     epoch = step // steps_per_epoch
     set_epoch = getattr(method, "set_epoch", None)
@@ -492,16 +496,15 @@ def _train(cfg: dict[str, Any], di: DistInfo) -> TrainResult:
             if di.is_main:
                 history.append(row)
                 jlog.write(row)
-                rate = (step - step_start) / max(now - t_start, 1e-9)
-                log.info("step %d/%d (%.1f%%) epoch %d loss %.4f lr %.5f %.0f samples/s ETA %s data-wait %.0f%%%s",
-                         step, total_steps, 100.0 * step / total_steps, epoch, row.get("loss", float("nan")),
-                         row["lr"], row["samples_per_s"], format_eta((stop_at - step) / max(rate, 1e-9)),
-                         100 * row["data_wait"], f" skipped {counts}" if counts else "")
+                prog.update(step, force=True, epoch=epoch, loss=f"{row.get('loss', float('nan')):.4f}",
+                            lr=f"{row['lr']:.5f}", **{"samples/s": f"{row['samples_per_s']:,.0f}"},
+                            data_wait=f"{row['data_wait']:.0%}", **({"skipped": str(counts)} if counts else {}))
             acc.clear()
             t_last, n_last, wait = time.perf_counter(), 0, 0.0
         end_of_epoch = step % steps_per_epoch == 0
         if (save_every and step % save_every == 0) or end_of_epoch or step == stop_at:
             save(epoch)
+    prog.finish()
     if last_ckpt is None and di.is_main:
         found = list_checkpoints(run_dir)
         last_ckpt = found[-1] if found else None
