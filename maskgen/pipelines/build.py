@@ -226,6 +226,16 @@ def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
             log.close()
 
 
+def plan_opts(cfg: BuildConfig) -> dict[str, Any]:
+    """The rendering options of the shard plan. Its keys keep their first names (``output``,
+    ``jpeg_quality``) whatever the options are called now: they are hashed into every shard's
+    plan hash, which resume compares, so a folder built before a rename is the same build."""
+    opts = {"output": cfg.image_mode, "image_size": cfg.image_size, "jpeg_quality": cfg.quality, "twins": cfg.twins}
+    if cfg.min_fit is not None:  # masks: reject renders below the fit score threshold
+        opts["min_fit"] = cfg.min_fit
+    return opts
+
+
 class _Build:
     """One build's driver state: options, the identity table, per-shard arrays."""
 
@@ -576,12 +586,7 @@ class _Build:
         t, c = time.perf_counter(), time.process_time()
         base = np.cumsum(self.n_plan) - self.n_plan
         attributes = _attribute_mode(cfg.attributes)
-        # the shard plan keeps its key names (output, jpeg_quality): they are in every shard's
-        # plan hash, so a folder built under the old option names resumes as the same build
-        opts = {"output": cfg.image_mode, "image_size": cfg.image_size, "jpeg_quality": cfg.quality, "twins": cfg.twins}
-        if cfg.min_fit is not None:  # masks: reject renders below the fit score threshold
-            opts["min_fit"] = cfg.min_fit
-        self.opts = opts
+        self.opts = opts = plan_opts(cfg)
         self.head = json.dumps({"v": FORMAT_VERSION, "opts": opts}, sort_keys=True)
 
         def task(p: int, per_shard: int, estimate: int = 0) -> dict:
