@@ -233,3 +233,19 @@ def test_the_shard_plan_keeps_its_key_names(tmp_path) -> None:
     assert B.plan_opts(cfg) == B.plan_opts(cfg_old) == {
         "output": "original", "image_size": 112, "jpeg_quality": 80, "twins": True}
     assert B.plan_opts(cfg.replace(min_fit=0.5))["min_fit"] == 0.5
+
+
+def test_build_offers_every_backend_and_refuses_others(tmp_path, monkeypatch) -> None:
+    """--backend takes every backend of maskgen.masks.landmarks (default ``auto``); the old
+    --detector is hidden and the same option; an unknown one is one line."""
+    from maskgen.masks.landmarks import BACKENDS, DEFAULT_BACKEND
+
+    seen = _capture_build(monkeypatch)
+    base = ["lfw", "-o", str(tmp_path / "o")]
+    for b in BACKENDS:
+        assert _cli(base + ["--backend", b]).exit_code == 0
+    assert _cli(base).exit_code == 0
+    assert [c.backend for c in seen] == [*BACKENDS, DEFAULT_BACKEND]
+    r = _cli(base + ["--backend", "hog"])
+    assert r.exit_code == 2 and r.output.startswith("Error: --backend: must be one of auto, cnn, dlib")
+    assert len(r.output.splitlines()) == 1

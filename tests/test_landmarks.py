@@ -495,11 +495,10 @@ def test_mtcnn_weights_come_from_the_installed_package() -> None:
 COMMANDS = {  # command -> (arguments that make it parse, the option's destination)
     "mask": (["SRC", "-o", "OUT"], "backend"),
     "landmarks": (["SRC"], "backend"),
-    "build": (["lfw", "-o", "OUT"], "detector"),
     "audit": (["SRC"], "backend"),
     "eval": (["--out", "OUT"], "landmarks"),
 }
-OLD_NAMES = {"build": "--detector", "eval": "--landmarks"}
+OLD_NAMES = {"eval": "--landmarks"}  # build's --backend (schema-generated): tests/test_build_options.py
 
 
 def _command(name: str):
