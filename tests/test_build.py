@@ -317,6 +317,9 @@ def test_cli_and_yaml(lfw_build: Path, tmp_path: Path, ray_session) -> None:
 
     resolved = yaml.safe_load((out / "build.yaml").read_text())
     assert resolved["ratio"] == 0.25 and resolved["max_identities"] == 10 and resolved["source"] == "lfw"
+    from maskgen.pipelines.config import BUILD
+
+    assert BUILD.resolve(out / "build.yaml").to_dict() == resolved  # reloads as written (-c <out>/build.yaml)
     bad = CliRunner().invoke(main, ["build", "lfw", "-o", str(tmp_path / "x"), "--mask-type", "scuba"])
     assert bad.exit_code != 0 and "scuba" in bad.output
 
