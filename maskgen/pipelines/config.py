@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any
 
 from maskgen.masks.options import BACKEND, MASK_TYPE
 from maskgen.options import (CONFIG, OUT, QUALITY, QUIET, REQUIRED, SEED, WORKERS, Alias, Config, Field,
@@ -113,11 +112,6 @@ BUILD = Schema("build", [
                 aliases=(Alias(flags=("--progress",), key="progress", invert=True),)),
     Field("report", bool, True, "Write the balance report and DATA_CARD.md (maskgen.audit)."),
 ], checks=[_image_range])
-
-
-def resolve(config: str | os.PathLike | None = None, /, **given: Any) -> Config:
-    """Defaults < the YAML file (or shipped config) < the options given."""
-    return BUILD.resolve(config, **given)
 
 
 def write_yaml(cfg: Config, path: str | os.PathLike) -> None:
