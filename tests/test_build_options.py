@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import yaml
@@ -166,7 +165,7 @@ def test_a_bad_value_is_one_line_naming_its_origin(tmp_path, monkeypatch) -> Non
     assert not seen  # nothing ran
     # a real process: the same one line on stderr, no traceback
     p = subprocess.run([sys.executable, "-m", "maskgen", "build", "lfw", "-o", out, "--ratio", "2"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 2 and p.stderr.strip() == "Error: --ratio: must be within [0, 1], got 2", p.stderr
 
 

@@ -20,8 +20,20 @@ import inspect
 import os
 
 from maskgen.masks.options import BACKEND, MASK_TYPE
-from maskgen.options import (CONFIG, OUT, QUALITY, QUIET, REQUIRED, SEED, WORKERS, Alias, Config, Field,
-                             Schema, existing)
+from maskgen.options import (
+    CONFIG,
+    OUT,
+    QUALITY,
+    QUIET,
+    REQUIRED,
+    SEED,
+    WORKERS,
+    Alias,
+    Config,
+    Field,
+    Schema,
+    existing,
+)
 
 MODES = ("resume", "overwrite")
 IMAGE_MODES = ("aligned", "original")
