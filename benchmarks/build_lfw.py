@@ -19,7 +19,7 @@ too, from each process's last sample.
     MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py            # 1 and 2 workers
     MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py --workers 1 2 2 1   # ABBA, averaged
     python benchmarks/build_lfw.py --workers 2 --max-identities 500             # a quick look
-    MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py --workers 2 2 --detector dlib
+    MASKGEN_DATA_HOME=../shared/data python benchmarks/build_lfw.py --workers 2 2 --backend dlib
 
 Targets (2-core machine): < 90 s wall with both cores, >= 1.8x from 1 to 2 workers,
 peak memory < 1.5 GB; the scale work's: < 20 s wall with 2 workers once the landmark model
@@ -151,8 +151,8 @@ def run_once(workers: int, args: argparse.Namespace, out: Path) -> dict:
            "--workers", str(workers), "--mode", "overwrite", "--seed", "0"]
     if args.max_identities:
         cmd += ["--max-identities", str(args.max_identities)]
-    if args.detector:
-        cmd += ["--detector", args.detector]
+    if args.backend:
+        cmd += ["--backend", args.backend]
     if not args.report:
         cmd.append("--no-report")
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
@@ -192,7 +192,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.1)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--max-identities", type=int, default=None)
-    ap.add_argument("--detector", default=None, help="landmark backend (default: the build's default)")
+    ap.add_argument("--backend", default=None, help="landmark backend (default: the build's default)")
     ap.add_argument("--report", action="store_true", help="also write the balance report and data card")
     ap.add_argument("--out", type=Path, default=None, help="keep the builds here (default: a temp folder)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON")

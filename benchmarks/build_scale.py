@@ -1,6 +1,6 @@
 """Benchmark: `maskgen build` of an insightface `.rec` of N aligned 112x112 crops at ratio 0.1.
 
-The `.rec` is made from LFW's aligned crops (a `maskgen build lfw --ratio 0 --output aligned`
+The `.rec` is made from LFW's aligned crops (a `maskgen build lfw --ratio 0 --image-mode aligned`
 once, kept in the work folder), repeated as new identities up to N records
 (`maskgen.datasets.recordio.repeat_as_new_identities`), as MS1M/Glint360K/WebFace releases
 ship them. Each N is one fresh `maskgen build recordio:... --ratio 0.1 --workers W --no-report`

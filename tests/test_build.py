@@ -42,7 +42,7 @@ def ray_session():
 def lfw_build(ray_session, lfw_dir: Path, tmp_path_factory) -> Path:
     """A first build (ratio 0.1, report on): its landmarks.parquet serves the other builds."""
     out = tmp_path_factory.mktemp("lfw40") / "b"
-    build("lfw", out, ratio=0.1, max_identities=N_IDS, samples_per_shard=30, seed=0, progress=False)
+    build("lfw", out, ratio=0.1, max_identities=N_IDS, samples_per_shard=30, seed=0, quiet=True)
     return out
 
 
@@ -93,7 +93,7 @@ def test_first_build_outputs(lfw_build: Path) -> None:
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5, 1.0])
 def test_ratio_exact(lfw_build: Path, tmp_path: Path, ratio: float) -> None:
     res = build("lfw", tmp_path / "o", ratio=ratio, max_identities=N_IDS, samples_per_shard=30,
-                landmarks_from=str(lfw_build), report=False, progress=False)
+                landmarks_from=str(lfw_build), report=False, quiet=True)
     n = res.num_samples
     assert n + res.num_failed == 83 and n >= 78  # a face in nearly every image
     assert abs(res.num_masked - ratio * n) <= 0.5  # exact within one sample
@@ -114,7 +114,7 @@ def test_ratio_exact(lfw_build: Path, tmp_path: Path, ratio: float) -> None:
 
 def test_twins_read_back_webdataset_and_ray(lfw_build: Path, tmp_path: Path, ray_session) -> None:
     res = build("lfw", tmp_path / "t", ratio=0.5, twins=True, max_identities=N_IDS, samples_per_shard=50,
-                landmarks_from=str(lfw_build), report=False, progress=False, mask_mix="mtarcface")
+                landmarks_from=str(lfw_build), report=False, quiet=True, mask_mix="mtarcface")
     samples = _wds_samples(res.out)
     assert len(samples) == res.num_samples
     for s in samples:
@@ -138,7 +138,7 @@ def test_twins_read_back_webdataset_and_ray(lfw_build: Path, tmp_path: Path, ray
 
 def test_workers_1_and_2_byte_identical(lfw_build: Path, tmp_path: Path) -> None:
     kw = dict(ratio=0.5, twins=True, max_identities=N_IDS, samples_per_shard=20, landmarks_from=str(lfw_build),
-              report=False, progress=False, seed=7)
+              report=False, quiet=True, seed=7)
     a = build("lfw", tmp_path / "w1", workers=1, **kw)
     b = build("lfw", tmp_path / "w2", workers=2, **kw)
     assert len(a.shards) == len(b.shards) == 5
@@ -158,7 +158,7 @@ def test_workers_1_and_2_byte_identical(lfw_build: Path, tmp_path: Path) -> None
 
 def test_resume_simulated_crash(lfw_build: Path, tmp_path: Path) -> None:
     kw = dict(ratio=0.1, max_identities=N_IDS, samples_per_shard=20, landmarks_from=str(lfw_build),
-              report=False, progress=False)
+              report=False, quiet=True)
     ref = build("lfw", tmp_path / "ref", **kw)
     out = tmp_path / "crash"
     shutil.copytree(ref.out, out)
@@ -198,10 +198,10 @@ def test_resume_after_kill(lfw_build: Path, tmp_path: Path) -> None:
     info_before = (out / "dataset.json").exists()
     assert not info_before  # killed before the merge
     res = build("lfw", out, ratio=0.1, max_identities=120, samples_per_shard=8, workers=1, report=False,
-                progress=False, seed=3)
+                quiet=True, seed=3)
     assert res.shards_reused >= n_done >= 2 and res.shards_built >= 1
     ref = build("lfw", tmp_path / "ref", ratio=0.1, max_identities=120, samples_per_shard=8, workers=2,
-                report=False, progress=False, seed=3, landmarks_from=str(out))
+                report=False, quiet=True, seed=3, landmarks_from=str(out))
     assert [p.name for p in ref.shards] == [p.name for p in res.shards]
     for x, y in zip(ref.shards, res.shards):
         assert x.read_bytes() == y.read_bytes()
@@ -242,7 +242,7 @@ def _odd_inputs(lfw_dir: Path, root: Path) -> dict[str, str]:
 def test_bad_inputs_counted_not_fatal(ray_session, lfw_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "odd"
     expect = _odd_inputs(lfw_dir, root)
-    res = build(str(root), tmp_path / "o", ratio=0.5, report=False, progress=False, samples_per_shard=10)
+    res = build(str(root), tmp_path / "o", ratio=0.5, report=False, quiet=True, samples_per_shard=10)
     rows = {Path(r["path"]).name: r for r in _manifest(res.out)}
     for name, status in expect.items():
         assert rows[name]["status"] == status, (name, rows[name]["reason"])
@@ -268,27 +268,27 @@ def test_recordio_source_build(ray_session, lfw_dir: Path, tmp_path: Path) -> No
     items = [(i, f.read_bytes()) for i, n in enumerate(names) for f in sorted((lfw_dir / n).iterdir())[:6]]
     write_recordio(items, tmp_path / "rec" / "train.rec")
     res = build(f"recordio:{tmp_path / 'rec' / 'train.rec'}", tmp_path / "o", ratio=0.5, report=False,
-                progress=False, min_images=2, twins=True)
+                quiet=True, min_images=2, twins=True)
     assert res.num_classes == 3 and res.num_samples + res.num_failed == len(items)
     metas = [json.loads(s["json"]) for s in _wds_samples(res.out)]
     assert {m["identity"] for m in metas} == {"0", "1", "2"}
     assert all(m["source_path"].startswith("train.rec@") for m in metas)
     # re-mask that build's shards at another ratio: a WebDataset source (the originals are used)
-    again = build(f"wds:{res.out}/shards/*.tar", tmp_path / "o2", ratio=0.0, report=False, progress=False,
-                  output="original")
+    again = build(f"wds:{res.out}/shards/*.tar", tmp_path / "o2", ratio=0.0, report=False, quiet=True,
+                  image_mode="original")
     assert again.num_samples == res.num_samples and again.num_masked == 0
     assert {json.loads(s["json"])["source_path"].split(":")[1].split(".", 1)[1] for s in _wds_samples(again.out)} == {"orig.jpg"}
     # without twins, masked training images have no original: dropped with the reason
     plain = build(f"recordio:{tmp_path / 'rec' / 'train.rec'}", tmp_path / "o3", ratio=0.5, report=False,
-                  progress=False, min_images=2, landmarks_from=str(res.out))
-    remask = build(f"wds:{plain.out}/shards/*.tar", tmp_path / "o4", ratio=0.0, report=False, progress=False)
+                  quiet=True, min_images=2, landmarks_from=str(res.out))
+    remask = build(f"wds:{plain.out}/shards/*.tar", tmp_path / "o4", ratio=0.0, report=False, quiet=True)
     assert remask.num_samples == plain.num_samples - plain.num_masked
     assert remask.reasons == {"dropped: source image is already masked and has no original": plain.num_masked}
 
 
 def test_filters_in_manifest(lfw_build: Path, tmp_path: Path) -> None:
     res = build("lfw", tmp_path / "f", ratio=0.5, max_identities=10, min_images=2, exclude="Abdullah_Gul",
-                exclude_eval="lfw-devtest", dedup=True, landmarks_from=str(lfw_build), report=False, progress=False)
+                exclude_eval="lfw-devtest", dedup=True, landmarks_from=str(lfw_build), report=False, quiet=True)
     rows = _manifest(res.out)
     reasons = {r["reason"].split(" (")[0] for r in rows if r["status"] == "dropped"}
     assert {"in exclude list", "evaluation identity", "identity has fewer than min_images",
@@ -318,7 +318,10 @@ def test_cli_and_yaml(lfw_build: Path, tmp_path: Path, ray_session) -> None:
 
     resolved = yaml.safe_load((out / "build.yaml").read_text())
     assert resolved["ratio"] == 0.25 and resolved["max_identities"] == 10 and resolved["source"] == "lfw"
-    bad = CliRunner().invoke(main, ["build", "lfw", "-o", str(tmp_path / "x"), "--mask-types", "scuba"])
+    from maskgen.pipelines.config import BUILD
+
+    assert BUILD.resolve(out / "build.yaml").to_dict() == resolved  # reloads as written (-c <out>/build.yaml)
+    bad = CliRunner().invoke(main, ["build", "lfw", "-o", str(tmp_path / "x"), "--mask-type", "scuba"])
     assert bad.exit_code != 0 and "scuba" in bad.output
 
 
@@ -340,7 +343,7 @@ def test_demographic_labels_spread_ratio(ray_session, fairface_dir: Path, tmp_pa
         w.writerows([r["file"], r["gender"], r["race"]] for r in rows)
     ratio = 0.3
     res = build(str(root), tmp_path / "o", ratio=ratio, identity_depth=0, labels=str(labels), stratify="race",
-                report=False, progress=False)
+                report=False, quiet=True)
     assert res.num_classes >= res.num_samples  # one identity per image (identity_depth=0)
     man = [r for r in _manifest(res.out) if r["status"] == "ok"]
     assert all(r["race"] and r["gender"] for r in man)
@@ -360,7 +363,7 @@ def test_demographic_labels_spread_ratio(ray_session, fairface_dir: Path, tmp_pa
     # Rebalancing: at most 5 images per race group, the rest dropped with the reason.
     cap = 5
     res2 = build(str(root), tmp_path / "c", ratio=ratio, identity_depth=0, labels=str(labels), stratify="race",
-                 cap_per_group=cap, landmarks_from=str(res.out), report=False, progress=False)
+                 cap_per_group=cap, landmarks_from=str(res.out), report=False, quiet=True)
     rows2 = _manifest(res2.out)
     kept = defaultdict(int)
     for r in rows2:
@@ -375,7 +378,7 @@ def test_demographic_labels_spread_ratio(ray_session, fairface_dir: Path, tmp_pa
 def test_min_masked(ray_session, lfw_dir: Path, tmp_path: Path) -> None:
     """Identities whose masked share would fall below K are dropped; the rest get at least K."""
     res = build("lfw", tmp_path / "k", ratio=0.5, min_masked=4, include="Abdullah_Gul,Adrien_Brody,AJ_Cook",
-                report=False, progress=False)
+                report=False, quiet=True)
     rows = _manifest(res.out)
     aj = [r for r in rows if r["identity"] == "AJ_Cook"]
     assert aj[0]["status"] == "dropped" and aj[0]["reason"].startswith("identity keeps fewer than min_masked")
@@ -392,7 +395,7 @@ def test_output_folder_is_owned(lfw_build: Path, tmp_path: Path) -> None:
     from maskgen.errors import OutputError
     from maskgen.outputs import claim
 
-    kw = dict(ratio=0.1, max_identities=N_IDS, landmarks_from=str(lfw_build), report=False, progress=False)
+    kw = dict(ratio=0.1, max_identities=N_IDS, landmarks_from=str(lfw_build), report=False, quiet=True)
     user = tmp_path / "user"
     (user / "shards").mkdir(parents=True)
     mine = {f"train-{i:06d}.tar": os.urandom(600) for i in range(3)}
@@ -496,7 +499,7 @@ def test_two_node_cluster_same_bytes_and_survives_a_dead_node(lfw_build: Path, t
     args = ["lfw", "--ratio", "0.5", "--twins", "--max-identities", str(N_IDS), "--samples-per-shard", "6",
             "--landmarks-from", str(lfw_build), "--no-report", "--seed", "5", "--attributes", "all"]
     ref = build("lfw", tmp_path / "local", ratio=0.5, twins=True, max_identities=N_IDS, samples_per_shard=6,
-                landmarks_from=str(lfw_build), report=False, progress=False, seed=5, workers=2)
+                landmarks_from=str(lfw_build), report=False, quiet=True, seed=5, workers=2)
     import tempfile
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="mgray-"))  # short: Ray's socket paths must fit 107 bytes
@@ -546,7 +549,7 @@ def test_two_node_cluster_same_bytes_and_survives_a_dead_node(lfw_build: Path, t
 def _build_call(out: Path, lfw_build: Path) -> str:
     """The source line of a script's build() call: the build of ``lfw_build``, into ``out``."""
     return (f"build('lfw', {str(out)!r}, ratio=0.1, max_identities={N_IDS}, samples_per_shard=30, seed=0,"
-            f" landmarks_from={str(lfw_build)!r}, progress=False, report=False, workers=1)\n")
+            f" landmarks_from={str(lfw_build)!r}, quiet=True, report=False, workers=1)\n")
 
 
 def _assert_same_shards(out: Path, ref: Path) -> None:

@@ -52,7 +52,7 @@ def crops_rec(tmp_path_factory, astronaut) -> tuple[Path, list[bytes]]:
 @pytest.fixture(scope="module")
 def twins_build(crops_rec, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("twins") / "b"
-    build(f"recordio:{crops_rec[0]}", out, ratio=0.25, twins=True, samples_per_shard=16, progress=False, workers=2)
+    build(f"recordio:{crops_rec[0]}", out, ratio=0.25, twins=True, samples_per_shard=16, quiet=True, workers=2)
     return out
 
 
@@ -64,7 +64,7 @@ def ratio_build(crops_rec, tmp_path_factory) -> Path:
     labels = root / "labels.csv"
     labels.write_text("identity,group\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(N_IDS - 2)))
     out = root / "b"
-    build(f"recordio:{crops_rec[0]}", out, ratio=0.1, labels=str(labels), samples_per_shard=16, progress=False,
+    build(f"recordio:{crops_rec[0]}", out, ratio=0.1, labels=str(labels), samples_per_shard=16, quiet=True,
           workers=2, seed=5)  # seed 5: the first 9 samples are unmasked
     return out
 
@@ -78,7 +78,7 @@ def _samples(out: Path) -> list[dict]:
 
 def test_passthrough_landmarks_and_attributes(crops_rec, tmp_path: Path) -> None:
     rec, data = crops_rec
-    res = build(f"recordio:{rec}", tmp_path / "o", ratio=0.25, samples_per_shard=16, report=False, progress=False)
+    res = build(f"recordio:{rec}", tmp_path / "o", ratio=0.25, samples_per_shard=16, report=False, quiet=True)
     assert res.num_samples == N_IDS * PER_ID and res.num_masked == 10
     src_bytes = set(data)
     n_pass = 0
@@ -105,11 +105,11 @@ def test_passthrough_landmarks_and_attributes(crops_rec, tmp_path: Path) -> None
     assert all(r["path"] == "train.rec" for r in man)  # relative to the source root
     assert "source_root" not in info and str(rec.parent) not in (res.out / "dataset.json").read_text()
     # all: every sample measured (and so decoded), none: nothing measured
-    allb = build(f"recordio:{rec}", tmp_path / "all", ratio=0.25, attributes="all", report=False, progress=False,
+    allb = build(f"recordio:{rec}", tmp_path / "all", ratio=0.25, attributes="all", report=False, quiet=True,
                  record_root=True)
     info = json.loads((allb.out / "dataset.json").read_text())
     assert info["attributes"]["measured"] == 40 and info["source_root"] == str(rec.parent)
-    none = build(f"recordio:{rec}", tmp_path / "none", ratio=0.25, attributes="none", report=False, progress=False)
+    none = build(f"recordio:{rec}", tmp_path / "none", ratio=0.25, attributes="none", report=False, quiet=True)
     assert json.loads((none.out / "dataset.json").read_text())["attributes"]["measured"] == 0
 
 
@@ -254,7 +254,7 @@ def test_sample_json_fields_are_all_declared_with_their_types(which: str, reques
 
 def test_resume_rebuilds_a_damaged_tar(crops_rec, tmp_path: Path) -> None:
     rec, _ = crops_rec
-    kw = dict(ratio=0.25, samples_per_shard=8, report=False, progress=False)
+    kw = dict(ratio=0.25, samples_per_shard=8, report=False, quiet=True)
     a = build(f"recordio:{rec}", tmp_path / "o", **kw)
     ref = {p.name: p.read_bytes() for p in a.shards}
     stats = json.loads((tmp_path / "o" / "stats" / "train-000001.json").read_text())
@@ -278,13 +278,13 @@ def test_no_usable_image_is_an_error_with_a_manifest(tmp_path: Path) -> None:
     (src / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (src / "b.png").write_bytes(b"")
     with pytest.raises(InputError, match="no usable image") as e:
-        build(str(tmp_path / "src"), tmp_path / "o", report=False, progress=False)
+        build(str(tmp_path / "src"), tmp_path / "o", report=False, quiet=True)
     assert "\n" not in str(e.value)
     rows = pq.read_table(tmp_path / "o" / "manifest.parquet").to_pylist()
     assert len(rows) == 2 and all(r["status"] == "failed" and r["reason"] for r in rows)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no image found"):
-        build(str(tmp_path / "empty"), tmp_path / "o2", report=False, progress=False)
+        build(str(tmp_path / "empty"), tmp_path / "o2", report=False, quiet=True)
 
 
 def test_cli_exits_non_zero_when_nothing_is_usable(tmp_path: Path) -> None:
@@ -323,7 +323,7 @@ def test_classes_tsv_escapes_names(crops_rec, tmp_path: Path) -> None:
         d.mkdir(parents=True)
         for j in range(2):
             (d / f"{j}.jpg").write_bytes(data[i * PER_ID + j])
-    res = build(str(root), tmp_path / "o", ratio=0.0, report=False, progress=False)
+    res = build(str(root), tmp_path / "o", ratio=0.0, report=False, quiet=True)
     lines = (res.out / "classes.tsv").read_text().splitlines()
     assert lines == ["0\tnew\\nline", "1\tplain", "2\ttab\\there"]
     with tarfile.open(res.shards[0]) as tf:
@@ -340,7 +340,7 @@ def test_partitioning_and_task_grouping_change_no_byte(crops_rec, tmp_path: Path
     from maskgen.pipelines import scan as S
 
     rec, _ = crops_rec
-    kw = dict(ratio=0.3, twins=True, samples_per_shard=7, report=False, progress=False, seed=4)
+    kw = dict(ratio=0.3, twins=True, samples_per_shard=7, report=False, quiet=True, seed=4)
     one = build(f"recordio:{rec}", tmp_path / "one", **kw)
     monkeypatch.setattr(S, "PART_ROWS", 6)
     monkeypatch.setattr(B, "CHUNKS_PER_TASK", 3)
@@ -401,7 +401,7 @@ def test_disk_full_one_line_then_resume(crops_rec, small_tmpfs: Path, tmp_path: 
                         text=True, timeout=600)
     assert r2.returncode == 0, r2.stderr[-2000:]
     ref = build(f"recordio:{rec}", tmp_path / "ref", ratio=0.5, twins=True, samples_per_shard=8, report=False,
-                progress=False, seed=2)
+                quiet=True, seed=2)
     assert sorted(p.name for p in (out / "shards").glob("*.tar")) == [p.name for p in ref.shards]
     for p in ref.shards:
         assert (out / "shards" / p.name).read_bytes() == p.read_bytes()
@@ -433,7 +433,7 @@ def test_audit_says_how_many_samples_the_build_measured(crops_rec, tmp_path: Pat
     from maskgen.audit.sources import load_input
 
     rec, _ = crops_rec
-    res = build(f"recordio:{rec}", tmp_path / "o", ratio=0.25, report=False, progress=False)
+    res = build(f"recordio:{rec}", tmp_path / "o", ratio=0.25, report=False, quiet=True)
     att = json.loads((res.out / "dataset.json").read_text())["attributes"]
     assert att["measured"] < att["of"]
     inp = load_input(res.out, compute_attributes=False, fill_failed=False)
@@ -441,6 +441,6 @@ def test_audit_says_how_many_samples_the_build_measured(crops_rec, tmp_path: Pat
     assert len(note) == 1
     assert f"{att['measured']:,} of the {att['of']:,} written samples" in note[0]
     assert "--attributes auto, sample rate 0.1" in note[0] and "those samples only" in note[0]
-    full = build(f"recordio:{rec}", tmp_path / "all", ratio=0.25, attributes="all", report=False, progress=False)
+    full = build(f"recordio:{rec}", tmp_path / "all", ratio=0.25, attributes="all", report=False, quiet=True)
     inp = load_input(full.out, compute_attributes=False, fill_failed=False)
     assert not [n for n in inp.notes if n.startswith("skin tone and quality were measured on")]

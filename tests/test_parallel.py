@@ -81,7 +81,7 @@ def test_the_build_starts_ray_through_parallel(monkeypatch, tmp_path) -> None:
 
     from maskgen import parallel
     from maskgen.pipelines import runner
-    from maskgen.pipelines.config import BuildConfig
+    from maskgen.pipelines.config import BUILD
 
     B = importlib.import_module("maskgen.pipelines.build")
     assert B.start_ray is parallel.start_ray and B.cluster_cpus is parallel.cluster_cpus
@@ -95,7 +95,7 @@ def test_the_build_starts_ray_through_parallel(monkeypatch, tmp_path) -> None:
             pass
 
     for progress, address in ((False, None), (True, None), (False, "auto")):
-        cfg = BuildConfig(source="lfw", out=str(tmp_path), progress=progress, workers=None, ray_address=address)
+        cfg = BUILD.resolve(source="lfw", out=str(tmp_path), quiet=not progress, workers=None, ray_address=address)
         b = B._Build(cfg, SimpleNamespace(out=tmp_path), _Log(), 0.0, False)  # type: ignore[arg-type]
         b._start_ray()
         assert b.window == 3 and b.ray_started == (address is None)

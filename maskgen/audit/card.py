@@ -36,11 +36,13 @@ MASKTHEFACE_CITATION = """@article{anwar2020masked,
 }"""
 # Execution settings: they change how fast a build runs, never its bytes.
 # ``landmarks_from`` only points at a cache of detections.
-EXECUTION_KEYS = {"workers", "ray_address", "progress", "mode", "report", "chunk_size",
+EXECUTION_KEYS = {"workers", "ray_address", "progress", "quiet", "mode", "report", "chunk_size",
                   "landmarks_from"}
 # The keys of build.yaml that make up the mask recipe.
-RECIPE_KEYS = ("ratio", "seed", "twins", "stratify", "min_masked", "output", "image_size",
-               "detector", "mask_mix", "mask_types", "wear", "texture_prob")
+# (``output``, ``detector``, ``mask_types``: their names in builds made before ``image_mode``,
+# ``backend`` and ``mask_type``)
+RECIPE_KEYS = ("ratio", "seed", "twins", "stratify", "min_masked", "image_mode", "output", "image_size",
+               "backend", "detector", "mask_mix", "mask_type", "mask_types", "wear", "texture_prob")
 
 
 def size_category(n: int) -> str:
@@ -141,7 +143,7 @@ def mask_recipe(cfg: dict) -> dict:
 
         mix_cls = getattr(M, "MaskMix", None)
         if mix_cls is not None:
-            mix = mix_cls.resolve(cfg.get("mask_mix"), mask_types=cfg.get("mask_types"),
+            mix = mix_cls.resolve(cfg.get("mask_mix"), mask_types=cfg.get("mask_type", cfg.get("mask_types")),
                                   wear=cfg.get("wear"), texture_prob=cfg.get("texture_prob"))
             out["mask_mix"] = {"recipe": cfg.get("mask_mix") or "default", **mix.to_dict()}
     except Exception:  # a recipe file not on this machine, or another library version

@@ -43,8 +43,6 @@ Select = Literal["all", "largest", "center"]
 # (eval).
 BACKENDS = ("auto", "cnn", "dlib", "aligned", "aligned-full", "fan")
 DEFAULT_BACKEND = "auto"
-BACKEND_HELP = ("Landmark backend: auto (aligned for square crops <= 128 px, else cnn), cnn (MTCNN detector "
-                "+ dlib 68-point fit), dlib (HOG detector, the old default), aligned, aligned-full, fan.")
 # Largest square crop that "auto" treats as ArcFace-aligned (insightface releases are 112 px).
 ALIGNED_MAX_SIDE = 128
 
@@ -107,39 +105,6 @@ def backend_tag(backend: str) -> str:
     if backend in ("auto", "aligned") and aligned_model_path().is_file():
         tag += "+compact"
     return tag
-
-
-def backend_option(*old_names: str, dest: str = "backend", help: str | None = None):
-    """The ``--backend`` click option of every command (choices ``BACKENDS``, default
-    ``DEFAULT_BACKEND``), with ``old_names`` (e.g. ``--detector``) accepted as hidden aliases.
-
-    Given several times, the last one on the command line wins."""
-    import click
-
-    key = f"maskgen.backend_alias.{dest}"
-
-    def main(ctx, param, value):
-        if value is not None:
-            return value
-        if key in ctx.meta:  # an old name was given: it counts as given (over a config file)
-            value, source = ctx.meta[key]
-            ctx.set_parameter_source(dest, source)
-            return value
-        return DEFAULT_BACKEND
-
-    def alias(ctx, param, value):
-        if value is not None:
-            ctx.meta[key] = (value, ctx.get_parameter_source(param.name))
-            ctx.params[dest] = value
-
-    def deco(f):
-        for name in old_names:
-            f = click.option(name, type=click.Choice(BACKENDS), default=None, expose_value=False, hidden=True,
-                             callback=alias, help="Old name of --backend.")(f)
-        return click.option("--backend", dest, type=click.Choice(BACKENDS), default=None, callback=main,
-                            help=(help or BACKEND_HELP) + f"  [default: {DEFAULT_BACKEND}]")(f)
-
-    return deco
 
 
 @dataclass

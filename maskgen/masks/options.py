@@ -32,7 +32,9 @@ def _check_mask_type(value: str | list[str]) -> str | None:
     return None
 
 
-BACKEND = Field("backend", str, "auto", "Landmark backend.", choices=backend_choices)
+BACKEND = Field("backend", str, "auto",
+                "Landmark backend: auto (aligned for square crops <= 128 px, else cnn), cnn (MTCNN detector "
+                "+ dlib 68-point fit), dlib (HOG detector), aligned, aligned-full, fan.", choices=backend_choices)
 MASK_TYPE = Field("mask_type", str, "random",
                   "Mask design: a built-in type, pack:<name> (a template of --pack) or random.",
                   validator=_check_mask_type, metavar="TYPE")

@@ -12,17 +12,17 @@ and per-shard arrays only: never a Python object per image, never a stage's rows
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import stat
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +37,7 @@ from maskgen.outputs import OutputClaim, claim, is_tmp_of
 from maskgen.parallel import cluster_cpus, start_ray
 from maskgen.pipelines import analyze as A
 from maskgen.pipelines import plan as P
-from maskgen.pipelines.config import BuildConfig, resolve, write_yaml
+from maskgen.pipelines.config import BUILD, BuildConfig, signature, write_yaml
 from maskgen.pipelines.execute import run_shard, shard_done, verify_task
 from maskgen.pipelines.maskmix import MaskMix
 from maskgen.pipelines.merge import classes_tsv, manifest_task
@@ -77,81 +77,25 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
-class _Default:
-    """The default of a :func:`build` keyword argument that was not passed: it shows as the
-    default's value (``ratio=0.1`` in ``help(build)``), and tells "not given" from "given, equal
-    to the default", so the YAML of ``config`` fills only what the caller left out."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return repr(self.value)
-
-
-_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
-
-
-def _default(name: str) -> Any:
-    """The sentinel default of ``build``'s argument ``name``: BuildConfig's default."""
-    return _Default(_FIELD_DEFAULTS[name])
-
-
-def build(
-    source: str | None = None,
-    out: str | os.PathLike | None = None,
-    *,
-    ratio: float = _default("ratio"),
-    twins: bool = _default("twins"),
-    seed: int = _default("seed"),
-    mask_mix: str | dict | None = _default("mask_mix"),
-    mask_types: list[str] | str | None = _default("mask_types"),
-    wear: list[str] | str | None = _default("wear"),
-    texture_prob: float | None = _default("texture_prob"),
-    min_fit: float | None = _default("min_fit"),
-    min_images: int = _default("min_images"),
-    max_images: int | None = _default("max_images"),
-    max_identities: int | None = _default("max_identities"),
-    min_masked: int = _default("min_masked"),
-    include: list[str] | str | None = _default("include"),
-    exclude: list[str] | str | None = _default("exclude"),
-    exclude_eval: list[str] | str | None = _default("exclude_eval"),
-    dedup: bool = _default("dedup"),
-    dedup_threshold: int = _default("dedup_threshold"),
-    identity_depth: int = _default("identity_depth"),
-    labels: str | None = _default("labels"),
-    stratify: list[str] | str | None = _default("stratify"),
-    cap_per_group: int | None = _default("cap_per_group"),
-    output: Literal["aligned", "original"] = _default("output"),
-    image_size: int = _default("image_size"),
-    jpeg_quality: int = _default("jpeg_quality"),
-    samples_per_shard: int = _default("samples_per_shard"),
-    shard_bytes: int | None = _default("shard_bytes"),
-    name: str = _default("name"),
-    shuffle: bool = _default("shuffle"),
-    attributes: Literal["auto", "all", "sample", "none"] = _default("attributes"),
-    record_root: bool = _default("record_root"),
-    workers: int | None = _default("workers"),
-    ray_address: str | None = _default("ray_address"),
-    mode: Literal["resume", "overwrite"] = _default("mode"),
-    detector: str = _default("detector"),
-    landmarks_from: str | None = _default("landmarks_from"),
-    chunk_size: int = _default("chunk_size"),
-    progress: bool = _default("progress"),
-    report: bool = _default("report"),
-    config: str | os.PathLike | None = None,
-) -> BuildResult:
+def build(source: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
+          config: str | os.PathLike | None = None, **options: Any) -> BuildResult:
     """Build WebDataset shards from ``source`` into ``out`` (see docs/build.md).
 
-    ``config`` names a YAML file of the same keys; every argument passed explicitly overrides
-    it (even one equal to its default); the others come from the YAML, else their defaults.
+    The keyword arguments are the options of ``maskgen build`` (:data:`BUILD`, checked by the
+    same code as the flags and the YAML); ``config`` names a YAML file (or a shipped config) of
+    the same keys. Every argument passed beats the YAML, even one equal to its default;
+    ``source``/``out`` left at None are not given (the YAML may hold them).
     """
-    args = locals()
-    given = {k: v for k, v in args.items()
-             if k != "config" and not isinstance(v, _Default) and not (k in ("source", "out") and v is None)}
-    return run_build(resolve(config, given))
+    given = {k: v for k, v in (("source", source), ("out", out)) if v is not None}
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", FutureWarning)
+        cfg = BUILD.resolve(config, **given, **options)
+    for note in notes:  # deprecated names: one warning each, pointing at the caller's line
+        warnings.warn(note.message, note.category, stacklevel=2)
+    return run_build(cfg)
+
+
+build.__signature__ = signature()  # type: ignore[attr-defined]
 
 
 # ---- the output folder: only files its own records name are ever deleted ----
@@ -275,11 +219,21 @@ def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
                 raise OutputError(f"{out / d} is a link or a file; a build writes only into folders it made (remove it)")
         if cfg.mode == "overwrite":
             _clean_outputs(owned)
-        log = Progress(out / "build.log", echo=cfg.progress)
+        log = Progress(out / "build.log", echo=not cfg.quiet)
         try:
             return _Build(cfg, owned, log, t_start, shutdown_ray).run()
         finally:
             log.close()
+
+
+def plan_opts(cfg: BuildConfig) -> dict[str, Any]:
+    """The rendering options of the shard plan. Its keys keep their first names (``output``,
+    ``jpeg_quality``) whatever the options are called now: they are hashed into every shard's
+    plan hash, which resume compares, so a folder built before a rename is the same build."""
+    opts = {"output": cfg.image_mode, "image_size": cfg.image_size, "jpeg_quality": cfg.quality, "twins": cfg.twins}
+    if cfg.min_fit is not None:  # masks: reject renders below the fit score threshold
+        opts["min_fit"] = cfg.min_fit
+    return opts
 
 
 class _Build:
@@ -344,7 +298,7 @@ class _Build:
 
     def run(self) -> BuildResult:
         cfg, log = self.cfg, self.log
-        self.mix = MaskMix.resolve(cfg.mask_mix, mask_types=cfg.mask_types, wear=cfg.wear, texture_prob=cfg.texture_prob)
+        self.mix = MaskMix.resolve(cfg.mask_mix, mask_types=cfg.mask_type, wear=cfg.wear, texture_prob=cfg.texture_prob)
         eval_sets = {e: F.eval_names(e) for e in (cfg.exclude_eval or [])}  # fail fast on a missing file
         self.label_cols = _label_columns(cfg.labels)
         strat = cfg.stratify if cfg.stratify is not None else self.label_cols
@@ -375,7 +329,7 @@ class _Build:
 
     def _start_ray(self) -> None:
         t, c = time.perf_counter(), time.process_time()
-        started, how = start_ray(self.cfg.workers, self.cfg.ray_address, quiet=not self.cfg.progress)
+        started, how = start_ray(self.cfg.workers, self.cfg.ray_address, quiet=self.cfg.quiet)
         self.cpu["ray_start"] = time.process_time() - c
         self.ray_started = started and not self.cfg.ray_address
         self.window = self.cfg.workers or cluster_cpus()
@@ -481,7 +435,7 @@ class _Build:
     def _landmarks(self) -> None:
         cfg, log = self.cfg, self.log
         t, c = time.perf_counter(), time.process_time()
-        self.tag = A.cache_tag(cfg.detector)
+        self.tag = A.cache_tag(cfg.backend)
         from_dirs = [str(Path(cfg.landmarks_from).resolve())] if cfg.landmarks_from and Path(cfg.landmarks_from).is_dir() else []
         legacy = A.legacy_caches([self.out] + ([cfg.landmarks_from] if cfg.landmarks_from else []))
         chunks = [(p, j) for p, per in enumerate(self.pending_chunks) for j, k in enumerate(per) if k]
@@ -492,11 +446,11 @@ class _Build:
             mine = [j for q, j in chunks if q == p]
             for a in range(0, len(mine), group):
                 tasks.append({"part": str(part_path(self.work, "part", p)), "part_index": p, "chunks": mine[a : a + group],
-                              "tag": self.tag, "detector": cfg.detector, "out": str(self.out),
+                              "tag": self.tag, "detector": cfg.backend, "out": str(self.out),
                               "from_dirs": from_dirs, "legacy": legacy, "src": self.src, "defer": not cfg.dedup})
         total = sum(sum(per) for per in self.pending_chunks)
         log.line(f"[landmarks] {total:,} images in {len(chunks):,} chunks ({len(tasks):,} tasks)")
-        if cfg.detector in ("auto", "cnn", "dlib") and tasks and not (cfg.detector == "auto" and self._looks_aligned(tasks[0])):
+        if cfg.backend in ("auto", "cnn", "dlib") and tasks and not (cfg.backend == "auto" and self._looks_aligned(tasks[0])):
             self._stage("landmarks", t, c)
             t, c = time.perf_counter(), time.process_time()
             _prepare_batch_model(log)  # one-time model preparation: its own line in the timings
@@ -632,10 +586,7 @@ class _Build:
         t, c = time.perf_counter(), time.process_time()
         base = np.cumsum(self.n_plan) - self.n_plan
         attributes = _attribute_mode(cfg.attributes)
-        opts = {"output": cfg.output, "image_size": cfg.image_size, "jpeg_quality": cfg.jpeg_quality, "twins": cfg.twins}
-        if cfg.min_fit is not None:  # masks: reject renders below the fit score threshold
-            opts["min_fit"] = cfg.min_fit
-        self.opts = opts
+        self.opts = opts = plan_opts(cfg)
         self.head = json.dumps({"v": FORMAT_VERSION, "opts": opts}, sort_keys=True)
 
         def task(p: int, per_shard: int, estimate: int = 0) -> dict:
@@ -786,8 +737,8 @@ class _Build:
             "ratio_requested": cfg.ratio,
             "ratio_realized": (num_masked / num_samples) if num_samples else 0.0,
             "twins": cfg.twins,
-            "output": cfg.output,
-            "image_size": cfg.image_size if cfg.output == "aligned" else None,
+            "output": cfg.image_mode,
+            "image_size": cfg.image_size if cfg.image_mode == "aligned" else None,
             "seed": cfg.seed,
             "members": ["jpg", "cls", "json"] + (["orig.jpg", "masked.jpg"] if cfg.twins else []),
             "pattern": f"shards/{pattern}" if pattern else None,

@@ -1,144 +1,145 @@
-"""One configuration for a build: keyword arguments = CLI flags = YAML keys.
+"""One configuration for a build: keyword arguments = CLI flags = YAML keys, from one schema.
 
-``BuildConfig`` is validated up front (a bad ratio fails before Ray starts) and written back,
-resolved, to ``<out>/build.yaml`` so every output says exactly how it was made.
+:data:`BUILD` (a :class:`maskgen.options.Schema`) declares every build option once. The click
+options of ``maskgen build``, the keyword arguments of :func:`maskgen.pipelines.build` and the
+keys of a ``--config`` YAML all come from it and are checked by the same code before any work
+starts (a bad ratio fails before Ray starts). Arguments given explicitly always beat the YAML.
+The resolved config is written back to ``<out>/build.yaml`` so every output says exactly how it
+was made, and reloads with ``maskgen build -c <out>/build.yaml``.
+
+Old spellings still work, with one deprecation warning each: ``--jpeg-quality`` /
+``jpeg_quality`` (now ``--quality``), ``--mask-types`` / ``mask_types`` (``--mask-type``),
+``--detector`` / ``detector`` (``--backend``), ``--progress`` / ``progress`` (``--quiet``, the
+opposite), ``--output`` / ``output`` (``--image-mode``: ``--output`` names the output folder
+everywhere else).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import os
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, Literal
 
-import yaml
+from maskgen.masks.options import BACKEND, MASK_TYPE
+from maskgen.options import (
+    CONFIG,
+    OUT,
+    QUALITY,
+    QUIET,
+    REQUIRED,
+    SEED,
+    WORKERS,
+    Alias,
+    Config,
+    Field,
+    Schema,
+    existing,
+)
 
 MODES = ("resume", "overwrite")
-OUTPUTS = ("aligned", "original")
+IMAGE_MODES = ("aligned", "original")
 ATTRIBUTES = ("auto", "all", "sample", "none")
 
+# The resolved options of one build (read-only, attribute access: ``cfg.ratio``).
+BuildConfig = Config
 
-@dataclass
-class BuildConfig:
-    source: str | None = None
-    out: str | None = None
+
+def _shard_name(value: str) -> str | None:
+    return "may not contain dots or slashes" if "." in value or "/" in value else None
+
+
+def _mix_types() -> tuple[str, ...]:
+    """The designs a mix can be restricted to (``random`` and packs are not designs of a mix)."""
+    from maskgen.masks.designs import DESIGNS
+
+    return tuple(DESIGNS)
+
+
+def _image_range(cfg: Config) -> str | None:
+    if cfg.max_images is not None and cfg.max_images < cfg.min_images:
+        return f"need min_images <= max_images, got {cfg.min_images} > {cfg.max_images}"
+    return None
+
+
+BUILD = Schema("build", [
+    Field("source", str, REQUIRED,
+          "lfw | folder:DIR | DIR | recordio:train.rec | wds:'shards/*.tar' (or a brace pattern).", argument=True),
+    OUT.with_(help="Output folder (shards/, manifest.parquet, dataset.json, build.yaml)."),
+    CONFIG.with_(help="YAML file of build options (keys = option names, e.g. <out>/build.yaml), or the name "
+                      "of a shipped config (build_lfw); options given on the command line override it."),
     # mask plan
-    ratio: float = 0.1
-    twins: bool = False
-    seed: int = 0
-    mask_mix: str | dict | None = None  # recipe name, YAML path or mapping (see maskmix.py)
-    mask_types: list[str] | None = None  # shortcut: restrict the mix's types
-    wear: list[str] | None = None  # shortcut: restrict the mix's wear modes
-    texture_prob: float | None = None  # shortcut: share of textured (vs plain colour) masks
-    min_fit: float | None = None  # reject masked renders whose fit score is below this
+    Field("ratio", float, 0.1, "Fraction of output samples whose training image is masked (exact).", min=0, max=1),
+    Field("twins", bool, False, "Also store <key>.orig.jpg and <key>.masked.jpg for every sample."),
+    SEED,
+    Field("mask_mix", str | dict | None, None,
+          "Recipe name (default, palette, mtarcface, surgical) or YAML file of the mask mix."),
+    MASK_TYPE.with_(type=list[str] | None, default=None, help="Restrict the mix's mask types.",
+                    validator=None, choices=_mix_types,
+                    aliases=(Alias(flags=("--mask-types",), key="mask_types"),)),
+    Field("wear", list[str] | None, None, "Restrict the mix's wear modes."),
+    Field("texture_prob", float | None, None, "Share of textured masks (rest: plain colours).", min=0, max=1),
+    Field("min_fit", float | None, None,
+          "Reject masked renders whose fit score is below this (reason: fit score below threshold).", min=0, max=1),
     # identity and image filters
-    min_images: int = 1
-    max_images: int | None = None
-    max_identities: int | None = None
-    min_masked: int = 0
-    include: list[str] | None = None  # names, or files of names
-    exclude: list[str] | None = None
-    exclude_eval: list[str] | None = None  # lfw, lfw-pairs, lfw-people, lfw-devtest or a file
-    dedup: bool = False
-    dedup_threshold: int = 4
-    identity_depth: int = 1
-    labels: str | None = None  # CSV of demographic labels (identity or file column)
-    stratify: list[str] | None = None  # label columns to spread the ratio over (default: all)
-    cap_per_group: int | None = None  # keep at most N images per group of the stratify columns
+    Field("min_images", int, 1, "Drop identities with fewer usable images.", min=1),
+    Field("max_images", int | None, None, "Keep at most this many images per identity (seeded choice).", min=1),
+    Field("max_identities", int | None, None, "Keep the first N identities in sorted order.", min=1),
+    Field("min_masked", int, 0, "Drop identities that would get fewer masked images.", min=0),
+    Field("include", list[str] | None, None, "Identity names or files of names to keep."),
+    Field("exclude", list[str] | None, None, "Identity names or files of names to drop."),
+    Field("exclude_eval", list[str] | None, None,
+          "Drop evaluation identities: lfw, lfw-pairs, lfw-people, lfw-devtest or a pairs file."),
+    Field("dedup", bool, False, "Drop near-duplicate images within an identity (pHash)."),
+    Field("dedup_threshold", int, 4, "Max pHash bit distance of a duplicate.", min=0, max=64),
+    Field("identity_depth", int, 1, "Folder levels naming the identity (0: one identity per image).", min=0),
+    Field("labels", str | None, None, "CSV of demographic labels (identity or file column).",
+          validator=existing("file")),
+    Field("stratify", list[str] | None, None, "Label columns to spread the ratio over (default: all label columns)."),
+    Field("cap_per_group", int | None, None,
+          "Rebalance: keep at most N images per group of the --stratify columns (seeded).", min=1),
     # output
-    output: Literal["aligned", "original"] = "aligned"
-    image_size: int = 112
-    jpeg_quality: int = 95
-    samples_per_shard: int = 1000
-    shard_bytes: int | None = None  # target shard size; sets samples_per_shard from measured samples
-    name: str = "train"
-    shuffle: bool = True
-    attributes: Literal["auto", "all", "sample", "none"] = "auto"  # per-image attributes (skin tone, quality)
-    record_root: bool = False  # write the source's root folder (a path of this machine) into dataset.json
+    Field("image_mode", str, "aligned",
+          "aligned: 5-point ArcFace crops of --image-size; original: the source frame.", choices=IMAGE_MODES,
+          aliases=(Alias(flags=("--output",), key="output"),)),
+    Field("image_size", int, 112, "Side of the aligned crops in pixels.", min=16),
+    QUALITY.with_(aliases=(Alias(flags=("--jpeg-quality",), key="jpeg_quality"),)),
+    Field("samples_per_shard", int, 1000, "Samples per shard.", min=1),
+    Field("shard_bytes", int | None, None,
+          "Target shard size in bytes (overrides --samples-per-shard, estimated from 32 samples).", min=1024),
+    Field("name", str, "train", "Shard name prefix: shards/<name>-000000.tar.", validator=_shard_name),
+    Field("shuffle", bool, True, "Seeded shuffle of samples across shards."),
+    Field("attributes", str, "auto",
+          "Per-image skin tone / quality: all, a seeded 10% sample, none; auto: all where pixels are decoded "
+          "anyway, a sample where bytes pass through.", choices=ATTRIBUTES),
+    Field("record_root", bool, False, "Write the source's root folder (a path of this machine) into dataset.json."),
     # execution
-    workers: int | None = None
-    ray_address: str | None = None
-    mode: Literal["resume", "overwrite"] = "resume"
-    detector: str = "auto"  # landmark backend (--backend): maskgen.masks.landmarks.BACKENDS
-    landmarks_from: str | None = None  # a previous build folder or its landmarks.parquet
-    chunk_size: int = 256  # images per landmark task
-    progress: bool = True
-    report: bool = True  # balance report + DATA_CARD.md through maskgen.audit
-
-    def validate(self) -> BuildConfig:
-        if not self.source:
-            raise ValueError("source is required (e.g. 'lfw', a folder, recordio:train.rec, wds:shards/*.tar)")
-        if not self.out:
-            raise ValueError("out is required")
-        if not 0.0 <= float(self.ratio) <= 1.0:
-            raise ValueError(f"ratio must be within [0, 1], got {self.ratio}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
-        if self.attributes not in ATTRIBUTES:
-            raise ValueError(f"attributes must be one of {ATTRIBUTES}, got {self.attributes!r}")
-        if not 1 <= int(self.jpeg_quality) <= 100:
-            raise ValueError("jpeg_quality must be within [1, 100]")
-        if int(self.image_size) < 16:
-            raise ValueError("image_size must be at least 16")
-        if int(self.samples_per_shard) < 1:
-            raise ValueError("samples_per_shard must be positive")
-        if self.shard_bytes is not None and int(self.shard_bytes) < 1024:
-            raise ValueError("shard_bytes must be at least 1024")
-        if self.min_images < 1 or (self.max_images is not None and self.max_images < self.min_images):
-            raise ValueError("need 1 <= min_images <= max_images")
-        if self.max_identities is not None and self.max_identities < 1:
-            raise ValueError("max_identities must be positive")
-        if self.cap_per_group is not None and int(self.cap_per_group) < 1:
-            raise ValueError("cap_per_group must be positive")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError("workers must be positive")
-        if self.texture_prob is not None and not 0 <= self.texture_prob <= 1:
-            raise ValueError("texture_prob must be within [0, 1]")
-        if self.min_fit is not None and not 0 <= self.min_fit <= 1:
-            raise ValueError("min_fit must be within [0, 1]")
-        if "." in self.name or "/" in self.name:
-            raise ValueError("name may not contain dots or slashes")
-        self.ratio = float(self.ratio)
-        for k in ("include", "exclude", "exclude_eval", "mask_types", "wear", "stratify"):
-            v = getattr(self, k)
-            if isinstance(v, str):
-                setattr(self, k, [s for s in v.split(",") if s])
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    WORKERS.with_(help="Parallel tasks (default: all CPUs of the Ray instance)."),
+    Field("ray_address", str | None, None,
+          "Run on a Ray cluster: 'auto' or HOST:PORT (default: always a new local Ray)."),
+    Field("mode", str, "resume", "resume: complete the missing shards; overwrite: start again.", choices=MODES),
+    BACKEND.with_(aliases=(Alias(flags=("--detector",), key="detector"),)),
+    Field("landmarks_from", str | None, None, "Reuse landmarks of a previous build folder or landmarks.parquet.",
+          validator=existing("any")),
+    Field("chunk_size", int, 256, "Images per landmark task.", min=1),
+    QUIET.with_(help="No progress lines on stderr, neither maskgen's nor Ray's (always in <out>/build.log).",
+                aliases=(Alias(flags=("--progress",), key="progress", invert=True),)),
+    Field("report", bool, True, "Write the balance report and DATA_CARD.md (maskgen.audit)."),
+], checks=[_image_range])
 
 
-FIELD_NAMES = [f.name for f in fields(BuildConfig)]
+def write_yaml(cfg: Config, path: str | os.PathLike) -> None:
+    """The resolved config, reloadable with ``maskgen build --config`` (new key names only)."""
+    from pathlib import Path
 
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a build config is a mapping of option: value")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - set(FIELD_NAMES))
-    if unknown:
-        raise ValueError(f"{path}: unknown build option(s) {unknown}; known: {FIELD_NAMES}")
-    return data
-
-
-def resolve(config: str | os.PathLike | None, explicit: dict[str, Any]) -> BuildConfig:
-    """Defaults, overridden by the YAML file, overridden by explicitly given options."""
-    values: dict[str, Any] = {}
-    if config:
-        values.update(load_yaml(config))
-    values.update({k: v for k, v in explicit.items()})
-    if values.get("out") is not None:
-        values["out"] = str(values["out"])
-    return BuildConfig(**values).validate()
-
-
-def write_yaml(cfg: BuildConfig, path: str | os.PathLike) -> None:
     from maskgen.outputs import replacing
 
     with replacing(path) as tmp:
-        Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        Path(tmp).write_text(BUILD.dump(cfg), encoding="utf-8")
+
+
+def signature() -> inspect.Signature:
+    """``build(source, out, *, ratio: 'float' = 0.1, ...)``: the schema's fields as keyword
+    arguments, annotations as text (as ``help(build)`` shows them)."""
+    sig = BUILD.signature(("source", "out"))
+    params = [p.replace(annotation=p.annotation.__name__ if isinstance(p.annotation, type) else str(p.annotation))
+              for p in sig.parameters.values()]
+    return sig.replace(parameters=params, return_annotation="BuildResult")
