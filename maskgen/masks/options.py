@@ -40,3 +40,15 @@ MASK_TYPE = Field("mask_type", str, "random",
                   validator=_check_mask_type, metavar="TYPE")
 SELECT = Field("select", str, "all", "Which faces of an image: all, the largest, or the one nearest the centre.",
                choices=("all", "largest", "center"))
+
+
+def mix_type_choices() -> tuple[str, ...]:
+    """The designs a mix can be restricted to (``random`` and packs are not designs of a mix)."""
+    from maskgen.masks.designs import MASK_TYPES
+
+    return MASK_TYPES
+
+
+# the list form of the mask type, for commands that restrict a mix (build): same name and flag
+MASK_TYPES = Field("mask_type", list[str] | None, None, "Restrict the mix's mask types.",
+                   choices=mix_type_choices, metavar="TYPE")

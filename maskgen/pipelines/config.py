@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import os
 
-from maskgen.masks.options import BACKEND, MASK_TYPE
+from maskgen.masks.options import BACKEND, MASK_TYPES
 from maskgen.options import (
     CONFIG,
     OUT,
@@ -47,13 +47,6 @@ def _shard_name(value: str) -> str | None:
     return "may not contain dots or slashes" if "." in value or "/" in value else None
 
 
-def _mix_types() -> tuple[str, ...]:
-    """The designs a mix can be restricted to (``random`` and packs are not designs of a mix)."""
-    from maskgen.masks.designs import DESIGNS
-
-    return tuple(DESIGNS)
-
-
 def _image_range(cfg: Config) -> str | None:
     if cfg.max_images is not None and cfg.max_images < cfg.min_images:
         return f"need min_images <= max_images, got {cfg.min_images} > {cfg.max_images}"
@@ -72,9 +65,7 @@ BUILD = Schema("build", [
     SEED,
     Field("mask_mix", str | dict | None, None,
           "Recipe name (default, palette, mtarcface, surgical) or YAML file of the mask mix."),
-    MASK_TYPE.with_(type=list[str] | None, default=None, help="Restrict the mix's mask types.",
-                    validator=None, choices=_mix_types,
-                    aliases=(Alias(flags=("--mask-types",), key="mask_types"),)),
+    MASK_TYPES.with_(aliases=(Alias(flags=("--mask-types",), key="mask_types"),)),
     Field("wear", list[str] | None, None, "Restrict the mix's wear modes."),
     Field("texture_prob", float | None, None, "Share of textured masks (rest: plain colours).", min=0, max=1),
     Field("min_fit", float | None, None,
