@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from maskgen.audit.escape import md, md_code, one_line
-from maskgen.audit.report import _pct
+from maskgen.audit.report import pct
 from maskgen.datasets.catalog import UNKNOWN, DatasetInfo
 from maskgen.datasets.hf import features_yaml
 
@@ -308,7 +308,7 @@ def _summary(ci: CardInput, derived: bool, has_masks: bool) -> str:
         text = (f"A face-recognition training set derived from {src}: {n:,} images of "
                 f"{_identities_phrase(ci)}")
         if has_masks:
-            text += (f", {masks['masked']:,} of them ({_pct(masks['ratio'], 2)}) carrying a "
+            text += (f", {masks['masked']:,} of them ({pct(masks['ratio'], 2)}) carrying a "
                      "synthetic face mask placed from 68 facial landmarks")
         else:
             text += "; no image is masked"
@@ -347,7 +347,7 @@ def _composition(A, ci: CardInput, derived: bool, has_masks: bool) -> None:
         if not ci.flat:
             rows.insert(1, ("identities", f"{comp['identities_in_source']:,}"))
     if has_masks:
-        rows += [("masked images", f"{masks['masked']:,} ({_pct(masks['ratio'], 2)})"),
+        rows += [("masked images", f"{masks['masked']:,} ({pct(masks['ratio'], 2)})"),
                  ("unmasked images", f"{masks['unmasked']:,}")]
     info = ci.dataset_info or {}
     if derived:
@@ -390,12 +390,12 @@ def _composition(A, ci: CardInput, derived: bool, has_masks: bool) -> None:
             if d:
                 tot = sum(d.values())
                 A(f"- {c.replace('_', ' ')}: "
-                  + ", ".join(f"{md(k)} {_pct(v / tot)}" for k, v in d.items()))
+                  + ", ".join(f"{md(k)} {pct(v / tot)}" for k, v in d.items()))
         A("")
     demo = [(col, e) for col, e in stats["attributes"].items() if e["kind"] == "demographic"]
     for col, e in demo:
         g = [r for r in e["balance"]["groups"] if r["share"] is not None]
-        A(f"- {md(e['title'])}: " + ", ".join(f"{md(r['group'])} {_pct(r['share'])}" for r in g)
+        A(f"- {md(e['title'])}: " + ", ".join(f"{md(r['group'])} {pct(r['share'])}" for r in g)
           + f" (normalized entropy {e['balance']['normalized_entropy']})")
     if demo:
         A("")

@@ -61,7 +61,7 @@ def load_with_faces(paths, backend: str, select: str, group: int | None = None, 
     image that failed to load, a group whose batch failed). With ``jpeg``, a fifth item: the
     file's JPEG look (``jpeglook.JpegLook``, read from its headers) or None."""
     from maskgen.masks import decode_image
-    from maskgen.masks.api import _check_image
+    from maskgen.masks.api import check_image
     from maskgen.masks.imageio import read_regular_file
     from maskgen.masks.jpeglook import look_of_image
     from maskgen.masks.landmarks import detect_faces_many
@@ -71,7 +71,7 @@ def load_with_faces(paths, backend: str, select: str, group: int | None = None, 
     pixels = 0
 
     def flush():
-        ok = [i for i, b in enumerate(buf) if b[1] is not None and _check_image(b[1]) is None]
+        ok = [i for i, b in enumerate(buf) if b[1] is not None and check_image(b[1]) is None]
         faces: list = [None] * len(buf)
         if len(ok) > 1:
             try:

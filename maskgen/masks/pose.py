@@ -125,7 +125,7 @@ def estimate_pose(landmarks: np.ndarray, image_size: tuple[int, int]) -> tuple[t
     """
     h, w = image_size
     lm = np.asarray(landmarks, np.float64).reshape(68, 2)
-    cam = _camera(int(h), int(w))
+    cam = camera_matrix(int(h), int(w))
     obj = MEAN_SHAPE_3D
     # SQPnP: globally optimal and ~5x faster than the iterative LM solver here
     ok, rvec, tvec = cv2.solvePnP(obj, lm, cam, None, flags=cv2.SOLVEPNP_SQPNP)
@@ -142,7 +142,7 @@ def estimate_pose(landmarks: np.ndarray, image_size: tuple[int, int]) -> tuple[t
 
 
 @functools.lru_cache(maxsize=64)
-def _camera(h: int, w: int) -> np.ndarray:
+def camera_matrix(h: int, w: int) -> np.ndarray:
     """Pinhole camera of an h x w image (built once per image size; read-only)."""
     f = float(max(h, w)) * 3.0  # long lens: face crops are far relative to their size
     cam = np.array([[f, 0.0, w / 2.0], [0.0, f, h / 2.0], [0.0, 0.0, 1.0]])

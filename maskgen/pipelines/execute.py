@@ -29,12 +29,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from maskgen.datasets.filters import _reason_class
+from maskgen.datasets.attributes import face_attributes
+from maskgen.datasets.faces import DEFERRED, jpeg_info
+from maskgen.datasets.filters import reason_class
 from maskgen.datasets.manifest import STATUS_FAILED, STATUS_OK, to_manifest
 from maskgen.datasets.sample import sample_json
 from maskgen.datasets.tarwriter import tar_bytes, write_atomic
 from maskgen.outputs import replacing
-from maskgen.pipelines.analyze import DEFERRED, jpeg_info
 
 ATTRIBUTE_KEYS = ("ita", "skin_tone", "sharpness", "brightness", "face_size")
 UPDATED = ("landmarks", "box", "det_score", "yaw", "pitch", "roll")  # set by a deferred fit
@@ -47,16 +48,6 @@ RESULT_TYPES = {
 
 class SampleError(Exception):
     """A sample that cannot be written; its message is the manifest reason."""
-
-
-def _face_attributes():
-    """The audit's per-image attributes when that module is installed (it is optional here:
-    the build must run without the audit)."""
-    try:
-        from maskgen.audit.attributes import face_attributes
-    except ImportError:
-        return None
-    return face_attributes
 
 
 def encode_jpeg(img_rgb: np.ndarray, quality: int) -> bytes:
@@ -126,7 +117,6 @@ def process_sample(row: dict, ctx: dict) -> tuple[dict[str, bytes], dict]:
     fit = None
     if masked or twins:
         from maskgen.masks import LOW_FIT, MaskSpec, faces_from_landmarks, mask_face
-
         from maskgen.masks.jpeglook import look_of_image
 
         faces = faces_from_landmarks(lm, img.shape)
@@ -206,7 +196,7 @@ def run_shard(task: dict) -> dict:
     out = Path(task["out"])
     shard = task["shard"]
     rows_t = read_shard_rows(task["plan_files"], task["index"])
-    ctx = {"opts": task["opts"], "src": task["src"], "face_attributes": _face_attributes(),
+    ctx = {"opts": task["opts"], "src": task["src"], "face_attributes": face_attributes,
            "label_columns": task["label_columns"]}
     members: list[tuple[str, bytes]] = []
     n = rows_t.num_rows
@@ -222,7 +212,7 @@ def run_shard(task: dict) -> dict:
         except Exception as exc:  # per-sample failures are data, never fatal
             why = str(exc) if isinstance(exc, SampleError) else f"{type(exc).__name__}: {exc}"
             status[i], reason[i], shard_col[i] = STATUS_FAILED, why, None
-            k = f"{STATUS_FAILED}: {_reason_class(why)}"
+            k = f"{STATUS_FAILED}: {reason_class(why)}"
             failures[k] = failures.get(k, 0) + 1
             continue
         members.extend(mem.items())
