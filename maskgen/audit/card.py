@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from maskgen.audit.escape import md, md_code, one_line
+from maskgen.audit.escape import controls_to_spaces, md, md_code
 from maskgen.audit.report import pct
 from maskgen.datasets.catalog import UNKNOWN, DatasetInfo
 from maskgen.datasets.hf import features_yaml
@@ -112,7 +112,7 @@ class Licence:
 def resolve_licence(dataset: DatasetInfo | None, override: str | None = None) -> Licence:
     """The card's licence: the user's ``--license``, else the catalog's, else ``unknown``."""
     if override:
-        lid = one_line(override).strip().lower()
+        lid = controls_to_spaces(override).strip().lower()
         note = f"Licence set by the user of `maskgen audit`/`card` (`--license {lid}`)."
         if dataset is not None and dataset.license not in (UNKNOWN, lid):
             note += (f" The catalog of known datasets lists {dataset.pretty_name} as "
@@ -184,10 +184,10 @@ def render_card(ci: CardInput) -> str:
         want = cfg.get("ratio") if isinstance(cfg.get("ratio"), (int, float)) else None
         ratio = masks.get("ratio")
         shown = want if want is not None else (round(ratio, 3) if ratio is not None else None)
-        base = src_pretty or one_line(ci.name)
+        base = src_pretty or controls_to_spaces(ci.name)
         pretty = f"Masked {base}" + (f", mask ratio {shown:g}" if shown is not None else "")
     else:
-        pretty = src_pretty or one_line(ci.name)
+        pretty = src_pretty or controls_to_spaces(ci.name)
     front = _front_matter(ci, pretty, lic, derived, has_masks, n)
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     A = lines.append
@@ -250,7 +250,7 @@ def render_card(ci: CardInput) -> str:
 def _front_matter(ci: CardInput, pretty: str, lic: Licence, derived: bool, has_masks: bool,
                   n: int) -> dict:
     ds = ci.dataset
-    front: dict = {"pretty_name": one_line(pretty), "license": lic.id}
+    front: dict = {"pretty_name": controls_to_spaces(pretty), "license": lic.id}
     if lic.name:
         front["license_name"] = lic.name
     if lic.link and lic.id == "other":

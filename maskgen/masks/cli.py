@@ -45,7 +45,7 @@ def iter_inputs(src: Path, recursive: bool = True) -> Iterator[Path]:
             yield p
 
 
-def image_seed(seed: int, rel: str) -> int:
+def path_seed(seed: int, rel: str) -> int:
     """A per-image seed from the run seed and the image's relative path (order-independent)."""
     return (int(seed) * 1_000_003 + zlib.crc32(rel.encode("utf-8", "surrogateescape"))) % (2**32)
 
@@ -166,7 +166,7 @@ def mask(
     with claim(out, "mask"), open(out / RESULTS, "w", encoding="utf-8") as log:
         for p, img, reason, faces, look in load_with_faces(inputs, backend, select, jpeg=True):
             rel = _rel(p, src)
-            s = image_seed(seed, rel)
+            s = path_seed(seed, rel)
             rec: dict = {"path": json_name(rel), "seed": s}
             if img is None:
                 rec.update(status="failed", reason=reason)

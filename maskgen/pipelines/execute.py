@@ -34,8 +34,8 @@ from maskgen.datasets.faces import DEFERRED, jpeg_info
 from maskgen.datasets.filters import reason_class
 from maskgen.datasets.manifest import STATUS_FAILED, STATUS_OK, to_manifest
 from maskgen.datasets.sample import sample_json
-from maskgen.datasets.tarwriter import tar_bytes, write_atomic
-from maskgen.outputs import replacing
+from maskgen.datasets.tarwriter import tar_bytes
+from maskgen.outputs import replacing, write_file
 
 ATTRIBUTE_KEYS = ("ita", "skin_tone", "sharpness", "brightness", "face_size")
 UPDATED = ("landmarks", "box", "det_score", "yaw", "pitch", "roll")  # set by a deferred fit
@@ -223,7 +223,7 @@ def run_shard(task: dict) -> dict:
         n_pass += bool(res["passthrough"])
         n_attr += res.get("ita") is not None or res.get("sharpness") is not None
     data = tar_bytes(members)
-    write_atomic(out / "shards" / shard, data)
+    write_file(out / "shards" / shard, data)
     digest = hashlib.sha256(data).hexdigest()
     table = rows_t
     for k, v in (("status", status), ("reason", reason), ("shard", shard_col)):
@@ -251,7 +251,7 @@ def run_shard(task: dict) -> dict:
         "sha256": digest,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    write_atomic(out / "stats" / f"{stem}.json", json.dumps(stats, indent=1, sort_keys=True).encode())
+    write_file(out / "stats" / f"{stem}.json", json.dumps(stats, indent=1, sort_keys=True).encode())
     return stats
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from maskgen.errors import InputError, OptionError
+from maskgen.fsio import write_atomic
 
 
 class ConfigError(OptionError, ValueError):
@@ -288,7 +289,4 @@ def to_json(config: dict[str, Any]) -> str:
 
 
 def save_config(config: dict[str, Any], path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(config, sort_keys=False), fsync=False)

@@ -18,7 +18,8 @@ loader already has, so the step never waits for the device.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from maskgen.training.models.mfr import SEIBasicBlock, SqueezeExcite, init_weights
 from maskgen.training.models.iresnet import EmbeddingHead, IBasicBlock
+from maskgen.training.models.mfr import SqueezeExcite, init_weights
 from maskgen.training.models.registry import register_model
 
 
