@@ -100,9 +100,7 @@ def is_lfw_dir(root: str | os.PathLike) -> bool:
 
 def lfw_dir(data_home: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The LFW folder in the data home, downloading it first when it is absent."""
-    from maskgen.datasets.sources.base import (
-        SourceNotFound,  # an InputError: one line in the CLI
-    )
+    from maskgen.datasets.sources.base import SourceNotFound  # an InputError: one line in the CLI
 
     root = dataset_dir("lfw", data_home)
     if root.is_dir() and (root / "pairs.txt").is_file():

@@ -510,7 +510,8 @@ def rebuild_idx(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None 
         size = os.fstat(fd).st_size
         # replace=False: fails rather than replace a file made meanwhile
         with atomic_path(idx_path, fsync=False, replace=False) as tmp, open(tmp, "w", buffering=1 << 20) as f:
-            f.writelines(f"{i}\t{off}\n" for i, (off, _h, _, _reason) in enumerate(walk_records(fd, size)))  # broken stretches too: the scan gives them their rows
+            for i, (off, _h, _, _reason) in enumerate(walk_records(fd, size)):
+                f.write(f"{i}\t{off}\n")  # broken stretches too: the scan gives them their rows
     finally:
         os.close(fd)
     return idx_path

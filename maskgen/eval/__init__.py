@@ -8,13 +8,9 @@ masked-unmasked, masked-masked), and writes ``results.json``, ``results.md`` and
 from __future__ import annotations
 
 from maskgen.eval.binfile import read_bin, write_bin
-from maskgen.eval.identification import (
-    knn_accuracy,
-    rank_k_accuracy,
-    split_gallery_probes,
-)
+from maskgen.eval.identification import knn_accuracy, rank_k_accuracy, split_gallery_probes
 from maskgen.eval.mask_usage import evaluate_mask_classifier, mask_usage_accuracy
-from maskgen.eval.metrics import best_threshold, kfold_accuracy, roc_curve, tar_at_far
+from maskgen.eval.metrics import (best_threshold, kfold_accuracy, roc_curve, tar_at_far)
 from maskgen.eval.pairs import PairSet, read_pairs, write_pairs
 
 __all__ = [

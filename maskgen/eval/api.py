@@ -6,39 +6,23 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from maskgen.eval.binfile import read_bin
 from maskgen.eval.cache import EmbeddingCache
 from maskgen.eval.embedders import embedder_tag, model_protocol
-from maskgen.eval.extract import (
-    ORIG,
-    ExtractConfig,
-    ImageJob,
-    check_mask_type,
-    masked_variant,
-)
+from maskgen.eval.extract import ORIG, ExtractConfig, ImageJob, check_mask_type, masked_variant
 from maskgen.eval.groups import breakdown, labels_for, read_group_labels
-from maskgen.eval.identification import (
-    knn_accuracy,
-    ranks_per_probe,
-    split_gallery_probes,
-)
+from maskgen.eval.identification import knn_accuracy, ranks_per_probe, split_gallery_probes
 from maskgen.eval.mask_usage import mask_usage_accuracy
 from maskgen.eval.metrics import DEFAULT_FARS, predictions_kfold, roc_curve
 from maskgen.eval.pairs import PairSet, identity_of, read_pairs
 from maskgen.eval.report import plot_roc, write_json, write_markdown
 from maskgen.eval.runner import embed_images
-from maskgen.eval.verification import (
-    CASE_NAMES,
-    CASES,
-    case_scores,
-    embedding_of,
-    verification_metrics,
-)
+from maskgen.eval.verification import CASE_NAMES, CASES, case_scores, embedding_of, verification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +99,7 @@ def evaluate(model: str = "dlib", pairs: str | None = None, images: str | None =
     route = route_threshold if protocol == "bfm" else None
 
     results: dict = {
-        "model": model, "dataset": ps.source, "pairs": len(ps), "folds": len(np.unique(ps.folds)),
+        "model": model, "dataset": ps.source, "pairs": len(ps), "folds": int(len(np.unique(ps.folds))),
         "config": {"cases": list(cases), "seed": seed, "mask_type": mask_type, "flip": flip,
                    "landmarks": lm_backend, "workers": workers, "max_folds": max_folds,
                    "max_pairs": max_pairs, "knn_k": knn_k, "fars": list(fars),

@@ -18,9 +18,8 @@ import codecs
 import io
 import os
 import pickle
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 

@@ -18,14 +18,9 @@ import cv2
 import numpy as np
 
 from maskgen.eval.binfile import write_bin
-from maskgen.eval.extract import (
-    ExtractConfig,
-    check_mask_type,
-    find_landmarks,
-    mask_image,
-)
-from maskgen.eval.pairs import read_pairs
 from maskgen.fsio import write_atomic
+from maskgen.eval.extract import ExtractConfig, check_mask_type, find_landmarks, mask_image
+from maskgen.eval.pairs import read_pairs
 
 
 def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:

@@ -6,7 +6,7 @@ model, an ONNX model's second output, or a separate classifier are measured the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Callable
 
 import numpy as np
 

@@ -26,7 +26,7 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.a)
 
-    def subset(self, idx: np.ndarray | list[int]) -> PairSet:
+    def subset(self, idx: np.ndarray | list[int]) -> "PairSet":
         idx = np.asarray(idx, dtype=int)
         return PairSet([self.a[i] for i in idx], [self.b[i] for i in idx], self.issame[idx],
                        self.folds[idx], self.source)
@@ -118,7 +118,8 @@ def _is_bool(tok: list[str]) -> bool:
 def write_pairs(pairs: PairSet, path: str | os.PathLike) -> None:
     """Write the generic ``key_a key_b issame fold`` format (readable by :func:`read_pairs`)."""
     with open(path, "w") as f:
-        f.writelines(f"{a}\t{b}\t{int(s)}\t{int(k)}\n" for a, b, s, k in zip(pairs.a, pairs.b, pairs.issame, pairs.folds))
+        for a, b, s, k in zip(pairs.a, pairs.b, pairs.issame, pairs.folds):
+            f.write(f"{a}\t{b}\t{int(s)}\t{int(k)}\n")
 
 
 def identity_of(key: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from typing import Callable
 
 from maskgen.eval.cache import EmbeddingCache
 from maskgen.eval.extract import ExtractConfig, ImageJob, ImageRecord, process_jobs

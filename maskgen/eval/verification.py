@@ -18,15 +18,8 @@ import numpy as np
 
 from maskgen.eval.cache import EmbeddingCache
 from maskgen.eval.extract import ORIG
-from maskgen.eval.metrics import (
-    DEFAULT_FARS,
-    auc,
-    cosine_scores,
-    kfold_accuracy,
-    l2_scores,
-    roc_curve,
-    tar_at_far,
-)
+from maskgen.eval.metrics import (DEFAULT_FARS, auc, cosine_scores, kfold_accuracy, l2_scores,
+                                  roc_curve, tar_at_far)
 from maskgen.eval.pairs import PairSet
 
 CASES: dict[int, tuple[bool, bool]] = {1: (False, False), 2: (False, True), 3: (True, True)}

@@ -43,13 +43,7 @@ import numpy as np
 from maskgen.fsio import atomic_path
 from maskgen.masks.align import alignment_matrix, transform_points
 from maskgen.masks.imageio import decode_image
-from maskgen.masks.landmarks import (
-    ALIGNED_BOX_112,
-    detect_faces,
-    get_detector,
-    shape_points,
-    to_gray,
-)
+from maskgen.masks.landmarks import ALIGNED_BOX_112, detect_faces, get_detector, shape_points, to_gray
 from maskgen.masks.pose import MIRROR_68
 
 UP = 2  # training crops are stored at this multiple of 112

@@ -28,10 +28,9 @@ import importlib.util
 import math
 import os
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import cv2
 import numpy as np

@@ -33,7 +33,7 @@ class AugmentConfig:
     affine_translate: float = 0.05  # fraction of the image side
 
     @classmethod
-    def from_options(cls, options: dict[str, Any] | None) -> AugmentConfig:
+    def from_options(cls, options: dict[str, Any] | None) -> "AugmentConfig":
         options = dict(options or {})
         known = {f.name for f in fields(cls)}
         unknown = set(options) - known

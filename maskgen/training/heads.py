@@ -16,9 +16,9 @@ and each rank's logits are (global batch x classes/world).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Iterator
 
 import torch
 import torch.distributed as dist

@@ -29,10 +29,9 @@ import logging
 import os
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np

@@ -7,7 +7,7 @@ A pure function of the step, so resuming needs no scheduler state.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from typing import Callable, Sequence
 
 
 def lr_factor(

@@ -19,11 +19,10 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -47,26 +46,10 @@ from maskgen.training.checkpoint import (
     shard_path,
 )
 from maskgen.training.config import ConfigError, resolve_config, save_config, to_json
-from maskgen.training.distributed import (
-    DistInfo,
-    all_reduce_mean,
-    cleanup,
-    gather_counts,
-    init_distributed,
-)
+from maskgen.training.distributed import DistInfo, all_reduce_mean, cleanup, gather_counts, init_distributed
 from maskgen.training.ema import ModelEma
-from maskgen.training.heads import (
-    classifier_prefixes,
-    classifier_sharding,
-    is_classifier_key,
-)
-from maskgen.training.loader import (
-    LoaderConfig,
-    expand_shards,
-    make_loader,
-    read_dataset_info,
-    to_device,
-)
+from maskgen.training.heads import classifier_prefixes, classifier_sharding, is_classifier_key
+from maskgen.training.loader import LoaderConfig, expand_shards, make_loader, read_dataset_info, to_device
 from maskgen.training.methods import method_class
 from maskgen.training.progress import format_eta
 from maskgen.training.schedules import build_schedule

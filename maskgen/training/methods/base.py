@@ -8,13 +8,12 @@ one sample in the same batch sets ``needs_pairs = True`` and the loader adds ``i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-_METHODS: dict[str, Callable[..., Method]] = {}
+_METHODS: dict[str, Callable[..., "Method"]] = {}
 
 
 class Method(nn.Module):

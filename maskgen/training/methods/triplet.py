@@ -18,8 +18,7 @@ loader already has, so the step never waits for the device.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
