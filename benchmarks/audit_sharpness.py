@@ -3,7 +3,7 @@
     python benchmarks/audit_sharpness.py [--n 200]
 
 Sharpness is the variance of the Laplacian of the face region resampled to 96x96
-(``maskgen.audit.attributes.sharpness_of``). The script measures it on real faces (LFW, and
+(``maskgen.datasets.attributes.sharpness_of``). The script measures it on real faces (LFW, and
 FairFace when its landmark cache from ``benchmarks/audit_skin_tone.py`` exists) as they are,
 blurred with a Gaussian of sigma 0.5 to 3 px at the 96-px scale, and downscaled 4x (a face of
 about 25 px), and prints the medians and 10th percentiles the bin edges are read from.
@@ -26,7 +26,7 @@ SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 def measure(img: np.ndarray, lm: np.ndarray, src: str) -> dict:
     import cv2
 
-    from maskgen.audit.attributes import SHARPNESS_SIZE, face_regions, sharpness_of
+    from maskgen.datasets.attributes import SHARPNESS_SIZE, face_regions, sharpness_of
 
     _, _, face, _, _ = face_regions(img, lm)
     row: dict = {"source": src, "face_px": face.shape[1]}

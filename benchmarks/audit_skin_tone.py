@@ -79,7 +79,7 @@ def landmarks_cache(fairface: Path, cache: Path, workers: int) -> pd.DataFrame:
 
 def _grey_world(img: np.ndarray, skin: np.ndarray) -> float:
     """Rejected alternative, for comparison: grey-world white balance of the whole crop."""
-    from maskgen.audit.attributes import SRGB_TO_LINEAR, corrected_ita
+    from maskgen.datasets.attributes import SRGB_TO_LINEAR, corrected_ita
 
     mean = SRGB_TO_LINEAR[img].reshape(-1, 3).mean(axis=0)
     # a reference whose inverse is the grey-world gain (image mean -> 18% grey)
@@ -90,7 +90,7 @@ def _grey_world(img: np.ndarray, skin: np.ndarray) -> float:
 def _measure_chunk(items: list[tuple[str, list]]) -> list[dict]:
     import cv2
 
-    from maskgen.audit.attributes import (
+    from maskgen.datasets.attributes import (
         _MAX_SKIN_PIXELS,
         corrected_ita,
         face_regions,
@@ -132,7 +132,7 @@ def _auc(hi: np.ndarray, lo: np.ndarray) -> float:
 
 
 def study(fairface: Path, lm: pd.DataFrame, workers: int) -> pd.DataFrame:
-    from maskgen.audit.attributes import SKIN_TONES, skin_tone_label
+    from maskgen.datasets.attributes import SKIN_TONES, skin_tone_label
 
     labels = pd.read_csv(fairface / "fairface_label_val.csv", dtype=str)
     df = lm[lm["status"] == "ok"].merge(labels, on="file").reset_index(drop=True)

@@ -59,12 +59,16 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = False, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = False, fsync: bool = True,
+                replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``, on an error it
     is removed and ``path`` is left as it was.
 
     The caller's writer must close the file before the block ends (libraries that take a path
-    do). ``fsync``: flush the data and the rename to disk (off only for scratch files)."""
+    do). ``fsync``: flush the data and the rename to disk (off only for scratch files).
+    ``replace=False``: never replace a file (a user's, or one made meanwhile by another
+    process): the complete file is hard-linked to ``path``, which raises ``FileExistsError``
+    when ``path`` exists by then."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path, keep_suffix=keep_suffix)
@@ -75,7 +79,11 @@ def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = False, fsync: bo
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic and exclusive: fails if path exists
+            tmp.unlink()
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

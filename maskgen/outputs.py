@@ -31,7 +31,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -39,12 +38,12 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from maskgen.errors import MaskgenError, OutputError
+from maskgen.fsio import atomic_open, atomic_path, tmp_path, write_atomic
 
 MARKER = ".maskgen-output.json"
 LOCK = ".maskgen-output.lock"
 MODES = ("resume", "overwrite")
 _MAX_MARKER = 64 * 1024  # a marker is a few hundred bytes; refuse to read anything big
-_TOKEN = f"{os.getpid()}-{secrets.token_hex(4)}"  # this process's temp-name token
 _TMP_RE = re.compile(r"\.\d+-[0-9a-f]{8}\.tmp$")
 
 
@@ -78,10 +77,9 @@ def is_owned(path: str | os.PathLike) -> bool:
 
 
 def unique_tmp(path: str | os.PathLike) -> Path:
-    """A temp sibling of ``path`` whose name no other run (or process) uses:
-    ``<name>.<pid>-<random>.tmp``; write it, then ``os.replace`` it onto ``path``."""
-    p = Path(path)
-    return p.with_name(f"{p.name}.{_TOKEN}.tmp")
+    """A temp sibling of ``path`` whose name no other run, process or call uses:
+    ``<name>.<pid>-<random>.tmp`` (:func:`maskgen.fsio.tmp_path`)."""
+    return tmp_path(path)
 
 
 def is_tmp_of(name: str, final: str) -> bool:
@@ -265,13 +263,10 @@ def _read_pid(fd: int) -> str:
 
 
 def _write_marker(out: Path, marker: dict) -> None:
-    final = out / MARKER
-    tmp = unique_tmp(final)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as f:
+    # a new temp name opened exclusively (never through a file or link someone else made)
+    with atomic_open(out / MARKER, "w", fsync=False) as f:
         json.dump(marker, f, indent=1)
         f.write("\n")
-    os.replace(tmp, final)
 
 
 @contextmanager
@@ -286,19 +281,25 @@ def replacing(path: str | os.PathLike, hint: str = "rerun to resume") -> Iterato
     naming ``path``; readers never see a half-written file under the final name.
     """
     path = Path(path)
-    tmp = unique_tmp(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and not isinstance(exc, MaskgenError):
-            raise write_error(path, exc, hint) from exc
-        raise
+        with atomic_path(path, fsync=False) as tmp:
+            yield tmp
+    except OSError as exc:
+        if isinstance(exc, MaskgenError):
+            raise
+        raise write_error(path, exc, hint) from exc
+
+
+def write_file(path: str | os.PathLike, data: bytes, hint: str = "rerun to resume") -> Path:
+    """Write ``data`` to ``path`` whole or not at all, flushed to disk
+    (:func:`maskgen.fsio.write_atomic`); a failed write removes its temp file and becomes one
+    :class:`~maskgen.errors.OutputError` line naming ``path`` (``cannot write PATH: REASON``)."""
+    try:
+        return write_atomic(path, data)
+    except OSError as exc:
+        if isinstance(exc, MaskgenError):
+            raise
+        raise write_error(path, exc, hint) from exc
 
 
 def write_error(path: str | os.PathLike, exc: OSError, hint: str = "rerun to resume") -> OutputError:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from maskgen.audit.attributes import (
+from maskgen.datasets.attributes import (
     ITA_BINS,
     SKIN_TONES,
     face_attributes,
@@ -127,7 +127,7 @@ def test_skin_tone_bins():
 
 def _relight(img: np.ndarray, gains) -> np.ndarray:
     """The same scene under another exposure / light colour (per-channel gain in linear light)."""
-    from maskgen.audit.attributes import SRGB_TO_LINEAR
+    from maskgen.datasets.attributes import SRGB_TO_LINEAR
 
     lin = SRGB_TO_LINEAR[img] * np.asarray(gains, np.float32)
     c = np.clip(lin, 0, 1)
@@ -139,7 +139,7 @@ def _relight(img: np.ndarray, gains) -> np.ndarray:
 def test_white_point_correction_undoes_exposure_and_cast(astronaut, astronaut_landmarks, gains):
     """Under-exposure or a coloured light moves the raw ITA a lot; the corrected ITA (the
     image's brightest 1% taken as white) moves far less."""
-    from maskgen.audit.attributes import face_attributes
+    from maskgen.datasets.attributes import face_attributes
 
     ref = face_attributes(astronaut, astronaut_landmarks)
     lit = face_attributes(_relight(astronaut, gains), astronaut_landmarks)
@@ -152,7 +152,7 @@ def test_white_point_correction_undoes_exposure_and_cast(astronaut, astronaut_la
 def test_no_white_reference_means_no_correction(astronaut_landmarks):
     """An image with nothing brighter than the skin has no white to trust: ITA is the raw
     median over skin-like pixels."""
-    from maskgen.audit.attributes import face_attributes
+    from maskgen.datasets.attributes import face_attributes
 
     img = lab_patch(55.0, 12.0, 18.0, (512, 512))
     a = face_attributes(img, astronaut_landmarks)
@@ -166,7 +166,7 @@ def test_sharpness_is_absolute(astronaut, astronaut_landmarks):
     across the documented bin edges."""
     import cv2
 
-    from maskgen.audit.attributes import face_attributes
+    from maskgen.datasets.attributes import face_attributes
     from maskgen.audit.stats import SHARPNESS_EDGES
 
     full = face_attributes(astronaut, astronaut_landmarks)["sharpness"]

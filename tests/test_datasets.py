@@ -36,7 +36,7 @@ def test_lfw_protocol_files(lfw_dir: Path) -> None:
     folds = L.read_people(lfw_dir / "people.txt")
     assert len(folds) == 10
     assert sum(len(f) for f in folds) == len(L.people_names(lfw_dir / "people.txt"))
-    pairs = L.read_pairs(lfw_dir / "pairs.txt")
+    pairs = L.read_pair_names(lfw_dir / "pairs.txt")
     assert len(pairs) == 6000
     same = [p for p in pairs if p[0] == p[2]]
     assert len(same) == 3000

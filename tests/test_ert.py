@@ -205,7 +205,7 @@ def test_detect_many_is_detect_image_by_image(lfw_dir: Path, astronaut: np.ndarr
 def test_analyze_rows_batches_without_changing_results(tmp_path: Path, lfw_dir: Path, monkeypatch) -> None:
     """The build's landmarks stage: batched rows equal the single-image path; a corrupt file
     and a missing one fail alone."""
-    from maskgen.pipelines import analyze as A
+    from maskgen.datasets import faces as A
 
     files = sorted(lfw_dir.glob("*/*.jpg"))[::400][:30]
     bad = tmp_path / "bad.jpg"

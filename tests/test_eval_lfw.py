@@ -157,7 +157,7 @@ def test_identification_and_groups(three_cases, subset, tmp_path):
 
 
 def test_skin_tone_groups(subset, tmp_path):
-    pytest.importorskip("maskgen.audit.attributes")
+    pytest.importorskip("maskgen.datasets.attributes")
     from maskgen.eval.api import evaluate
 
     res = evaluate(model="dlib", pairs=str(subset["pairs"]), images=str(subset["images"]),

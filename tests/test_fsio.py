@@ -87,3 +87,66 @@ def test_concurrent_writers_never_mix(tmp_path: Path) -> None:
         q.join()
         assert q.exitcode == 0
     assert list(tmp_path.glob("*.tmp")) == []
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_file(tmp_path: Path) -> None:
+    """A process that dies inside the block (no clean-up runs) leaves the old file whole and
+    its temp file findable by name."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+    code = ("import os, sys; from maskgen.fsio import atomic_open\n"
+            "with atomic_open(sys.argv[1], 'wb') as f:\n"
+            "    f.write(b'new, half written'); f.flush(); os._exit(9)\n")
+    rc = subprocess.run([sys.executable, "-c", code, str(target)], check=False).returncode
+    assert rc == 9
+    assert target.read_bytes() == b"old"
+    left = list(tmp_path.glob(tmp_glob(target)))
+    assert len(left) == 1 and left[0].read_bytes() == b"new, half written"
+
+
+def test_replace_false_never_replaces_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "train.idx"
+    with atomic_path(target, replace=False) as tmp:
+        tmp.write_text("0\t0\n")
+    assert target.read_text() == "0\t0\n"
+    with pytest.raises(FileExistsError), atomic_path(target, replace=False) as tmp:
+        tmp.write_text("other")
+    assert target.read_text() == "0\t0\n"
+    assert not list(tmp_path.glob(tmp_glob(target)))  # the temp file is gone
+
+
+def test_output_writes_fail_as_one_line_and_leave_no_temp(tmp_path: Path) -> None:
+    """maskgen.outputs' writers are fsio's with a failed write as one OutputError line."""
+    from maskgen.errors import OutputError
+    from maskgen.outputs import is_tmp_of, replacing, unique_tmp, write_file
+
+    assert is_tmp_of(unique_tmp(tmp_path / "x.tar").name, "x.tar")
+    assert unique_tmp(tmp_path / "x.tar") != unique_tmp(tmp_path / "x.tar")  # unique per call
+    write_file(tmp_path / "x.tar", b"data")
+    assert (tmp_path / "x.tar").read_bytes() == b"data"
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match="cannot write"), replacing(tmp_path / "d") as tmp:
+        tmp.write_bytes(b"a file cannot replace a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "x.tar"]
+
+
+def test_files_are_replaced_only_through_fsio() -> None:
+    """No hand-written temp file + ``os.replace`` outside maskgen.fsio (folders that are
+    renamed into place whole are the only other renames)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "maskgen"
+    folder_renames = {"masks/ert.py", "datasets/lfw.py"}  # a cache folder, a staged download folder
+    found = []
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root).as_posix()
+        if rel == "fsio.py":
+            continue
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if re.search(r"\bos\.(replace|rename)\(|\.replace\(out\)|os\.link\(", code):
+                found.append((rel, n, line.strip()))
+    assert {rel for rel, _, _ in found} <= folder_renames, found

@@ -124,11 +124,11 @@ def test_mask_command_passes_the_files_quality(tmp_path: Path, q40) -> None:
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["mask", str(src), "-o", str(out), "--format", "png", "--seed", "1"])
     assert res.exit_code == 0, res.output
-    from maskgen.masks.cli import image_seed
+    from maskgen.masks.cli import path_seed
 
     face = detect_faces(img, select="all")
     for name, q in (("a.jpg", 40), ("b.png", None)):
-        want = mask_face(img, MaskSpec(), seed=image_seed(1, name), faces=face, jpeg_quality=q)
+        want = mask_face(img, MaskSpec(), seed=path_seed(1, name), faces=face, jpeg_quality=q)
         got, _ = load_image(out / f"{Path(name).stem}.png")
         assert got is not None and got.tobytes() == want.image.tobytes(), name
 

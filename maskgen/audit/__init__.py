@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from maskgen.audit.attributes import ITA_BINS, SKIN_TONES, face_attributes, skin_tone_label
+from maskgen.datasets.attributes import ITA_BINS, SKIN_TONES, face_attributes, skin_tone_label
 
 if TYPE_CHECKING:
     from maskgen.audit.api import audit, write_build_report

@@ -13,8 +13,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from maskgen.allocation import allocate, tie_rng  # the build's rule: ratio * N rounded half up, largest remainder
-
-CAP_REASON = "cap per group"  # manifest reason of rows removed by cap_per_group
+from maskgen.datasets.filters import CAP_REASON  # noqa: F401  (the reason of rows cap_per_group removes)
 
 
 def _group_index(groups: Sequence[Hashable | None]) -> tuple[list[str], np.ndarray]:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from maskgen.audit.escape import md, md_code, one_line
-from maskgen.audit.report import _pct
+from maskgen.audit.escape import controls_to_spaces, md, md_code
+from maskgen.audit.report import pct
 from maskgen.datasets.catalog import UNKNOWN, DatasetInfo
 from maskgen.datasets.hf import features_yaml
 
@@ -114,7 +114,7 @@ class Licence:
 def resolve_licence(dataset: DatasetInfo | None, override: str | None = None) -> Licence:
     """The card's licence: the user's ``--license``, else the catalog's, else ``unknown``."""
     if override:
-        lid = one_line(override).strip().lower()
+        lid = controls_to_spaces(override).strip().lower()
         note = f"Licence set by the user of `maskgen audit`/`card` (`--license {lid}`)."
         if dataset is not None and dataset.license not in (UNKNOWN, lid):
             note += (f" The catalog of known datasets lists {dataset.pretty_name} as "
@@ -186,10 +186,10 @@ def render_card(ci: CardInput) -> str:
         want = cfg.get("ratio") if isinstance(cfg.get("ratio"), (int, float)) else None
         ratio = masks.get("ratio")
         shown = want if want is not None else (round(ratio, 3) if ratio is not None else None)
-        base = src_pretty or one_line(ci.name)
+        base = src_pretty or controls_to_spaces(ci.name)
         pretty = f"Masked {base}" + (f", mask ratio {shown:g}" if shown is not None else "")
     else:
-        pretty = src_pretty or one_line(ci.name)
+        pretty = src_pretty or controls_to_spaces(ci.name)
     front = _front_matter(ci, pretty, lic, derived, has_masks, n)
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     A = lines.append
@@ -252,7 +252,7 @@ def render_card(ci: CardInput) -> str:
 def _front_matter(ci: CardInput, pretty: str, lic: Licence, derived: bool, has_masks: bool,
                   n: int) -> dict:
     ds = ci.dataset
-    front: dict = {"pretty_name": one_line(pretty), "license": lic.id}
+    front: dict = {"pretty_name": controls_to_spaces(pretty), "license": lic.id}
     if lic.name:
         front["license_name"] = lic.name
     if lic.link and lic.id == "other":
@@ -310,7 +310,7 @@ def _summary(ci: CardInput, derived: bool, has_masks: bool) -> str:
         text = (f"A face-recognition training set derived from {src}: {n:,} images of "
                 f"{_identities_phrase(ci)}")
         if has_masks:
-            text += (f", {masks['masked']:,} of them ({_pct(masks['ratio'], 2)}) carrying a "
+            text += (f", {masks['masked']:,} of them ({pct(masks['ratio'], 2)}) carrying a "
                      "synthetic face mask placed from 68 facial landmarks")
         else:
             text += "; no image is masked"
@@ -349,7 +349,7 @@ def _composition(A, ci: CardInput, derived: bool, has_masks: bool) -> None:
         if not ci.flat:
             rows.insert(1, ("identities", f"{comp['identities_in_source']:,}"))
     if has_masks:
-        rows += [("masked images", f"{masks['masked']:,} ({_pct(masks['ratio'], 2)})"),
+        rows += [("masked images", f"{masks['masked']:,} ({pct(masks['ratio'], 2)})"),
                  ("unmasked images", f"{masks['unmasked']:,}")]
     info = ci.dataset_info or {}
     if derived:
@@ -392,12 +392,12 @@ def _composition(A, ci: CardInput, derived: bool, has_masks: bool) -> None:
             if d:
                 tot = sum(d.values())
                 A(f"- {c.replace('_', ' ')}: "
-                  + ", ".join(f"{md(k)} {_pct(v / tot)}" for k, v in d.items()))
+                  + ", ".join(f"{md(k)} {pct(v / tot)}" for k, v in d.items()))
         A("")
     demo = [(col, e) for col, e in stats["attributes"].items() if e["kind"] == "demographic"]
     for col, e in demo:
         g = [r for r in e["balance"]["groups"] if r["share"] is not None]
-        A(f"- {md(e['title'])}: " + ", ".join(f"{md(r['group'])} {_pct(r['share'])}" for r in g)
+        A(f"- {md(e['title'])}: " + ", ".join(f"{md(r['group'])} {pct(r['share'])}" for r in g)
           + f" (normalized entropy {e['balance']['normalized_entropy']})")
     if demo:
         A("")

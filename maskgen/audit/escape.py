@@ -17,20 +17,20 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def one_line(text: object) -> str:
+def controls_to_spaces(text: object) -> str:
     """The text with control characters (newline, tab, ...) as single spaces."""
     return _CONTROL.sub(" ", str(text))
 
 
 def md(text: object) -> str:
     """Inline Markdown text that renders as exactly these characters (no markup, no HTML)."""
-    s = one_line(text).replace("&", "&amp;").replace("<", "&lt;")
+    s = controls_to_spaces(text).replace("&", "&amp;").replace("<", "&lt;")
     return _MD_SPECIAL.sub(r"\\\1", s)
 
 
 def md_code(text: object) -> str:
     """Inline code span holding ``text`` (backticks in it lengthen the fence)."""
-    s = one_line(text)
+    s = controls_to_spaces(text)
     fence = "`" * (max((len(m) for m in re.findall(r"`+", s)), default=0) + 1)
     pad = " " if s.startswith("`") or s.endswith("`") else ""
     return f"{fence}{pad}{s}{pad}{fence}"
@@ -45,4 +45,4 @@ def csv_cell(value: object) -> object:
 
 def mpl(text: object) -> str:
     """A matplotlib label shown literally (``$`` would start mathtext)."""
-    return one_line(text).replace("$", r"\$")
+    return controls_to_spaces(text).replace("$", r"\$")

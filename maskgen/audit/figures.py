@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from maskgen.audit.attributes import ITA_BINS, SKIN_TONES  # noqa: E402
+from maskgen.datasets.attributes import ITA_BINS, SKIN_TONES  # noqa: E402
 from maskgen.audit.escape import mpl  # noqa: E402
 from maskgen.audit.stats import IPI_LABELS  # noqa: E402
 

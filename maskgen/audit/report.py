@@ -11,7 +11,7 @@ import html
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from maskgen.audit.attributes import ITA_BINS
+from maskgen.datasets.attributes import ITA_BINS
 from maskgen.audit.escape import md
 from maskgen.audit.figures import slug
 from maskgen.audit.metrics import (
@@ -31,7 +31,7 @@ class Block:
     data: object
 
 
-def _pct(x: float | None, digits: int = 1) -> str:
+def pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{x * 100:.{digits}f}%"
 
 
@@ -52,7 +52,7 @@ def summary_rows(stats: dict) -> list[list[str]]:
             ["dropped by filters", f"{comp['dropped']:,}"],
             ["failed", f"{comp['failed']:,}"]]
     if masks.get("available") and "ratio" in masks:
-        rows.append(["masked", f"{masks['masked']:,} ({_pct(masks['ratio'], 2)})"])
+        rows.append(["masked", f"{masks['masked']:,} ({pct(masks['ratio'], 2)})"])
     lab = src.get("labels")
     if lab:
         rows.append(["labels", f"{lab['file']} joined on {lab['join_on']}: "
@@ -92,7 +92,7 @@ def build_blocks(stats: dict, figures: dict[str, bytes], title: str,
     if ipi["top"] and ipi["top"][0]["images"] > 1:  # flat folders: every identity has one
         B.append(Block("table", (["identity with most images", "images", "share"],
                                  [[t["identity"], f"{t['images']:,}",
-                                   _pct(t["images"] / max(comp["images"], 1), 2)]
+                                   pct(t["images"] / max(comp["images"], 1), 2)]
                                   for t in ipi["top"]])))
     B.append(Block("h3", "Drops and failures by reason"))
     if comp["drops_by_reason"] or comp["failures_by_reason"]:
@@ -108,10 +108,10 @@ def build_blocks(stats: dict, figures: dict[str, bytes], title: str,
     if masks.get("available") and "ratio" in masks:
         pi = masks["per_identity"]
         B.append(Block("p", f"{masks['masked']:,} masked and {masks['unmasked']:,} unmasked "
-                            f"training images ({_pct(masks['ratio'], 2)} masked). Per identity "
+                            f"training images ({pct(masks['ratio'], 2)} masked). Per identity "
                             f"(the {pi['identities_with_2plus']:,} identities with at least two "
-                            f"images): mean masked share {_pct(pi['ratio'].get('mean'))}, "
-                            f"std {_pct(pi['ratio'].get('std'))}; {pi['with_no_masked']:,} have "
+                            f"images): mean masked share {pct(pi['ratio'].get('mean'))}, "
+                            f"std {pct(pi['ratio'].get('std'))}; {pi['with_no_masked']:,} have "
                             f"no masked image, {pi['all_masked']:,} only masked images."))
         if "masks.png" in figures:
             B.append(Block("figure", ("masks.png", "Mask type, colour, texture and wear mode")))
@@ -120,7 +120,7 @@ def build_blocks(stats: dict, figures: dict[str, bytes], title: str,
             if d:
                 tot = sum(d.values())
                 B.append(Block("table", ([c.replace("_", " "), "masked images", "share"],
-                                         [[k, f"{v:,}", _pct(v / tot)] for k, v in d.items()])))
+                                         [[k, f"{v:,}", pct(v / tot)] for k, v in d.items()])))
         if "fit_score" in masks:
             fs = masks["fit_score"]
             if masks.get("fit_score_constant"):
@@ -187,11 +187,11 @@ def intersection_blocks(stats: dict) -> list[Block]:
         for i, r in enumerate(x["rows"]):
             cells = []
             for j in range(len(x["cols"])):
-                t = f"{x['count'][i][j]:,} ({_pct(x['share'][i][j])})"
+                t = f"{x['count'][i][j]:,} ({pct(x['share'][i][j])})"
                 if "failure_rate" in x and x["failure_rate"][i][j] is not None:
-                    t += f"; fail {_pct(x['failure_rate'][i][j])}"
+                    t += f"; fail {pct(x['failure_rate'][i][j])}"
                 if "masked_ratio" in x and x["masked_ratio"][i][j] is not None:
-                    t += f"; masked {_pct(x['masked_ratio'][i][j])}"
+                    t += f"; masked {pct(x['masked_ratio'][i][j])}"
                 cells.append(t)
             rows.append([r] + cells)
         B.append(Block("table", (hdr, rows)))
@@ -219,8 +219,8 @@ def mask_mix_blocks(stats: dict) -> list[Block]:
                     + ("–" if x["chi2_p"] is None else f"{x['chi2_p']:.3g}")]
             g = x.get("largest_gap")
             if g:
-                bits.append(f"largest gap: {g['value']} is {_pct(g['share'])} of the masks of "
-                            f"{g['group']} vs {_pct(g['overall'])} overall")
+                bits.append(f"largest gap: {g['value']} is {pct(g['share'])} of the masks of "
+                            f"{g['group']} vs {pct(g['overall'])} overall")
             B.append(Block("p", "; ".join(bits) + "."))
     return B
 
@@ -277,7 +277,7 @@ def skin_check_blocks(stats: dict) -> list[Block]:
                     "the bins' names (from skin colorimetry) do not transfer to photos.")]
     bits = []
     if chk.get("white_reference_share") is not None:
-        bits.append(f"{_pct(chk['white_reference_share'])} of the faces had a white reference "
+        bits.append(f"{pct(chk['white_reference_share'])} of the faces had a white reference "
                     "in their image (the others are measured uncorrected)")
     if chk.get("spearman_ita_brightness") is not None:
         bits.append(f"Spearman correlation of ITA with face brightness in this dataset: "
@@ -285,21 +285,21 @@ def skin_check_blocks(stats: dict) -> list[Block]:
                     f"lighting more than the skin)")
     if chk.get("uncorrected_share"):
         u, c = chk["uncorrected_share"], chk["corrected_share"]
-        bits.append("share binned dark: " + f"{_pct(c.get('dark'))} corrected, "
-                    f"{_pct(u.get('dark'))} uncorrected")
+        bits.append("share binned dark: " + f"{pct(c.get('dark'))} corrected, "
+                    f"{pct(u.get('dark'))} uncorrected")
     if bits:
         B.append(Block("p", "; ".join(bits) + "."))
     B.append(Block("figure", ("skin_tone_check.png", "Skin-tone bins within each labelled "
                                                       "group and each brightness bin")))
     for col, e in (chk.get("by_label") or {}).items():
         hdr = [col, "images"] + list(e["tones"]) + ["median ITA"]
-        rows = [[g, f"{sum(c):,}"] + [_pct(x) for x in sh] + [_num(m, 1)]
+        rows = [[g, f"{sum(c):,}"] + [pct(x) for x in sh] + [_num(m, 1)]
                 for g, c, sh, m in zip(e["groups"], e["counts"], e["share"], e["median_ita"])]
         B.append(Block("table", (hdr, rows)))
     if "by_brightness" in chk:
         e = chk["by_brightness"]
         hdr = ["face brightness", "images"] + list(e["tones"])
-        rows = [[g, f"{sum(c):,}"] + [_pct(x) for x in sh]
+        rows = [[g, f"{sum(c):,}"] + [pct(x) for x in sh]
                 for g, c, sh in zip(e["groups"], e["counts"], e["share"])]
         B.append(Block("table", (hdr, rows)))
     return B
@@ -316,8 +316,8 @@ def glance_table(stats: dict) -> tuple[list[str], list[list[str]]]:
                      for p in ("balance", "mask_ratio", "failure_rate", "fit_failure_rate"))
         rows.append([e["title"], str(b["num_groups"]), _num(b["min_max_share_ratio"], 3),
                      _num(b["normalized_entropy"], 3),
-                     _pct(e.get("mask_ratio", {}).get("spread")),
-                     _pct(e.get("failure_rate", {}).get("spread")), str(n_warn)])
+                     pct(e.get("mask_ratio", {}).get("spread")),
+                     pct(e.get("failure_rate", {}).get("spread")), str(n_warn)])
     return hdr, rows
 
 
@@ -361,10 +361,10 @@ def _attribute_blocks(col: str, e: dict) -> list[Block]:
     bits = [f"{bal['num_groups']} groups", f"min/max share ratio {_num(bal['min_max_share_ratio'], 3)}",
             f"normalized entropy {_num(bal['normalized_entropy'], 3)}"]
     if "mask_ratio" in e and e["mask_ratio"]["spread"] is not None:
-        bits.append(f"mask-ratio spread {_pct(e['mask_ratio']['spread'])} (std "
-                    f"{_pct(e['mask_ratio']['std'])})")
+        bits.append(f"mask-ratio spread {pct(e['mask_ratio']['spread'])} (std "
+                    f"{pct(e['mask_ratio']['std'])})")
     if "failure_rate" in e and e["failure_rate"]["spread"] is not None:
-        bits.append(f"failure-rate spread {_pct(e['failure_rate']['spread'])}")
+        bits.append(f"failure-rate spread {pct(e['failure_rate']['spread'])}")
     if bal["unknown"]:
         bits.append(f"{bal['unknown']:,} kept images without a value")
     out.append(Block("p", "; ".join(bits) + "."))
@@ -383,19 +383,19 @@ def _attribute_blocks(col: str, e: dict) -> list[Block]:
     rows = []
     for g in bal["groups"]:
         name = g["group"]
-        row = [name, f"{g['count']:,}", _pct(g["share"]), _pct(g["target"]),
+        row = [name, f"{g['count']:,}", pct(g["share"]), pct(g["target"]),
                _num(g["share_to_target"])]
         if mr:
             m = mr.get(name)
-            row += ([_pct(m["ratio"]), f"{_pct(m['ci95'][0])}–{_pct(m['ci95'][1])}"] if m
+            row += ([pct(m["ratio"]), f"{pct(m['ci95'][0])}–{pct(m['ci95'][1])}"] if m
                     else ["–", "–"])
         if fr:
             f = fr.get(name)
-            row += ([f"{f['attempted']:,}", f"{f['failed']:,}", _pct(f["rate"])] if f
+            row += ([f"{f['attempted']:,}", f"{f['failed']:,}", pct(f["rate"])] if f
                     else ["0", "0", "–"])
         if ff:
             f2 = ff.get(name)
-            row += [_pct(f2["rate"]) if f2 else "–"]
+            row += [pct(f2["rate"]) if f2 else "–"]
         rows.append(row)
     out.append(Block("table", (hdr, rows)))
     return out

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from maskgen.audit.attributes import SKIN_TONES
+from maskgen.datasets.attributes import SKIN_TONES
 from maskgen.audit.metrics import (
     MIN_GROUP_FOR_RATES,
     UNKNOWN,
@@ -152,7 +152,7 @@ def skin_tone_check(ok: pd.DataFrame, demo: list[str], orders: dict) -> dict | N
     tones = group_labels(ok["skin_tone"])
     out: dict = {"measured": int(ita.notna().sum())}
     if "_ita_raw" in ok.columns and ok["_ita_raw"].notna().any():
-        from maskgen.audit.attributes import skin_tone_label
+        from maskgen.datasets.attributes import skin_tone_label
 
         raw = pd.to_numeric(ok["_ita_raw"], errors="coerce")
         raw_tone = raw.map(lambda v: skin_tone_label(float(v)) if pd.notna(v) else None)

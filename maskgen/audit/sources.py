@@ -1,8 +1,10 @@
 """What can be audited: a build folder, a manifest file, or a plain folder of images.
 
-A plain folder is scanned here into a manifest-shaped table (landmarks by the masks library,
-attributes by :mod:`maskgen.audit.attributes`), each unreadable or faceless image kept as a
-``failed`` row with its reason, so failure rates per group can be measured. Labels from a
+A plain folder is scanned here into a manifest-shaped table with the build's own parts: its
+folder scan (:mod:`maskgen.datasets.sources`), its per-image landmark pass
+(:mod:`maskgen.datasets.faces`) and attributes by :mod:`maskgen.datasets.attributes` on the same
+pixels; each unreadable or faceless image is kept as a ``failed`` row with the build's reason,
+so failure rates per group can be measured. Labels from a
 CSV/parquet file join by sample key or by image path.
 """
 
@@ -19,11 +21,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from maskgen.audit.attributes import face_attributes
 from maskgen.audit.workers import chunked, map_in_workers
+from maskgen.datasets.attributes import face_attributes
 from maskgen.datasets.catalog import DatasetInfo, identify, lookup
 from maskgen.datasets.manifest import CORE_NAMES, conform
-from maskgen.datasets.sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES  # noqa: E402
+from maskgen.datasets.sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
 from maskgen.errors import InputError, OptionError
 from maskgen.progress import Progress
 
@@ -281,34 +283,6 @@ def _key(rel: PurePosixPath) -> str:
     return str(rel.with_suffix("")).replace("/", "-").replace(".", "_")
 
 
-def _pose(face) -> tuple[float, float, float]:
-    pose = getattr(face, "pose", None)
-    if pose is None:
-        return (np.nan, np.nan, np.nan)
-    if isinstance(pose, dict):
-        return tuple(float(pose.get(k, np.nan)) for k in ("yaw", "pitch", "roll"))  # type: ignore
-    if hasattr(pose, "yaw"):
-        return (float(pose.yaw), float(pose.pitch), float(pose.roll))
-    a = np.asarray(pose, dtype=np.float64).ravel()
-    return (float(a[0]), float(a[1]), float(a[2])) if a.size >= 3 else (np.nan,) * 3  # type: ignore
-
-
-def choose_backend(backend: str, img: np.ndarray) -> str:
-    """The landmark backend for one image: the landmarks module's own resolution when it
-    offers one (``resolve_backend``, the same as the build's), else ``auto`` = ``aligned``
-    for square crops <= 128 px (insightface releases: detectors miss faces that fill the
-    frame), dlib otherwise."""
-    from maskgen.masks import landmarks as L
-
-    resolve = getattr(L, "resolve_backend", None)
-    if resolve is not None:
-        return resolve(backend, img.shape)
-    if backend != "auto":
-        return backend
-    h, w = img.shape[:2]
-    return "aligned" if h == w and h <= 128 else "dlib"
-
-
 def read_image(loc: tuple) -> tuple[np.ndarray | None, str]:
     """Decode the image of a locator ``(source, path, offset, nbytes, member)`` (in a worker
     only); ``source`` is the :class:`maskgen.datasets.sources.Source` that relative paths
@@ -341,49 +315,43 @@ def read_image(loc: tuple) -> tuple[np.ndarray | None, str]:
     return decode_image(data)
 
 
-def analyse_image(loc: tuple, backend: str = "auto") -> dict:
-    """One image -> manifest fields: status, reason, landmarks, pose, attributes.
+def _measure(img: np.ndarray, res: dict) -> dict:
+    """The attributes of one decoded image, on its face (or on the image centre when no face
+    was found: ``_region`` says so, and the failure rate can be sliced by skin tone too)."""
+    attrs = face_attributes(img, res["landmarks"])
+    return {**{k: attrs[k] for k in ATTRIBUTE_COLUMNS}, "_region": attrs["region"],
+            "_ita_raw": attrs["ita_raw"], "_white_corrected": attrs["white_corrected"]}
 
-    A face that is not found still gets attributes from the image centre (``_region`` says
-    so), so the failure rate can be sliced by skin tone as well as by labels.
-    """
-    from maskgen.masks.landmarks import detect_faces, select_faces
 
-    img, reason = read_image(loc)
-    if img is None:
-        return {"status": "failed", "reason": reason}
-    row: dict = {"width": int(img.shape[1]), "height": int(img.shape[0])}
-    try:
-        faces = detect_faces(img, backend=choose_backend(backend, img))
-    except Exception as exc:  # a detector crash on one image must not stop the scan
-        faces, row["reason"] = [], f"detector error: {type(exc).__name__}: {exc}"
-    if not faces:
-        attrs = face_attributes(img, None)
-        row.update(status="failed", reason=row.get("reason", getattr(faces, "reason", None) or "no face"))
-    else:
-        # the most central face is the subject (as in the build); the others are bystanders
-        f = select_faces(faces, img.shape[:2], "center")[0]
-        lm = np.asarray(f.landmarks, dtype=np.float32).reshape(68, 2)
-        attrs = face_attributes(img, lm)
-        yaw, pitch, roll = _pose(f)
-        row.update(status="ok", landmarks=lm.ravel().tolist(), yaw=yaw, pitch=pitch, roll=roll,
-                   det_score=float(getattr(f, "score", np.nan) or np.nan),
-                   _faces=len(faces))
-    row.update({k: attrs[k] for k in ATTRIBUTE_COLUMNS})
-    row.update(_region=attrs["region"], _ita_raw=attrs["ita_raw"],
-               _white_corrected=attrs["white_corrected"])
-    return row
+def _audit_row(res: dict) -> dict:
+    """A result of the build's per-image pass -> the fields of the audit's folder table."""
+    row = {k: res[k] for k in ("width", "height", *ATTRIBUTE_COLUMNS, "_region", "_ita_raw",
+                               "_white_corrected") if k in res}
+    if res["a_status"] != "ok":
+        return {"status": "failed", "reason": res["a_reason"], **row}
+    return {"status": "ok", "landmarks": res["landmarks"], "yaw": res["yaw"], "pitch": res["pitch"],
+            "roll": res["roll"], "det_score": res["det_score"], "_faces": res["n_faces"], **row}
 
 
 def _analyse_many(items: list[tuple]) -> list[dict]:
-    """Worker task: ``(locator, backend)`` pairs -> one manifest row each."""
-    out = []
-    for loc, backend in items:
-        try:
-            out.append(analyse_image(loc, backend))
-        except Exception as exc:  # one image's bug costs only its row
-            out.append({"status": "failed", "reason": f"audit error: {type(exc).__name__}: {exc}"})
-    return out
+    """Worker task: ``(source, path, nbytes, backend)`` items (one source and backend per
+    task) -> one table row each.
+
+    The build's per-image landmark pass (:func:`maskgen.datasets.faces.analyze_rows`: decode
+    once, the batched detector, every face found and the most central taken as the subject),
+    with the attributes measured on the same pixels."""
+    from maskgen.datasets.faces import analyze_rows
+
+    if not items:
+        return []
+    src, backend = items[0][0], items[0][3]
+    rows = [{"_cache_key": str(k), "path": path, "nbytes": nb} for k, (_, path, nb, _) in enumerate(items)]
+
+    def read(r: dict) -> bytes:
+        nb = r["nbytes"]
+        return src.read_bytes(r["path"], None, None if nb is None or pd.isna(nb) or int(nb) < 0 else int(nb))
+
+    return [_audit_row(res) for res in analyze_rows(rows, backend, read=read, select="all", measure=_measure)]
 
 
 def _crashed_row(item, reason: str) -> dict:
@@ -426,8 +394,7 @@ def scan_folder(root: str | os.PathLike, *, workers: int = 1, backend: str = "au
                          f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     flat = src.identity_depth == 0
     todo = [i for i, d in enumerate(scan["_drop"]) if d is None or pd.isna(d)]
-    chunks = chunked([((src, scan.at[i, "path"], None, scan.at[i, "nbytes"], None), backend)
-                      for i in todo], CHUNK)
+    chunks = chunked([(src, scan.at[i, "path"], scan.at[i, "nbytes"], backend) for i in todo], CHUNK)
     with Progress("audit", len(todo), quiet=not progress) as prog:
         prog.note(f"landmarks and attributes of {len(todo):,} images ({workers} worker(s))")
         done = [r for part in map_in_workers(_analyse_many, chunks, workers=workers, progress=prog,
@@ -581,7 +548,7 @@ def join_labels(inp: AuditInput, labels: str | os.PathLike, join_on: str = "key"
     A suffix shared by several images never matches (no silent mix-ups).
     """
     lab = read_labels(labels)
-    n_label_rows = int(len(lab))
+    n_label_rows = len(lab)
     df = inp.table
     if join_on == "key":
         if "key" not in lab.columns:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from maskgen.audit.attributes import SKIN_TONES, skin_tone_label
+from maskgen.datasets.attributes import SKIN_TONES, skin_tone_label
 from maskgen.audit.metrics import (
     UNKNOWN,
     bin_values,

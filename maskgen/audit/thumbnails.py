@@ -74,11 +74,11 @@ def plan_strips(inp, stats: dict) -> list[Strip]:
                                     int((combo == c).sum())))
     # kept faces per skin-tone bin, from the source: what each bin looks like in this data
     if "skin_tone" in df.columns:
-        from maskgen.audit.attributes import SKIN_TONES
+        from maskgen.datasets.attributes import SKIN_TONES
 
         tones = df["skin_tone"].astype("object")
         if "ita" in df.columns:  # a manifest may carry ITA without its bin
-            from maskgen.audit.attributes import skin_tone_label
+            from maskgen.datasets.attributes import skin_tone_label
 
             ita = pd.to_numeric(df["ita"], errors="coerce")
             tones = tones.where(tones.notna(), ita.map(

@@ -1,7 +1,7 @@
 """Dataset sources, the manifest schema, identity filters and reproducible shard writing.
 
 ```python
-from maskgen.datasets import parse_source, read_pairs, RecordIOReader, write_recordio
+from maskgen.datasets import parse_source, read_pair_names, RecordIOReader, write_recordio
 src = parse_source("lfw")                 # or a folder, "recordio:train.rec", "wds:shards/*.tar"
 for batch in src.scan_batches():          # one row per image, nothing decoded, streamed
     ...
@@ -15,7 +15,7 @@ from maskgen.datasets.lfw import (
     lfw_dir,
     lfw_names,
     pair_image_path,
-    read_pairs,
+    read_pair_names,
     read_people,
 )
 from maskgen.datasets.manifest import (
@@ -39,7 +39,7 @@ __all__ = [
     "pair_image_path",
     "parse_source",
     "read_manifest",
-    "read_pairs",
+    "read_pair_names",
     "read_people",
     "tar_bytes",
     "write_manifest",

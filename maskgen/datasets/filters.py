@@ -60,7 +60,7 @@ class WorkSet:
 
 def count_reasons(status, reason) -> dict[str, int]:
     """Count of rows per ``status: reason class`` (ok rows excluded), the top line of reports."""
-    c = Counter(f"{s}: {_reason_class(r)}" for s, r in zip(status, reason) if s not in (STATUS_PENDING, "ok"))
+    c = Counter(f"{s}: {reason_class(r)}" for s, r in zip(status, reason) if s not in (STATUS_PENDING, "ok"))
     return dict(sorted(c.items()))
 
 
@@ -70,7 +70,7 @@ def isin(values: np.ndarray, names) -> np.ndarray:
     return np.fromiter((v in s for v in values), dtype=bool, count=len(values))
 
 
-def _reason_class(reason: str | None) -> str:
+def reason_class(reason: str | None) -> str:
     """Collapse per-row details (``near-duplicate of 000012-0003``) into a countable class."""
     if not reason:
         return "-"
@@ -116,6 +116,10 @@ def read_names(spec: str | os.PathLike | list[str] | tuple[str, ...] | None) -> 
         return {ln.split()[0] for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
     return {s.strip() for s in str(spec).split(",") if s.strip()}
 
+
+# the manifest reason of rows removed by a per-group cap (the build's --cap-per-group, the
+# audit's rebalancing)
+CAP_REASON = "cap per group"
 
 # Evaluation sets whose identities a training build can leave out.
 EVAL_SETS = {
@@ -202,7 +206,7 @@ def filter_max_images(ws: WorkSet, max_images: int | None, seed: int) -> None:
     m, _ = _blank(ws)
     for ident, idx in _per_identity(ws).items():
         if len(idx) > max_images:
-            rng = np.random.default_rng([seed, _stable_hash(ident)])
+            rng = np.random.default_rng([seed, stable_hash(ident)])
             m[rng.permutation(idx)[max_images:]] = True
     ws.mark(m, STATUS_DROPPED, f"over max_images ({max_images}) for identity")
 
@@ -259,7 +263,7 @@ def drop_scan_errors(ws: WorkSet) -> None:
     ws.mark(np.array([d is not None for d in drop], dtype=bool), STATUS_FAILED, drop)
 
 
-def _stable_hash(s: str) -> int:
+def stable_hash(s: str) -> int:
     """A process-independent 63-bit hash (Python's ``hash`` is salted per process)."""
     import hashlib
 

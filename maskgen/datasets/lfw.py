@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from maskgen.data_home import dataset_dir
+from maskgen.fsio import atomic_open
 
 # The official distribution (UMass Amherst vision lab); MASKGEN_LFW_URL points at a mirror.
 LFW_BASE_URL = "https://vis-www.cs.umass.edu/lfw/"
@@ -55,8 +56,9 @@ def read_people(path: str | os.PathLike) -> list[list[tuple[str, int]]]:
     return folds
 
 
-def read_pairs(path: str | os.PathLike) -> list[tuple[str, int, str, int]]:
-    """``pairs*.txt`` -> (name1, image1, name2, image2); image numbers are 1-based as in LFW."""
+def read_pair_names(path: str | os.PathLike) -> list[tuple[str, int, str, int]]:
+    """``pairs*.txt`` -> (name1, image1, name2, image2) records; image numbers are 1-based as in
+    LFW (the evaluation's pair set with folds and labels is :func:`maskgen.eval.pairs.read_pairs`)."""
     pairs: list[tuple[str, int, str, int]] = []
     lines = [ln.split() for ln in Path(path).read_text().splitlines() if ln.strip()]
     for parts in lines[1:]:
@@ -84,7 +86,7 @@ def lfw_names(root: str | os.PathLike) -> set[str]:
 
 
 def pairs_names(path: str | os.PathLike) -> set[str]:
-    return {n for a, _, b, _ in read_pairs(path) for n in (a, b)}
+    return {n for a, _, b, _ in read_pair_names(path) for n in (a, b)}
 
 
 def people_names(path: str | os.PathLike) -> set[str]:
@@ -115,10 +117,8 @@ def lfw_dir(data_home: str | os.PathLike | None = None, download: bool = True) -
 
 
 def _fetch(url: str, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+    with urllib.request.urlopen(url, timeout=60) as r, atomic_open(dest, "wb", fsync=False) as f:
         shutil.copyfileobj(r, f, length=1 << 20)
-    os.replace(tmp, dest)
 
 
 def download_lfw(root: str | os.PathLike, url: str | None = None) -> Path:

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from maskgen.fsio import atomic_path
+
 MAGIC = 0xCED7230A
 _IR_FORMAT = "IfQQ"
 _IR_SIZE = struct.calcsize(_IR_FORMAT)  # 24
@@ -456,12 +458,10 @@ def write_recordio(
     """
     rec_path = Path(rec_path)
     idx_path = Path(idx_path) if idx_path else rec_path.with_suffix(".idx")
-    rec_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = rec_path.with_name(f"{rec_path.name}.{os.getpid()}.tmp")
-    idx_tmp = idx_path.with_name(f"{idx_path.name}.{os.getpid()}.tmp")
     placeholder = encode_record(pack(IRHeader(2, (0.0, 0.0), 0, 0), b""))
     ranges: dict[int, list[int]] = {}  # label -> [first, end) image record index
-    try:
+    # the .idx is renamed first, then the .rec: a .rec under its name always has its index
+    with atomic_path(rec_path, fsync=False) as tmp, atomic_path(idx_path, fsync=False) as idx_tmp:
         with open(tmp, "wb", buffering=1 << 22) as f, open(idx_tmp, "w", buffering=1 << 20) as fi:
             f.write(placeholder)
             fi.write("0\t0\n")
@@ -492,12 +492,6 @@ def write_recordio(
                 raise AssertionError("RecordIO header changed size")
             f.seek(0)
             f.write(header)
-        os.replace(tmp, rec_path)
-        os.replace(idx_tmp, idx_path)
-    finally:
-        for p in (tmp, idx_tmp):
-            if p.exists():
-                p.unlink()
     return rec_path
 
 
@@ -509,19 +503,17 @@ def rebuild_idx(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None 
     idx_path = Path(idx_path) if idx_path else rec_path.with_suffix(".idx")
     if idx_path.exists():
         raise FileExistsError(f"{idx_path} exists; not replaced")
-    tmp = idx_path.with_name(f"{idx_path.name}.{os.getpid()}.tmp")
     fd = os.open(rec_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError(f"{rec_path} is not a regular file")
         size = os.fstat(fd).st_size
-        with open(tmp, "w", buffering=1 << 20) as f:
+        # replace=False: fails rather than replace a file made meanwhile
+        with atomic_path(idx_path, fsync=False, replace=False) as tmp, open(tmp, "w", buffering=1 << 20) as f:
             for i, (off, _h, _, _reason) in enumerate(walk_records(fd, size)):
                 f.write(f"{i}\t{off}\n")  # broken stretches too: the scan gives them their rows
-        os.link(tmp, idx_path)  # fails rather than replace a file made meanwhile
     finally:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
     return idx_path
 
 

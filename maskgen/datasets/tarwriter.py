@@ -14,9 +14,8 @@ import io
 import os
 import tarfile
 from collections.abc import Iterable
-from pathlib import Path
 
-from maskgen.outputs import replacing
+from maskgen.outputs import write_file
 
 FIXED_MTIME = 0  # 1970-01-01: no build time leaks into the bytes
 FILE_MODE = 0o644
@@ -77,20 +76,8 @@ def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp name unique to this run and a rename (atomic
-    on POSIX). A failed write removes its temp file and raises
-    :class:`~maskgen.errors.OutputError` naming ``path`` (``cannot write PATH: REASON``)."""
-    path = Path(path)
-    with replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return path
-
-
 def write_tar(path: str | os.PathLike, members: Iterable[tuple[str, bytes]]) -> int:
     """Write a reproducible tar atomically; returns its size in bytes."""
     data = tar_bytes(members)
-    write_atomic(path, data)
+    write_file(path, data)
     return len(data)

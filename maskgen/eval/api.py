@@ -14,14 +14,14 @@ from maskgen.eval.binfile import read_bin
 from maskgen.eval.cache import EmbeddingCache
 from maskgen.eval.embedders import embedder_tag, model_protocol
 from maskgen.eval.extract import ORIG, ExtractConfig, ImageJob, check_mask_type, masked_variant
-from maskgen.eval.groups import breakdown, labels_for, read_labels
+from maskgen.eval.groups import breakdown, labels_for, read_group_labels
 from maskgen.eval.identification import knn_accuracy, ranks_per_probe, split_gallery_probes
 from maskgen.eval.mask_usage import mask_usage_accuracy
 from maskgen.eval.metrics import DEFAULT_FARS, predictions_kfold, roc_curve
 from maskgen.eval.pairs import PairSet, identity_of, read_pairs
 from maskgen.eval.report import plot_roc, write_json, write_markdown
 from maskgen.eval.runner import embed_images
-from maskgen.eval.verification import CASE_NAMES, CASES, case_scores, lookup, verification_metrics
+from maskgen.eval.verification import CASE_NAMES, CASES, case_scores, embedding_of, verification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def evaluate(model: str = "dlib", pairs: str | None = None, images: str | None =
 
     group_cols: dict[str, list[str | None]] = {}
     if labels:
-        join, table = read_labels(labels)
+        join, table = read_group_labels(labels)
         group_cols.update(labels_for(keys, ids or keys, join, table))
     if skin_tone:
         group_cols["skin_tone"] = [cache.meta.get(k, {}).get("attributes", {}).get("skin_tone") for k in keys]
@@ -174,7 +174,7 @@ def _embeddings(keys: list[str], cache: EmbeddingCache, variant: str) -> tuple[n
     """(stacked embeddings, indices of keys that have one, number that fell back to unmasked)."""
     vecs, idx, fell = [], [], 0
     for i, k in enumerate(keys):
-        e, fb = lookup(cache, k, variant)
+        e, fb = embedding_of(cache, k, variant)
         if e is not None:
             vecs.append(e)
             idx.append(i)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from maskgen.eval.extract import ImageRecord
+from maskgen.fsio import atomic_open
 
 
 class EmbeddingCache:
@@ -57,10 +58,9 @@ class EmbeddingCache:
         lm_keys = sorted(self.landmarks)
         lm = np.stack([self.landmarks[k] for k in lm_keys]).astype(np.float32) if lm_keys \
             else np.zeros((0, 68, 2), np.float32)
-        tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(tmp, keys=keys, variants=variants, emb=emb, mask_probs=probs, meta=np.array(meta),
-                 lm_keys=np.array(lm_keys, dtype=str), lm=lm)
-        os.replace(tmp, self.path)
+        with atomic_open(self.path, "wb", fsync=False) as f:  # a file object: no ".npz" added
+            np.savez(f, keys=keys, variants=variants, emb=emb, mask_probs=probs, meta=np.array(meta),
+                     lm_keys=np.array(lm_keys, dtype=str), lm=lm)
 
     def has(self, key: str, variant: str) -> bool:
         """Whether (key, variant) was already processed (embedded, or failed with a status)."""

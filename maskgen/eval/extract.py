@@ -165,7 +165,7 @@ def process_jobs(jobs: list[ImageJob], embedder: Any, cfg: ExtractConfig) -> lis
 
 def _attributes(img: np.ndarray, lm: np.ndarray) -> dict[str, Any]:
     try:
-        from maskgen.audit.attributes import face_attributes
+        from maskgen.datasets.attributes import face_attributes
     except ImportError:
         return {}
     try:

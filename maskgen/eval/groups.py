@@ -16,7 +16,7 @@ import numpy as np
 JOIN_COLUMNS = ("key", "path", "identity")
 
 
-def read_labels(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, str]]]:
+def read_group_labels(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, str]]]:
     """(join column, {join value: {label column: value}}) from a CSV or parquet file."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq

@@ -11,7 +11,6 @@ the order of the pairs or the cases asked for.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 
 from maskgen.eval.binfile import write_bin
+from maskgen.fsio import write_atomic
 from maskgen.eval.extract import ExtractConfig, check_mask_type, find_landmarks, mask_image
 from maskgen.eval.pairs import read_pairs
 
@@ -132,9 +132,7 @@ def make_bin(pairs: str, images: str | None = None, out: str = "pairs.bin", alig
                  "seed": seed, "mask_type": mask_type, "aligned": align, "size": size,
                  **({"pairs_skipped": skipped} if skipped else {}), **dict(counts), **masks,
                  "failures": failures}
-        tmp = target.with_name(f"{target.name}.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stats, indent=2) + "\n")
-        os.replace(tmp, str(target) + ".json")
+        write_atomic(str(target) + ".json", json.dumps(stats, indent=2) + "\n", fsync=False)
         results[c] = stats
     prog.finish()
     return results[cases[0]] if len(cases) == 1 else {"cases": results}

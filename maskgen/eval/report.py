@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maskgen.fsio import write_atomic
+
 
 def _pct(x: float | None, digits: int = 2) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -36,10 +38,7 @@ def _clean(o: object) -> object:
 
 
 def write_json(results: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(results), indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(_clean(results), indent=2, default=_json_default) + "\n", fsync=False)
 
 
 def markdown_table(results: dict) -> str:

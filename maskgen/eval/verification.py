@@ -39,7 +39,7 @@ class CaseScores:
     routed_partial: np.ndarray | None = None  # BFM: True where the pair went to E_P
 
 
-def lookup(cache: EmbeddingCache, key: str, variant: str) -> tuple[np.ndarray | None, bool]:
+def embedding_of(cache: EmbeddingCache, key: str, variant: str) -> tuple[np.ndarray | None, bool]:
     """(embedding, fell_back_to_unmasked) of an image in a variant."""
     if variant != ORIG:
         e = cache.vectors.get((key, variant))
@@ -64,8 +64,8 @@ def case_scores(pairs: PairSet, cache: EmbeddingCache, case: int, masked: str,
     failed_pairs = 0
     failed_images: set[str] = set()
     for i, (a, b) in enumerate(zip(pairs.a, pairs.b)):
-        va, fa = lookup(cache, a, masked if mask_a else ORIG)
-        vb, fb = lookup(cache, b, masked if mask_b else ORIG)
+        va, fa = embedding_of(cache, a, masked if mask_a else ORIG)
+        vb, fb = embedding_of(cache, b, masked if mask_b else ORIG)
         if va is None or vb is None:
             continue
         if route_threshold is not None:

@@ -247,7 +247,7 @@ def _as_faces(faces, shape) -> list[Face]:
     return out
 
 
-def _check_image(img) -> str | None:
+def check_image(img) -> str | None:
     if not isinstance(img, np.ndarray):
         return "bad_image: not a numpy array"
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
@@ -288,7 +288,7 @@ def mask_face(
     spec = spec or MaskSpec()
     rng = np.random.default_rng(seed)
     rspec = spec.resolve(rng)
-    bad = _check_image(img)
+    bad = check_image(img)
     if bad:
         empty = np.zeros((0, 0), np.float32)
         return MaskResult(img, empty, [], 0.0, bad, rspec)

@@ -46,7 +46,7 @@ def iter_inputs(src: Path, recursive: bool = True) -> Iterator[Path]:
             yield p
 
 
-def image_seed(seed: int, rel: str) -> int:
+def path_seed(seed: int, rel: str) -> int:
     """A per-image seed from the run seed and the image's relative path (order-independent)."""
     return (int(seed) * 1_000_003 + zlib.crc32(rel.encode("utf-8", "surrogateescape"))) % (2**32)
 
@@ -62,7 +62,7 @@ def load_with_faces(paths, backend: str, select: str, group: int | None = None, 
     image that failed to load, a group whose batch failed). With ``jpeg``, a fifth item: the
     file's JPEG look (``jpeglook.JpegLook``, read from its headers) or None."""
     from maskgen.masks import decode_image
-    from maskgen.masks.api import _check_image
+    from maskgen.masks.api import check_image
     from maskgen.masks.imageio import read_regular_file
     from maskgen.masks.jpeglook import look_of_image
     from maskgen.masks.landmarks import detect_faces_many
@@ -72,7 +72,7 @@ def load_with_faces(paths, backend: str, select: str, group: int | None = None, 
     pixels = 0
 
     def flush():
-        ok = [i for i, b in enumerate(buf) if b[1] is not None and _check_image(b[1]) is None]
+        ok = [i for i, b in enumerate(buf) if b[1] is not None and check_image(b[1]) is None]
         faces: list = [None] * len(buf)
         if len(ok) > 1:
             try:
@@ -163,7 +163,7 @@ def mask(cfg: Config) -> None:
             Progress("mask", len(inputs), quiet=quiet) as prog:
         for p, img, reason, faces, look in load_with_faces(inputs, backend, select, jpeg=True):
             rel = _rel(p, src)
-            s = image_seed(seed, rel)
+            s = path_seed(seed, rel)
             rec: dict = {"path": json_name(rel), "seed": s}
             if img is None:
                 rec.update(status="failed", reason=reason)

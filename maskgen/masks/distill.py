@@ -40,6 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from maskgen.fsio import atomic_path
 from maskgen.masks.align import alignment_matrix, transform_points
 from maskgen.masks.imageio import decode_image
 from maskgen.masks.landmarks import ALIGNED_BOX_112, detect_faces, get_detector, shape_points, to_gray
@@ -156,16 +157,15 @@ def train(imgs: list[np.ndarray], lms: list[np.ndarray], out: Path, opts: TrainO
               f"on {len(imgs):,} crops")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     # dlib's in-memory trainer wraps each numpy image in an object whose Python reference counts
     # its worker threads update without the GIL: with ~20,000 images some updates are lost,
     # numpy reports "Reference count error" for the uint8 dtype and the process crashes on exit.
     # The file-based trainer reads the crops into dlib's own images: no Python object is
     # touched while training.
-    with tempfile.TemporaryDirectory(prefix=".distill-", dir=out.parent) as work:
+    with atomic_path(out, fsync=False) as tmp, \
+            tempfile.TemporaryDirectory(prefix=".distill-", dir=out.parent) as work:
         dataset = _write_dataset(Path(work), imgs, lms, rect)
         dlib.train_shape_predictor(str(dataset), str(tmp), o)
-    tmp.replace(out)
     prog.note(f"trained in {hms(time.time() - t)} -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out
 

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from maskgen.masks.designs.base import Shape
-from maskgen.masks.pose import MEAN_SHAPE_3D, _camera, solve_pose
+from maskgen.masks.pose import MEAN_SHAPE_3D, camera_matrix, solve_pose
 
 WEAR_MODES = ("correct", "below_nose", "chin")
 
@@ -94,7 +94,7 @@ def fit_head(lm: np.ndarray, image_shape: tuple[int, int]) -> Head | None:
     """The mean 3D face posed onto ``lm`` (SQPnP), each landmark moved onto its 2D point."""
     lm = np.asarray(lm, np.float64).reshape(68, 2)
     h, w = int(image_shape[0]), int(image_shape[1])
-    cam = _camera(h, w)
+    cam = camera_matrix(h, w)
     solved = solve_pose(lm, h, w)  # SQPnP, shared with the detection's plausibility check
     if solved is None:
         return None

@@ -17,7 +17,6 @@ import os
 import re
 import stat
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np

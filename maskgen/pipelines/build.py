@@ -31,9 +31,8 @@ import pyarrow.compute as pc
 from maskgen.datasets import filters as F
 from maskgen.datasets.manifest import CORE_NAMES
 from maskgen.datasets.sources import parse_source
-from maskgen.datasets.tarwriter import write_atomic
 from maskgen.errors import InputError, MaskgenError, OutputError
-from maskgen.outputs import OutputClaim, claim, is_tmp_of
+from maskgen.outputs import OutputClaim, claim, is_tmp_of, write_file
 from maskgen.parallel import cluster_cpus, start_ray
 from maskgen.pipelines import analyze as A
 from maskgen.pipelines import plan as P
@@ -759,8 +758,8 @@ class _Build:
         }
         if cfg.record_root:
             info["source_root"] = str(Path(self.src.root))
-        write_atomic(self.out / "dataset.json", (json.dumps(info, indent=1, ensure_ascii=False) + "\n").encode())
-        write_atomic(self.out / "classes.tsv", classes_tsv(self.ids.names, self.kept))
+        write_file(self.out / "dataset.json", (json.dumps(info, indent=1, ensure_ascii=False) + "\n").encode())
+        write_file(self.out / "classes.tsv", classes_tsv(self.ids.names, self.kept))
         self._stage("merge", t, c)
         if cfg.report:
             t_rep = time.perf_counter()
@@ -770,7 +769,7 @@ class _Build:
         self.timings["total"] = secs
         timings = {k: round(v, 3) for k, v in self.timings.items()}
         timings["driver_cpu"] = {k: round(v, 3) for k, v in self.cpu.items()}
-        write_atomic(self.out / "timings.json", (json.dumps(timings, indent=1) + "\n").encode())
+        write_file(self.out / "timings.json", (json.dumps(timings, indent=1) + "\n").encode())
         log.line("[timings] " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if not isinstance(v, dict)))
         log.line(
             f"[done] {num_samples:,} samples ({num_masked:,} masked, ratio {info['ratio_realized']:.4f}) in "

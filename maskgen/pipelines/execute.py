@@ -29,12 +29,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from maskgen.datasets.filters import _reason_class
+from maskgen.datasets.attributes import face_attributes
+from maskgen.datasets.faces import DEFERRED, jpeg_info
+from maskgen.datasets.filters import reason_class
 from maskgen.datasets.manifest import STATUS_FAILED, STATUS_OK, to_manifest
 from maskgen.datasets.sample import sample_json
-from maskgen.datasets.tarwriter import tar_bytes, write_atomic
-from maskgen.outputs import replacing
-from maskgen.pipelines.analyze import DEFERRED, jpeg_info
+from maskgen.datasets.tarwriter import tar_bytes
+from maskgen.outputs import replacing, write_file
 
 ATTRIBUTE_KEYS = ("ita", "skin_tone", "sharpness", "brightness", "face_size")
 UPDATED = ("landmarks", "box", "det_score", "yaw", "pitch", "roll")  # set by a deferred fit
@@ -47,16 +48,6 @@ RESULT_TYPES = {
 
 class SampleError(Exception):
     """A sample that cannot be written; its message is the manifest reason."""
-
-
-def _face_attributes():
-    """The audit's per-image attributes when that module is installed (it is optional here:
-    the build must run without the audit)."""
-    try:
-        from maskgen.audit.attributes import face_attributes
-    except ImportError:
-        return None
-    return face_attributes
 
 
 def encode_jpeg(img_rgb: np.ndarray, quality: int) -> bytes:
@@ -126,7 +117,6 @@ def process_sample(row: dict, ctx: dict) -> tuple[dict[str, bytes], dict]:
     fit = None
     if masked or twins:
         from maskgen.masks import LOW_FIT, MaskSpec, faces_from_landmarks, mask_face
-
         from maskgen.masks.jpeglook import look_of_image
 
         faces = faces_from_landmarks(lm, img.shape)
@@ -206,7 +196,7 @@ def run_shard(task: dict) -> dict:
     out = Path(task["out"])
     shard = task["shard"]
     rows_t = read_shard_rows(task["plan_files"], task["index"])
-    ctx = {"opts": task["opts"], "src": task["src"], "face_attributes": _face_attributes(),
+    ctx = {"opts": task["opts"], "src": task["src"], "face_attributes": face_attributes,
            "label_columns": task["label_columns"]}
     members: list[tuple[str, bytes]] = []
     n = rows_t.num_rows
@@ -222,7 +212,7 @@ def run_shard(task: dict) -> dict:
         except Exception as exc:  # per-sample failures are data, never fatal
             why = str(exc) if isinstance(exc, SampleError) else f"{type(exc).__name__}: {exc}"
             status[i], reason[i], shard_col[i] = STATUS_FAILED, why, None
-            k = f"{STATUS_FAILED}: {_reason_class(why)}"
+            k = f"{STATUS_FAILED}: {reason_class(why)}"
             failures[k] = failures.get(k, 0) + 1
             continue
         members.extend(mem.items())
@@ -233,7 +223,7 @@ def run_shard(task: dict) -> dict:
         n_pass += bool(res["passthrough"])
         n_attr += res.get("ita") is not None or res.get("sharpness") is not None
     data = tar_bytes(members)
-    write_atomic(out / "shards" / shard, data)
+    write_file(out / "shards" / shard, data)
     digest = hashlib.sha256(data).hexdigest()
     table = rows_t
     for k, v in (("status", status), ("reason", reason), ("shard", shard_col)):
@@ -261,7 +251,7 @@ def run_shard(task: dict) -> dict:
         "sha256": digest,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    write_atomic(out / "stats" / f"{stem}.json", json.dumps(stats, indent=1, sort_keys=True).encode())
+    write_file(out / "stats" / f"{stem}.json", json.dumps(stats, indent=1, sort_keys=True).encode())
     return stats
 
 

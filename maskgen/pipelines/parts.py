@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from maskgen.datasets.filters import _reason_class, _stable_hash
+from maskgen.datasets.filters import CAP_REASON, reason_class, stable_hash
 from maskgen.datasets.manifest import STATUS_DROPPED, STATUS_FAILED, STATUS_PENDING
 from maskgen.datasets.sources import DROPPED_REASONS
 from maskgen.outputs import replacing
@@ -103,7 +103,7 @@ def prepare_task(task: dict) -> dict:
             idx = a + np.flatnonzero(status[a:b] == STATUS_PENDING)
             if len(idx) > mx:
                 ident = task["names"][int(ident_local[a])]
-                rng = np.random.default_rng([task["seed"], _stable_hash(ident)])
+                rng = np.random.default_rng([task["seed"], stable_hash(ident)])
                 over[rng.permutation(idx)[mx:]] = True
         _mark(status, reason, over, STATUS_DROPPED, f"over max_images ({mx}) for identity")
     post = np.asarray(task["reason_post"], dtype=object)[ident_local] if n else np.zeros(0, object)
@@ -219,8 +219,6 @@ def plan_task(task: dict) -> dict:
         prio = np.zeros(n, np.int64)
         prio[pend] = P.key_seeds(task["seed"], [k for k, m in zip(keys, pend) if m], "cap:")
         lim = np.array([thr.get(g, np.iinfo(np.int64).max) for g in groups], dtype=np.int64)
-        from maskgen.audit.balance import CAP_REASON
-
         _mark(status, reason, pend & (prio > lim), STATUS_DROPPED, f"{CAP_REASON} ({cap})")
     planned = status == STATUS_PENDING
     idx = np.flatnonzero(planned)
@@ -298,7 +296,7 @@ def plan_task(task: dict) -> dict:
     unplanned = ~planned
     reasons: dict[str, int] = {}
     for s, r in zip(status[unplanned], reason[unplanned]):
-        k = f"{s}: {_reason_class(r)}"
+        k = f"{s}: {reason_class(r)}"
         reasons[k] = reasons.get(k, 0) + 1
     return {"index": task["index"], "shards": present.astype(np.int32), "counts": counts.astype(np.int64),
             "lanes": acc, "reasons": reasons, "rows": n, "planned": len(idx),
@@ -308,7 +306,7 @@ def plan_task(task: dict) -> dict:
 def passthrough_candidates(t: pa.Table, opts: dict) -> np.ndarray:
     """Rows whose output frame is their input frame (``--output original``, or an aligned crop
     already at the output size): unmasked, their bytes may pass through undecoded."""
-    from maskgen.pipelines.analyze import DEFERRED
+    from maskgen.datasets.faces import DEFERRED
 
     n = t.num_rows
     if opts["output"] == "original":
@@ -344,9 +342,10 @@ def _attribute_rows(t: pa.Table, idx: np.ndarray, keys: list[str], masked: np.nd
 def _estimate_bytes(rows: pa.Table, task: dict) -> float:
     """Mean written size (tar headers included) of a partition's first planned samples (the
     ``shard_bytes`` estimate: a pure function of the inputs, so the split is reproducible)."""
-    from maskgen.pipelines.execute import _face_attributes, process_sample
+    from maskgen.datasets.attributes import face_attributes
+    from maskgen.pipelines.execute import process_sample
 
-    ctx = {"opts": task["opts"], "src": task["src"], "face_attributes": _face_attributes(),
+    ctx = {"opts": task["opts"], "src": task["src"], "face_attributes": face_attributes,
            "label_columns": task["label_columns"]}
     sizes = []
     for row in rows.to_pylist():

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from maskgen.errors import InputError
+from maskgen.fsio import atomic_open
 from maskgen.training.heads import classifier_prefixes, is_classifier_key
 
 log = logging.getLogger("maskgen.train")
@@ -82,12 +83,8 @@ def resolve_checkpoint(path: str | os.PathLike, run_dir: str | os.PathLike | Non
 
 
 def _write(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:  # flushed to disk, then renamed
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: str | os.PathLike, step: int, keep: int = 3,

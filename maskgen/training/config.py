@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from maskgen.errors import OptionError
+from maskgen.fsio import write_atomic
 from maskgen.options import CONFIG, OUT, QUIET, SEED, Alias, Config, Field, Schema
 
 
@@ -170,7 +170,4 @@ def to_json(config: dict[str, Any]) -> str:
 
 
 def save_config(config: dict[str, Any], path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(config, sort_keys=False), fsync=False)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskgen.fsio import atomic_path
 from maskgen.training.checkpoint import Embedder, load_model
 
 DEFAULT_OPSET = 18  # the dynamo exporter's own opset; lower ones go through a version converter
@@ -59,8 +60,6 @@ def export_onnx(
 
     embedder = _as_embedder(checkpoint_or_model).float().cpu().eval()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     outputs = ["embedding", "mask_logits"] if embedder.has_mask_head else ["embedding"]
     batch = torch.export.Dim("batch", min=1)
     dummy = torch.zeros(2, 3, input_size, input_size)
@@ -82,11 +81,10 @@ def export_onnx(
         for key, value in meta.items():
             prop = proto.metadata_props.add()
             prop.key, prop.value = key, value
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path, fsync=False) as tmp:
+            onnx.save(proto, str(tmp))
     finally:
         quiet.setLevel(level)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -175,7 +175,7 @@ def _sample_seed(*parts: int | str) -> list[int]:
     return [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) & 0xFFFFFFFF for p in parts]
 
 
-def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
+def decode_resized(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     """JPEG/PNG bytes -> RGB uint8 (size, size, 3); grayscale/alpha/16-bit handled, else SampleError."""
     if not data:
         raise SampleError("empty_image")
@@ -347,16 +347,16 @@ class ShardStream(IterableDataset):
             parts = (cfg.seed, self.epoch, key, "mask") if cfg.mask_choice_per_epoch else (cfg.seed, key, "mask")
             masked = bool(np.random.default_rng(_sample_seed(*parts)).random() < ratio)
             if cfg.pairs:
-                orig = decode_image(sample["orig.jpg"], size)
-                msk = decode_image(sample["masked.jpg"], size)
+                orig = decode_resized(sample["orig.jpg"], size)
+                msk = decode_resized(sample["masked.jpg"], size)
                 images = {"image_orig": orig, "image_masked": msk}
             else:
-                images = {"image": decode_image(sample["masked.jpg" if masked else "orig.jpg"], size)}
+                images = {"image": decode_resized(sample["masked.jpg" if masked else "orig.jpg"], size)}
             out["masked"] = int(masked)
         else:
             if "jpg" not in sample:
                 raise SampleError("missing_image")
-            images = {"image": decode_image(sample["jpg"], size)}
+            images = {"image": decode_resized(sample["jpg"], size)}
             out["masked"] = self._masked_flag(sample)
         if do_augment:
             for name, img in images.items():  # equal generators: a pair gets the same transform

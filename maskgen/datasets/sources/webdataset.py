@@ -56,8 +56,10 @@ SPARSE_MEMBER = "sparse member"  # its bytes are not contiguous in the tar: neve
 BAD_TAR = "bad tar"
 
 
-def expand_shards(pattern: str) -> list[str]:
-    """Brace patterns and globs -> sorted existing tar paths."""
+def local_shards(pattern: str) -> list[str]:
+    """Brace patterns and globs -> sorted, de-duplicated existing local tar paths (a source's
+    fixed shard set; the trainer's :func:`maskgen.training.loader.expand_shards` keeps the
+    order given and takes URLs)."""
     out: list[str] = []
     for p in braceexpand(pattern):
         out.extend(glob.glob(os.path.expanduser(p)) if any(c in p for c in "*?[") else [os.path.expanduser(p)])
@@ -78,7 +80,7 @@ class WebDatasetSource(Source):
 
     @classmethod
     def from_spec(cls, rest, *, identity_depth=1, data_home=None):
-        shards = [os.path.abspath(p) for p in expand_shards(rest)]
+        shards = [os.path.abspath(p) for p in local_shards(rest)]
         if not shards:
             raise SourceNotFound(f"no tar shards match {rest}")
         root = Path(os.path.commonpath(shards))

@@ -179,7 +179,7 @@ class MFRIResNet(EmbeddingHead, nn.Module):
         self._make_head(in_ch, side, embedding_size, dropout)
         self.embedding_size = embedding_size
         self.input_size = input_size
-        _init_weights(self)
+        init_weights(self)
 
     def set_dropblock(self, drop_prob: float) -> None:
         """Set every DropBlock's probability (for a linear ramp over training)."""
@@ -191,7 +191,7 @@ class MFRIResNet(EmbeddingHead, nn.Module):
         return self.stem(x)
 
 
-def _init_weights(model: nn.Module) -> None:
+def init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, 0, 0.1)

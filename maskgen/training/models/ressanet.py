@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from maskgen.training.models.mfr import SEIBasicBlock, SqueezeExcite, _init_weights
 from maskgen.training.models.iresnet import EmbeddingHead, IBasicBlock
+from maskgen.training.models.mfr import SqueezeExcite, init_weights
 from maskgen.training.models.registry import register_model
 
 
@@ -168,7 +168,7 @@ class ResSaNet(EmbeddingHead, nn.Module):
         self._make_head(c4, side, embedding_size, dropout)
         self.embedding_size = embedding_size
         self.input_size = input_size
-        _init_weights(self)
+        init_weights(self)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
