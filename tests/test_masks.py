@@ -723,7 +723,8 @@ def test_build_rejects_renders_below_min_fit(tmp_path: Path, lfw300) -> None:
     import cv2
 
     from maskgen.datasets.sources import parse_source
-    from maskgen.pipelines.config import BuildConfig
+    from maskgen.errors import OptionError
+    from maskgen.pipelines.config import BUILD
     from maskgen.pipelines.execute import SampleError, process_sample
 
     img, face = lfw300[0]
@@ -745,8 +746,8 @@ def test_build_rejects_renders_below_min_fit(tmp_path: Path, lfw300) -> None:
     assert result["fit_score"] >= 0.5 and members["0-0.jpg"]
     with pytest.raises(SampleError, match="^fit score below threshold$"):
         process_sample({**row, **spec_columns(MaskSpec(wear="chin"))}, ctx)
-    with pytest.raises(ValueError):
-        BuildConfig(source="lfw", out=str(tmp_path / "o"), min_fit=1.5).validate()
+    with pytest.raises(OptionError, match="min_fit"):
+        BUILD.resolve(source="lfw", out=str(tmp_path / "o"), min_fit=1.5)
 
 
 def test_pose_solve_shared_between_detection_and_head_fit(astronaut: np.ndarray, astro_face: Face) -> None:
