@@ -6,8 +6,8 @@ The rule:
 - **The count is ``ratio * N`` rounded half up** (:func:`masked_count`): 5 images at 0.5 give
   3 masked, 7 give 4. Python's ``round()`` rounds half to even (5 -> 2 but 7 -> 4), so the same
   ratio would mask a larger or smaller share depending on N's parity; half up never masks less
-  than the ratio asks when it falls exactly between. A tiny tolerance absorbs float error
-  (``0.7 * 45`` is ``31.499999999999996``, and is 31.5 for this rule).
+  than the ratio asks when it falls exactly between. It is computed exactly on the decimal
+  written (``0.7 * 45`` is ``31.499999999999996`` in floats, and 31.5 for this rule), at any N.
 - **The count is shared by largest remainder** (Hamilton's method, :func:`largest_remainder`):
   every group gets the floor or the ceiling of its exact share ``count * size / N``, and the
   shares add up to the count exactly. Groups whose remainders are equal are ordered by a seeded
@@ -18,17 +18,27 @@ The rule:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
-EPS = 1e-9  # float noise in ratio * n (0.7 * 45 = 31.499999999999996) is not a real remainder
+EPS = 1e-9  # float noise in a quota (0.7 * 45 = 31.499999999999996) is not a real remainder
+
+
+def tie_rng(seed: int) -> np.random.Generator:
+    """The one stream that breaks equal remainders between groups, for the build's plan and
+    the audit's target alike (so they agree group by group, ties included)."""
+    return np.random.default_rng([int(seed), 0x6D61736B])
 
 
 def masked_count(n: int, ratio: float) -> int:
     """The masked count for ``n`` samples at ``ratio``: ``ratio * n`` rounded half up."""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be within [0, 1], got {ratio}")
-    return int(np.floor(ratio * n + 0.5 + EPS))
+    # exact integer arithmetic on the decimal the user wrote (repr(0.1) == "0.1" -> 1/10), so
+    # the half-up rule holds at any N (a float product drifts by more than EPS past ~1e8)
+    q = Fraction(repr(float(ratio)))
+    return int((2 * int(n) * q.numerator + q.denominator) // (2 * q.denominator))
 
 
 def largest_remainder(quotas: Sequence[float] | np.ndarray, total: int,

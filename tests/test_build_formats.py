@@ -425,3 +425,22 @@ def test_tar_headers_are_tarfiles_bytes() -> None:
     long = [("d" * 110 + "/x.jpg", b"data")]  # over 100 bytes: USTAR prefix + name
     with tarfile.open(fileobj=io.BytesIO(tar_bytes(long))) as tf:
         assert tf.getnames() == ["d" * 110 + "/x.jpg"]
+
+
+def test_audit_says_how_many_samples_the_build_measured(crops_rec, tmp_path: Path) -> None:
+    """A build that measured skin tone on a sample only (pass-through crops) gets an audit note
+    saying so; a build that measured everything gets none."""
+    from maskgen.audit.sources import load_input
+
+    rec, _ = crops_rec
+    res = build(f"recordio:{rec}", tmp_path / "o", ratio=0.25, report=False, progress=False)
+    att = json.loads((res.out / "dataset.json").read_text())["attributes"]
+    assert att["measured"] < att["of"]
+    inp = load_input(res.out, compute_attributes=False, fill_failed=False)
+    note = [n for n in inp.notes if n.startswith("skin tone and quality were measured on")]
+    assert len(note) == 1
+    assert f"{att['measured']:,} of the {att['of']:,} written samples" in note[0]
+    assert "--attributes auto, sample rate 0.1" in note[0] and "those samples only" in note[0]
+    full = build(f"recordio:{rec}", tmp_path / "all", ratio=0.25, attributes="all", report=False, progress=False)
+    inp = load_input(full.out, compute_attributes=False, fill_failed=False)
+    assert not [n for n in inp.notes if n.startswith("skin tone and quality were measured on")]

@@ -12,7 +12,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from maskgen.allocation import allocate  # the build's rule: ratio * N rounded half up, largest remainder
+from maskgen.allocation import allocate, tie_rng  # the build's rule: ratio * N rounded half up, largest remainder
 
 CAP_REASON = "cap per group"  # manifest reason of rows removed by cap_per_group
 
@@ -42,7 +42,11 @@ def stratified_mask_plan(groups: Sequence[Hashable | None], ratio: float, seed: 
     if ok.shape != idx.shape:
         raise ValueError("eligible must have one value per image")
     members = [np.flatnonzero((idx == i) & ok) for i in range(len(uniq))]
-    picks = allocate([len(m) for m in members], ratio)
+    # groups in the build's order (the no-label group last) and its tie-breaking stream, so a
+    # tie between groups goes the same way as in the build's plan
+    order = sorted(range(len(uniq)), key=lambda i: (uniq[i] == "", uniq[i]))
+    picks = np.zeros(len(uniq), dtype=np.int64)
+    picks[order] = allocate([len(members[i]) for i in order], ratio, tie_rng(seed))
     plan = np.zeros(len(idx), dtype=bool)
     for g, m, k in zip(uniq, members, picks):
         if k:

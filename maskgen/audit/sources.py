@@ -128,7 +128,34 @@ def load_input(
         if n:
             inp.notes.append(f"skin tone and quality of the {n} failed images measured on the "
                              f"image centre (no landmarks), so failure rates can be sliced by them")
+    if not needs:
+        note = attribute_coverage_note(inp.table, (inp.dataset_info or {}).get("attributes"))
+        if note:
+            inp.notes.append(note)
     return inp
+
+
+def attribute_coverage_note(table: pd.DataFrame, built: dict | None = None) -> str | None:
+    """Say so when the skin tone was measured on only part of the written samples (a build
+    with ``--attributes sample|auto|none``): the skin-tone figures then describe that part.
+    ``built`` is ``dataset.json["attributes"]`` when the build wrote one."""
+    if "ita" not in table.columns or "status" not in table.columns:
+        return None
+    ok = table["status"] == "ok"
+    total = int(ok.sum())
+    col = "attr_measured" if "attr_measured" in table.columns else None
+    measured = int(table.loc[ok, col].astype(bool).sum() if col else table.loc[ok, "ita"].notna().sum())
+    if total == 0 or measured == total:
+        return None
+    how = ""
+    if built and built.get("mode"):
+        how = f" (build option --attributes {built['mode']}"
+        if built.get("sample_rate") is not None and built["mode"] in ("sample", "auto"):
+            how += f", sample rate {built['sample_rate']:g}"
+        how += f": {built['note']})" if built.get("note") else ")"
+    return (f"skin tone and quality were measured on {measured:,} of the {total:,} written "
+            f"samples ({100.0 * measured / total:.1f} %){how}; the skin-tone figures describe "
+            f"those samples only")
 
 
 def _missing_attributes(names: list[str], mpath: Path) -> bool:

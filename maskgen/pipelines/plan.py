@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskgen.allocation import largest_remainder, masked_count
+from maskgen.allocation import largest_remainder, masked_count, tie_rng
 
 ORDER_ROUNDS = 6  # Feistel rounds of the shard shuffle
 EXPLICIT_ORDER = 1 << 22  # up to this many samples the shuffle is an explicit seeded permutation
@@ -54,7 +54,7 @@ def allocate_cells(cell_group: np.ndarray, cell_size: np.ndarray, ratio: float, 
     if ratio >= 1:
         return cell_size.copy()
     total = masked_count(n, ratio)
-    rng = np.random.default_rng([seed, 0x6D61736B])  # one stream for tie-breaking
+    rng = tie_rng(seed)  # one stream for tie-breaking, shared with the audit's target
     order = np.argsort(cell_group, kind="stable")
     g_sorted = cell_group[order]
     starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
