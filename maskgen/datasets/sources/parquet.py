@@ -11,7 +11,8 @@ in the source string: ``parquet:PATH?image=COL&label=COL``.
 A scan reads the footers, then one row group at a time only the two columns; image bytes are
 measured, never decoded. Units are row groups, in file then row order (deterministic). A row's
 ``path`` is its file, ``offset`` its row in the file, ``member`` the image column; a worker
-reads the bytes back by row group (the last one read is kept per file). Reasons of this kind:
+reads the bytes back by row group and keeps only the last group read (rows come in scan
+order, so each group is read about once). Reasons of this kind:
 
 ============================  ============================================================
 ``bad parquet``               a file that is not Parquet (one row for the file)
@@ -146,7 +147,7 @@ class ParquetSource(Source):
     files: tuple[str, ...] = ()  # relative to root, POSIX, sorted
     image_column: str | None = None
     label_column: str | None = None
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)  # file -> (group, column): reads
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)  # the last row group read
 
     @classmethod
     def from_spec(cls, rest, *, identity_depth=1, data_home=None):
@@ -280,8 +281,8 @@ class ParquetSource(Source):
         return data
 
     def _group_of(self, file: str, row: int, column_name: str) -> tuple[int, int, pa.Array]:
-        """(row group, its first row, its image column) holding ``row`` of ``file``; the last
-        group read of each file is kept, so a worker reading rows in order reads each once."""
+        """(row group, its first row, its image column) holding ``row`` of ``file``; only the
+        last group read is kept, so a worker reading rows in order reads each group once."""
         cached = self._cache.get(file)
         if cached is not None and cached[3] == column_name and cached[1] <= row < cached[1] + len(cached[2]):
             return cached[0], cached[1], cached[2]
@@ -294,6 +295,7 @@ class ParquetSource(Source):
                         column = pf.read_row_group(g, columns=[column_name]).column(column_name).combine_chunks()
                     except (OSError, pa.ArrowException, KeyError) as exc:
                         raise ReadError(BAD_ROW_GROUP, f"{file}@{row}") from exc
+                    self._cache.clear()  # one row group held per process, whatever the number of files
                     self._cache[file] = (g, first, column, column_name)
                     return g, first, column
                 first += n
