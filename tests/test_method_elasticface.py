@@ -192,3 +192,45 @@ def test_train_cli_on_the_tiny_cpu_config(tmp_path: Path, how: str) -> None:
     assert saved["method"] == "elasticface_arc"
     if how == "config":
         assert saved["method_options"]["plus"] is True and saved["method_options"]["sigma"] == 0.05
+
+
+def _sharded_rank(rank: int, init: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, out: str) -> None:
+    """One of two gloo ranks: its half of the batch, its shard of the class centres."""
+    import torch.distributed as dist
+
+    from maskgen.training.heads import PartialFC, classifier_sharding, shard_range
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        with classifier_sharding(rank, 2):
+            head = PartialFC(x.shape[1], w.shape[0], ElasticMarginLoss("arc", 16.0, plus=True, seed=9))
+        start, stop = shard_range(w.shape[0], rank, 2)
+        with torch.no_grad():
+            head.weight.copy_(w[start:stop])
+        half = x.shape[0] // 2
+        losses = [float(head(x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half])[0].detach())
+                  for _ in range(2)]
+        torch.save(losses, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_plus_with_a_sharded_classifier_equals_one_process(tmp_path: Path) -> None:
+    """Two gloo ranks, each holding half the classes and half the batch: the ranks agree on every
+    row's margin and on the hardness order (the all-reduced target cosines), so the loss is the
+    one of a single process holding every class."""
+    import torch.multiprocessing as mp
+
+    from maskgen.training.heads import PartialFC
+
+    g = torch.Generator().manual_seed(0)
+    x, y, w = torch.randn(12, 8, generator=g), torch.randint(0, 7, (12,), generator=g), torch.randn(7, 8, generator=g)
+    head = PartialFC(8, 7, ElasticMarginLoss("arc", 16.0, plus=True, seed=9))
+    with torch.no_grad():
+        head.weight.copy_(w)
+    want = [float(head(x, y)[0].detach()) for _ in range(2)]
+    out = str(tmp_path / "loss")
+    mp.spawn(_sharded_rank, args=(f"file://{tmp_path / 'rdzv'}", x, y, w, out), nprocs=2, join=True)
+    for rank in range(2):
+        assert torch.load(f"{out}.{rank}") == pytest.approx(want, rel=1e-5)
+    assert want[0] != want[1]  # a fresh draw each step
