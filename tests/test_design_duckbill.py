@@ -125,3 +125,10 @@ def test_not_in_the_default_mix_whose_draws_are_unchanged() -> None:
         assert r.returncode == 0, r.stderr[-2000:]
     without, with_it = (json.loads(r.stdout) for r in runs)
     assert without == with_it and len(without) == 3000
+
+
+def test_no_other_module_names_it() -> None:
+    """Adding the design touched only its file: no other module of maskgen names it."""
+    root = ROOT / "maskgen"
+    naming = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py") if "duckbill" in p.read_text().lower())
+    assert naming == ["masks/designs/duckbill.py"]

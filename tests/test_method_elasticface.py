@@ -234,3 +234,10 @@ def test_plus_with_a_sharded_classifier_equals_one_process(tmp_path: Path) -> No
     for rank in range(2):
         assert torch.load(f"{out}.{rank}") == pytest.approx(want, rel=1e-5)
     assert want[0] != want[1]  # a fresh draw each step
+
+
+def test_no_other_module_names_it() -> None:
+    """Adding the loss touched only its file (and its config): no other module names it."""
+    root = ROOT / "maskgen"
+    naming = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py") if "elasticface" in p.read_text().lower())
+    assert naming == ["training/methods/elasticface.py"]

@@ -196,3 +196,11 @@ def test_real_build_exact_ratio_and_same_shards_for_1_and_2_workers(parquet_dir,
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
     rows = pq.read_table(outs[0] / "manifest.parquet").to_pylist()
     assert {r["source"] for r in rows} == {"parquet"}
+
+
+def test_no_other_module_names_the_kind() -> None:
+    """Adding the kind touched only its file: no other module names its class or its prefix."""
+    root = Path(__file__).resolve().parents[1] / "maskgen"
+    naming = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py")
+                    if "ParquetSource" in p.read_text() or "parquet:" in p.read_text())
+    assert naming == ["datasets/sources/parquet.py"]
