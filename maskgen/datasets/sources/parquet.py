@@ -220,14 +220,7 @@ class ParquetSource(Source):
         return units
 
     def scan_unit(self, unit: ParquetUnit) -> Iterator[pa.RecordBatch]:
-        buf = RowBuffer(self.kind)
-        for row in self._rows(unit):
-            b = buf.add(**row)
-            if b is not None:
-                yield b
-        last = buf.flush()
-        if last is not None:
-            yield last
+        yield from RowBuffer(self.kind).batches(self._rows(unit))
 
     def _rows(self, unit: ParquetUnit) -> Iterator[dict]:
         try:

@@ -27,6 +27,7 @@ from torch import nn
 
 from maskgen.training.heads import _SHARDING, CombinedMarginLoss, PartialFC
 from maskgen.training.methods.base import Method, register_method
+from maskgen.training.methods.margin import MarginMethod
 
 
 class ElasticMarginLoss(CombinedMarginLoss):
@@ -95,7 +96,9 @@ class ElasticMarginLoss(CombinedMarginLoss):
         return cosine.scatter(1, safe, final.unsqueeze(1)) * self.s
 
 
-class ElasticFaceMethod(Method):
+class ElasticFaceMethod(MarginMethod):
+    """ArcFace's method (backbone + partial FC head, same ``forward``) with the elastic margin."""
+
     kind = "arc"
     default_m = 0.5
 
@@ -112,13 +115,9 @@ class ElasticFaceMethod(Method):
         sample_rate: float = 1.0,
         **options: Any,
     ) -> None:
-        super().__init__(backbone, num_classes, embedding_size, **options)
+        Method.__init__(self, backbone, num_classes, embedding_size, **options)  # not MarginMethod's head
         margin = ElasticMarginLoss(self.kind, s, self.default_m if m is None else m, sigma, plus, seed)
         self.head = PartialFC(embedding_size, num_classes, margin, sample_rate)
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        loss, acc = self.head(self.backbone(batch["image"]), batch["label"])
-        return {"loss": loss, "acc": acc}
 
 
 @register_method("elasticface_arc")
