@@ -204,6 +204,7 @@ def _sharded_rank(rank: int, init: str, x: torch.Tensor, y: torch.Tensor, w: tor
     try:
         with classifier_sharding(rank, 2):
             head = PartialFC(x.shape[1], w.shape[0], ElasticMarginLoss("arc", 16.0, plus=True, seed=9))
+        head.margin.world_size = head.world_size  # what the method does after building its head
         start, stop = shard_range(w.shape[0], rank, 2)
         with torch.no_grad():
             head.weight.copy_(w[start:stop])

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from maskgen.training.heads import _SHARDING, CombinedMarginLoss, PartialFC
+from maskgen.training.heads import CombinedMarginLoss, PartialFC
 from maskgen.training.methods.base import Method, register_method
 from maskgen.training.methods.margin import MarginMethod
 
@@ -48,8 +48,8 @@ class ElasticMarginLoss(CombinedMarginLoss):
         m2, m3 = (m, 0.0) if kind == "arc" else (0.0, m)
         super().__init__(s, 1.0, m2, m3)
         self.kind, self.m, self.sigma, self.plus, self.seed = kind, float(m), float(sigma), bool(plus), int(seed)
-        # built inside the trainer's classifier_sharding: > 1 means each rank holds some classes
-        self.world_size = _SHARDING.get()[1]
+        # ranks the classifier is sharded over (the PartialFC's): > 1, each holds some classes
+        self.world_size = 1
         self.draws = 0  # steps drawn so far: the next draw's seed
         self._generators: dict[torch.device, torch.Generator] = {}
 
@@ -118,6 +118,7 @@ class ElasticFaceMethod(MarginMethod):
         Method.__init__(self, backbone, num_classes, embedding_size, **options)  # not MarginMethod's head
         margin = ElasticMarginLoss(self.kind, s, self.default_m if m is None else m, sigma, plus, seed)
         self.head = PartialFC(embedding_size, num_classes, margin, sample_rate)
+        margin.world_size = self.head.world_size  # sharded under the trainer's DDP
 
 
 @register_method("elasticface_arc")
