@@ -305,6 +305,16 @@ class RowBuffer:
         self._reset()
         return batch
 
+    def batches(self, rows: Iterator[dict]) -> Iterator[pa.RecordBatch]:
+        """``rows`` (keyword dicts of :meth:`add`) as full batches, then the rest."""
+        for row in rows:
+            b = self.add(**row)
+            if b is not None:
+                yield b
+        last = self.flush()
+        if last is not None:
+            yield last
+
 
 # ------------------------------------------------------------------ the plug-in base
 @dataclass(eq=False)

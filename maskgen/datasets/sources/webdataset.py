@@ -116,14 +116,7 @@ class WebDatasetSource(Source):
         return list(self.shards)
 
     def scan_unit(self, unit: str) -> Iterator[pa.RecordBatch]:
-        buf = RowBuffer(self.kind)
-        for row in self._samples(unit):
-            b = buf.add(**row)
-            if b is not None:
-                yield b
-        last = buf.flush()
-        if last is not None:
-            yield last
+        yield from RowBuffer(self.kind).batches(self._samples(unit))
 
     def _samples(self, shard: str) -> Iterator[dict]:
         full = self.root / shard
