@@ -21,6 +21,12 @@ Printed per N, against the targets of the scale work:
     MASKGEN_DATA_HOME=../shared/data python benchmarks/build_scale.py --sizes 10000 100000
     MASKGEN_DATA_HOME=../shared/data python benchmarks/build_scale.py --sizes 1000000
     python benchmarks/build_scale.py --work /big/disk/bench --sizes 10000 --keep   # keep the builds
+    MASKGEN_DATA_HOME=../shared/data python benchmarks/build_scale.py --sizes 10000 --split 6
+
+``--split K`` also runs shards 1..K-1 of the first N's plan again in this process (shard 0
+first, to load modules and models) and prints where a shard task's CPU goes per image: record
+reads, decode, the deferred aligned landmark fit, mask render, attributes, JPEG encode, the
+sample JSON, tar and Parquet writes, and the rest (the per-sample loop and its dicts).
 
 The work folder (default `~/.cache/maskgen/bench-scale`) holds the crops and the `.rec` files
 (~4.5 KB per record); builds are removed after their figures are taken unless `--keep`.
@@ -114,6 +120,73 @@ def run_build(rec: Path, out: Path, workers: int, ratio: float) -> dict:
     }
 
 
+SPLIT_STEPS = (  # (module, function, label) timed inside a shard task by --split
+    ("maskgen.pipelines.scan", "read_bytes", "read record"),
+    ("maskgen.masks", "decode_image", "decode"),
+    ("maskgen.masks", "detect_faces", "aligned landmark fit"),
+    ("maskgen.masks", "mask_face", "mask render"),
+    ("maskgen.audit.attributes", "face_attributes", "attributes"),
+    ("maskgen.pipelines.execute", "encode_jpeg", "JPEG encode"),
+    ("maskgen.pipelines.execute", "sample_json", "sample JSON"),
+    ("maskgen.pipelines.execute", "jpeg_info", "JPEG headers"),
+    ("maskgen.pipelines.execute", "tar_bytes", "tar bytes"),
+    ("maskgen.pipelines.execute", "write_atomic", "write tar + json"),
+    ("maskgen.pipelines.execute", "read_shard_rows", "read plan rows"),
+    ("maskgen.pipelines.execute", "to_manifest", "stats table"),
+    ("pyarrow.parquet", "write_table", "write stats Parquet"),
+)
+
+
+def shard_split(build: Path, rec: Path, shards: int) -> None:
+    """Per-image CPU of a shard task by step (see the module doc), in this process."""
+    import collections
+    import importlib
+
+    from maskgen.datasets.sources import parse_source
+    from maskgen.pipelines import execute as E
+    from maskgen.pipelines import plan as P
+
+    acc: collections.Counter = collections.Counter()
+    inside = [0]
+
+    def timed(fn, label):
+        def wrapper(*a, **k):
+            if inside[0]:  # a step inside a step counts once, for the outer one
+                return fn(*a, **k)
+            inside[0] += 1
+            c = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[label] += time.process_time() - c
+                inside[0] -= 1
+        return wrapper
+
+    for mod, name, label in SPLIT_STEPS:
+        m = importlib.import_module(mod)
+        setattr(m, name, timed(getattr(m, name), label))
+    info = json.loads((build / "dataset.json").read_text())
+    opts = {"output": info["output"], "image_size": info["image_size"], "jpeg_quality": 95, "twins": info["twins"]}
+    scratch = build / "split"
+    for d in ("shards", "stats"):
+        (scratch / d).mkdir(parents=True, exist_ok=True)
+    plan_files = sorted(str(p) for p in (build / "work" / "plan").glob("*.parquet"))
+    tasks = [{"out": str(scratch), "shard": P.shard_name("train", s), "index": s, "plan_files": plan_files, "opts": opts,
+              "plan_hash": "split", "src": parse_source(f"recordio:{rec}", 1), "label_columns": []}
+             for s in range(min(shards, len(info["shards"])))]
+    E.run_shard(tasks[0])
+    acc.clear()
+    c = time.process_time()
+    n = sum(E.run_shard(t)["num_samples"] for t in tasks[1:])
+    cpu = time.process_time() - c
+    print(f"shard task CPU split ({len(tasks) - 1} shards, {n:,} samples, in-process): {1e3 * cpu / max(n, 1):.3f} "
+          f"CPU-ms per image ({n / max(cpu, 1e-9):,.0f} per CPU-second)")
+    for label, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:22s} {1e6 * v / max(n, 1):7.1f} us/img")
+    print(f"  {'rest (loop, dicts)':22s} {1e6 * (cpu - sum(acc.values())) / max(n, 1):7.1f} us/img", flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -123,6 +196,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the build folders")
     ap.add_argument("--keep-rec", action="store_true", help="keep the .rec files for the next run")
     ap.add_argument("--json", type=Path, help="append the figures to this JSON-lines file")
+    ap.add_argument("--split", type=int, metavar="K", default=0,
+                    help="after the first N, time shards 1..K-1 of its plan step by step in this process")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
@@ -146,6 +221,8 @@ def main() -> None:
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(r) + "\n")
+        if args.split and n == args.sizes[0]:
+            shard_split(out, rec, args.split)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
         if not args.keep_rec and n >= 1_000_000:

@@ -99,10 +99,61 @@ def _check(value, typ: pa.DataType, where: str) -> None:
             raise TypeError(f"{where}: {type(value).__name__} is not {typ}")
 
 
+def _leaf_ok(typ: pa.DataType):
+    """Whether a Python type is accepted for a leaf of ``typ`` (the test of :func:`_check`)."""
+    if pa.types.is_string(typ):
+        return lambda t: issubclass(t, str)
+    if pa.types.is_boolean(typ):
+        return lambda t: issubclass(t, bool)
+    if pa.types.is_integer(typ):
+        return lambda t: issubclass(t, int) and not issubclass(t, bool)
+    if pa.types.is_floating(typ):
+        return lambda t: issubclass(t, (int, float)) and not issubclass(t, bool)
+    return lambda t: False
+
+
+def _compile(typ: pa.DataType):
+    """A predicate true exactly when :func:`_check` accepts a value of ``typ``: the type tree is
+    walked once per build, not once per sample, and a list of numbers is judged by the set of
+    its element types (the 136 coordinates of a landmark list are one or two types)."""
+    if pa.types.is_struct(typ):
+        fields = [(typ.field(i).name, _compile(typ.field(i).type)) for i in range(typ.num_fields)]
+        names = frozenset(n for n, _ in fields)
+
+        def struct_ok(v) -> bool:
+            if not isinstance(v, dict) or not names.issuperset(v):
+                return False
+            for name, ok in fields:
+                x = v.get(name)
+                if x is not None and not ok(x):
+                    return False
+            return True
+
+        return struct_ok
+    if pa.types.is_list(typ):
+        vt = typ.value_type
+        if pa.types.is_struct(vt) or pa.types.is_list(vt):
+            elem = _compile(vt)
+            return lambda v: isinstance(v, list) and all(x is None or elem(x) for x in v)
+        leaf = _leaf_ok(vt)
+        none = type(None)
+        return lambda v: isinstance(v, list) and all(t is none or leaf(t) for t in set(map(type, v)))
+    leaf = _leaf_ok(typ)
+    return lambda v: leaf(type(v))
+
+
+_CHECKERS: dict[tuple[str, ...], object] = {}
+
+
 def check_sample_json(meta: dict, label_columns: Sequence[str] = ()) -> None:
     """Raise ``TypeError`` when ``meta`` has a field that is not declared, or a value that is
     not of its declared type (null is allowed everywhere)."""
-    _check(meta, json_type(label_columns), "json")
+    cols = tuple(label_columns)
+    ok = _CHECKERS.get(cols)
+    if ok is None:
+        ok = _CHECKERS[cols] = _compile(json_type(cols))
+    if not ok(meta):  # the slow walk says where and why
+        _check(meta, json_type(cols), "json")
 
 
 def sample_json(meta: dict, label_columns: Sequence[str] = ()) -> bytes:

@@ -42,7 +42,7 @@ from maskgen.pipelines.maskmix import MaskMix
 from maskgen.pipelines.merge import classes_tsv, manifest_task
 from maskgen.pipelines.parts import join_task, part_path, plan_task, prepare_task
 from maskgen.pipelines.progress import Progress
-from maskgen.pipelines.runner import error_line, run_window
+from maskgen.pipelines.runner import error_line, release_memory, run_window
 from maskgen.pipelines.scan import Identities, ScanHelper, scan_notes, scan_task, units
 
 FORMAT_VERSION = 3  # bump when the bytes written for the same plan change
@@ -256,6 +256,7 @@ class _Build:
     def _stage(self, name: str, t: float, c: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
         self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
+        release_memory()
 
     def _map(self, fn, tasks: list, window: int | None = None, on_done=None) -> tuple[list, dict[int, str]]:
         """Run ``fn`` over ``tasks`` on Ray (bounded window); results in task order, and the
@@ -420,8 +421,8 @@ class _Build:
         tasks = []
         for p, (lo, hi) in enumerate(self.parts):
             tasks.append({
-                "index": p, "lo": lo, "hi": hi, "names": names[lo:hi].to_pylist(),
-                "reason_pre": self.reason_pre[lo:hi].tolist(), "reason_post": self.reason_post[lo:hi].tolist(),
+                "index": p, "lo": lo, "hi": hi, "names": pa.concat_arrays([names[lo:hi]]),
+                "reason_pre": self.reason_pre[lo:hi], "reason_post": self.reason_post[lo:hi],
                 "scan_files": self.scan_files, "key_width": self.ids.key_width, "max_images": cfg.max_images,
                 "seed": cfg.seed, "labels": str(Path(cfg.labels).resolve()) if cfg.labels else None,
                 "chunk_size": cfg.chunk_size, "path": str(part_path(self.work, "part", p)),
@@ -591,8 +592,8 @@ class _Build:
         def task(p: int, per_shard: int, estimate: int = 0) -> dict:
             lo, hi = self.parts[p]
             return {"index": p, "lo": lo, "hi": hi, "part": str(part_path(self.work, "joined", p)),
-                    "path": str(part_path(self.work, "plan", p)), "reason_late": self.reason_late[lo:hi].tolist(),
-                    "cap": self.cap, "cell_m": self.cell_m[p], "labels": self.labels[lo:hi].tolist(),
+                    "path": str(part_path(self.work, "plan", p)), "reason_late": self.reason_late[lo:hi],
+                    "cap": self.cap, "cell_m": self.cell_m[p], "labels": self.labels[lo:hi],
                     "rank_base": int(base[lo]) if lo < len(base) else 0, "n_total": self.n_total,
                     "per_shard": per_shard, "seed": cfg.seed, "shuffle": cfg.shuffle, "mix": self.mix,
                     "twins": cfg.twins, "attributes": attributes, "stratify": self.strat,

@@ -78,10 +78,10 @@ def classes_tsv(names: pa.Array, kept: np.ndarray) -> bytes:
     """``label<TAB>identity`` per line for the labelled identities (names escaped, see
     :func:`_escape`), streamed over the identity table in slices."""
     idx = np.flatnonzero(kept)
-    lines = []
+    blocks = []  # encoded slice by slice: the Python strings of one slice at a time
     step = 65_536
     for a in range(0, len(idx), step):
         sel = idx[a : a + step]
-        for j, n in zip(range(a, a + len(sel)), names.take(pa.array(sel)).to_pylist()):
-            lines.append(f"{j}\t{_escape(n)}\n")
-    return "".join(lines).encode("utf-8", "surrogateescape")
+        lines = [f"{j}\t{_escape(n)}\n" for j, n in zip(range(a, a + len(sel)), names.take(pa.array(sel)).to_pylist())]
+        blocks.append("".join(lines).encode("utf-8", "surrogateescape"))
+    return b"".join(blocks)

@@ -75,7 +75,8 @@ def _mark(status: np.ndarray, reason: np.ndarray, mask: np.ndarray, new_status: 
 def prepare_task(task: dict) -> dict:
     """Rows of identities ``[lo, hi)`` from the scan parts, keyed and pre-filtered."""
     lo = task["lo"]
-    names = pa.array(task["names"], pa.string())
+    names = task["names"]  # the partition's identity names (Arrow: no Python object per name)
+    names = names if isinstance(names, pa.Array) else pa.array(names, pa.string())
     f = (pc.field("identity") >= names[0].as_py()) & (pc.field("identity") <= names[-1].as_py())
     t = pads.dataset(task["scan_files"], format="parquet").to_table(filter=f)
     t = t.sort_by([("identity", "ascending"), ("_unit", "ascending"), ("path", "ascending"),
@@ -102,7 +103,7 @@ def prepare_task(task: dict) -> dict:
         for a, b in zip(starts, ends):
             idx = a + np.flatnonzero(status[a:b] == STATUS_PENDING)
             if len(idx) > mx:
-                ident = task["names"][int(ident_local[a])]
+                ident = names[int(ident_local[a])].as_py()
                 rng = np.random.default_rng([task["seed"], stable_hash(ident)])
                 over[rng.permutation(idx)[mx:]] = True
         _mark(status, reason, over, STATUS_DROPPED, f"over max_images ({mx}) for identity")

@@ -13,6 +13,7 @@ there is one, else from a first pass over the labels.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,14 +174,28 @@ class RecordIOSource(Source):
 
     # -- read
     def read_bytes(self, path, offset=None, nbytes=None, member=None) -> bytes:
-        fd, st = open_regular(fs_path(self.root, path), path)
+        fd, size = self._reader(path)
         try:
-            rec = R.read_record_fd(fd, int(offset), st.st_size, self.max_bytes)
+            rec = R.read_record_fd(fd, int(offset), size, self.max_bytes)
             return R.unpack_image(rec, offset)
         except R.RecordError as exc:
             raise ReadError(exc.reason, f"{path}@{offset}") from exc
-        finally:
-            os.close(fd)
+
+    def _reader(self, path: str) -> tuple[int, int]:
+        """An open descriptor of ``path`` and its size, kept for the life of this object: a
+        task reads thousands of records of one file (an open, fstat and close per record was
+        a tenth of a pass-through sample's time). A read error is never kept: the next read
+        tries again. The descriptor closes with the object and never travels with it."""
+        fds = self.__dict__.setdefault("_fds", {})
+        got = fds.get(path)
+        if got is None:
+            fd, st = open_regular(fs_path(self.root, path), path)
+            got = fds[path] = (fd, st.st_size)
+            weakref.finalize(self, os.close, fd)
+        return got
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in super().__getstate__().items() if k != "_fds"}
 
 
 def _is_image(index: int, unit: RecUnit) -> bool:
