@@ -211,7 +211,7 @@ def compact_model(tmp_path_factory, fairface_dir: Path) -> Path:
     files = distill.photo_files(fairface_dir)[:600]
     imgs, lms = distill.teacher_samples(files, jitters=1, seed=0, quiet=True)
     out = tmp_path_factory.mktemp("models") / "aligned68.dat"
-    return distill.train(imgs, lms, out, distill.TrainOptions(cascade=10, trees=40), quiet=True)
+    return distill.train_model(imgs, lms, out, distill.TrainOptions(cascade=10, trees=40), quiet=True)
 
 
 def test_closed_form_similarity_equals_umeyama_svd() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskgen.training.checkpoint import Embedder
+from maskgen.training.checkpoint import ModelEmbedder
 from maskgen.training.inference import bfm_pair_scores, split_bfm
 from maskgen.training.methods import create_method, list_methods, method_class
 from maskgen.training.methods.bfm import guided_loss
@@ -115,7 +115,7 @@ def test_loss_finite_and_decreasing_on_random_batch(trained) -> None:
     assert np.isfinite(losses).all()
     assert min(losses[-2:]) < losses[0]
     with torch.no_grad():
-        emb = Embedder(method)(batch["image"][:2])
+        emb = ModelEmbedder(method)(batch["image"][:2])
     assert emb.shape == (2, 2 * EMB if name == "bfm" else EMB)
 
 
@@ -137,7 +137,7 @@ def test_multitask_loss_is_arcface_plus_log_mask_loss() -> None:
     assert torch.allclose(out["loss"].detach(), expected, atol=1e-5)
     probs = method.eval().predict_mask(random_batch()["image"])
     assert probs.shape == (8,) and bool(((probs >= 0) & (probs <= 1)).all())
-    assert Embedder(method).has_mask_head
+    assert ModelEmbedder(method).has_mask_head
 
 
 def test_multitask_falls_back_to_embedding_without_fc() -> None:

@@ -328,7 +328,7 @@ def landmarks_model(cfg: Config) -> None:
         if not files:
             raise click.ClickException(f"no face photos under {src} (pass --photos)")
         imgs, lms = distill.teacher_samples(files, jitters, seed, quiet=cfg.quiet)
-        distill.train(imgs, lms, out, distill.TrainOptions(cascade=cascade, trees=trees, threads=threads, seed=seed),
+        distill.train_model(imgs, lms, out, distill.TrainOptions(cascade=cascade, trees=trees, threads=threads, seed=seed),
                       quiet=cfg.quiet)
     elif not Path(out).is_file():
         raise click.ClickException(f"no model at {out}")
@@ -337,6 +337,6 @@ def landmarks_model(cfg: Config) -> None:
     if files:
         click.echo(f"evaluation on aligned crops of {min(eval_n, len(files))} LFW photos "
                    "(error: mean over 68 points / outer-eye-corner distance, against dlib on the photo)")
-        distill.evaluate(files[:: max(1, len(files) // eval_n)][:eval_n], out, log=click.echo, quiet=cfg.quiet)
+        distill.evaluate_model(files[:: max(1, len(files) // eval_n)][:eval_n], out, log=click.echo, quiet=cfg.quiet)
     else:
         click.echo(f"no LFW photos under {lfw}: evaluation skipped")

@@ -129,7 +129,7 @@ class TrainOptions:
     seed: int = 0
 
 
-def train(imgs: list[np.ndarray], lms: list[np.ndarray], out: Path, opts: TrainOptions | None = None,
+def train_model(imgs: list[np.ndarray], lms: list[np.ndarray], out: Path, opts: TrainOptions | None = None,
           quiet: bool = False) -> Path:
     """Fit the cascade in the fixed aligned box and save it to ``out`` (written atomically).
     dlib's trainer reports nothing while it runs: a line when it starts and one when it ends
@@ -193,7 +193,7 @@ def _nme(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.linalg.norm(pred - truth, axis=1).mean() / max(iod, 1e-6))
 
 
-def evaluate(files: Sequence[Path], model: Path, log: Callable[[str], None] = print, quiet: bool = False) -> dict:
+def evaluate_model(files: Sequence[Path], model: Path, log: Callable[[str], None] = print, quiet: bool = False) -> dict:
     """Accuracy against landmarks from the original photo, and CPU time per fit, on aligned crops
     of ``files`` (photos with a face), for dlib's model and the compact one in the same box.
     ``log`` gets the result lines; progress lines go to stderr unless ``quiet``."""

@@ -38,10 +38,10 @@ from maskgen.pipelines import analyze as A
 from maskgen.pipelines import plan as P
 from maskgen.pipelines.config import BUILD, BuildConfig, signature, write_yaml
 from maskgen.pipelines.execute import run_shard, shard_done, verify_task
-from maskgen.pipelines.maskmix import MaskMix
+from maskgen.masks.mix import MaskMix
 from maskgen.pipelines.merge import classes_tsv, manifest_task
 from maskgen.pipelines.parts import join_task, part_path, plan_task, prepare_task
-from maskgen.pipelines.progress import Progress
+from maskgen.pipelines.progress import BuildProgress
 from maskgen.pipelines.runner import error_line, release_memory, run_window
 from maskgen.pipelines.scan import Identities, ScanHelper, scan_notes, scan_task, units
 
@@ -218,7 +218,7 @@ def run_build(cfg: BuildConfig, *, shutdown_ray: bool = False) -> BuildResult:
                 raise OutputError(f"{out / d} is a link or a file; a build writes only into folders it made (remove it)")
         if cfg.mode == "overwrite":
             _clean_outputs(owned)
-        log = Progress(out / "build.log", echo=not cfg.quiet)
+        log = BuildProgress(out / "build.log", echo=not cfg.quiet)
         try:
             return _Build(cfg, owned, log, t_start, shutdown_ray).run()
         finally:
@@ -238,7 +238,7 @@ def plan_opts(cfg: BuildConfig) -> dict[str, Any]:
 class _Build:
     """One build's driver state: options, the identity table, per-shard arrays."""
 
-    def __init__(self, cfg: BuildConfig, owned: OutputClaim, log: Progress, t_start: float, shutdown_ray: bool):
+    def __init__(self, cfg: BuildConfig, owned: OutputClaim, log: BuildProgress, t_start: float, shutdown_ray: bool):
         self.cfg = cfg
         self.owned = owned
         self.out = owned.out
@@ -864,7 +864,7 @@ def _cap(res: list[dict], alive: np.ndarray, cap: int):
     return (cap, thr), cells
 
 
-def _prepare_batch_model(log: Progress) -> None:
+def _prepare_batch_model(log: BuildProgress) -> None:
     """The workers fit landmarks in batches with dlib's model in array form: parse it here
     once per machine (~12 s) rather than in every worker."""
     from maskgen.masks.ert import ensure_cache
@@ -881,7 +881,7 @@ def _shutdown_ray() -> None:
     stop_ray()  # also gives Ray's loggers back the levels a quiet start changed
 
 
-def _write_report(out: Path, log: Progress) -> None:
+def _write_report(out: Path, log: BuildProgress) -> None:
     """The audit's balance report and data card, when the audit module provides them."""
     try:
         from maskgen.audit import write_build_report

@@ -9,7 +9,7 @@ from maskgen.progress import EVERY_S, Lines
 from maskgen.progress import Progress as _Job
 
 
-class Progress:
+class BuildProgress:
     """Stage lines of a build: ``line(msg)`` for events, ``stage(name, total)`` then
     ``update(...)`` for a stage's progress (done/total images, rate, ETA, ok/failed, shards,
     masked share). ``echo``: also on stderr."""

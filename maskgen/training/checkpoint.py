@@ -200,7 +200,7 @@ def load_weights(method: nn.Module, state: dict[str, torch.Tensor], overlay: dic
                          f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
 
 
-class Embedder(nn.Module):
+class ModelEmbedder(nn.Module):
     """A trained method seen as an inference model: ``forward(images)`` is its embedding and
     ``mask_logits(images)`` its mask-usage head when it has one (Multi-Task ArcFace, BFM).
     ``protocol`` says how pairs are scored: ``cosine``, or ``bfm`` (per-pair routing)."""
@@ -230,7 +230,7 @@ class Embedder(nn.Module):
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               use_ema: bool = True) -> tuple[Embedder, dict[str, Any]]:
+               use_ema: bool = True) -> tuple[ModelEmbedder, dict[str, Any]]:
     """(inference model in eval mode: normalized (B,3,S,S) -> (B,D), resolved config) of a
     checkpoint file or a run folder (its newest checkpoint). EMA weights are used when the run
     kept them, unless ``use_ema`` is false. The classifier is not loaded (inference needs none)."""
@@ -240,7 +240,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     method = build_method(config)
     overlay = ckpt.get("ema") if use_ema else None
     load_weights(method, ckpt["model"], overlay, source=str(path))
-    return Embedder(method, config).to(device).eval(), config
+    return ModelEmbedder(method, config).to(device).eval(), config
 
 
 def backbone_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from maskgen.fsio import atomic_path
-from maskgen.training.checkpoint import Embedder, load_model
+from maskgen.training.checkpoint import ModelEmbedder, load_model
 
 DEFAULT_OPSET = 18  # the dynamo exporter's own opset; lower ones go through a version converter
 
@@ -28,7 +28,7 @@ DEFAULT_OPSET = 18  # the dynamo exporter's own opset; lower ones go through a v
 class _Exported(nn.Module):
     """The graph that is exported: images -> embedding[, mask logits], one backbone pass."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: ModelEmbedder) -> None:
         super().__init__()
         self.embedder = embedder
 
@@ -36,14 +36,14 @@ class _Exported(nn.Module):
         return self.embedder.forward_with_mask(images) if self.embedder.has_mask_head else self.embedder(images)
 
 
-def _as_embedder(checkpoint_or_model: str | os.PathLike | nn.Module) -> Embedder:
+def _as_embedder(checkpoint_or_model: str | os.PathLike | nn.Module) -> ModelEmbedder:
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         return load_model(checkpoint_or_model, device="cpu")[0]
     model = checkpoint_or_model
-    if not isinstance(model, Embedder):
+    if not isinstance(model, ModelEmbedder):
         if not hasattr(model, "embed"):
-            raise TypeError("export needs a maskgen checkpoint, an Embedder or a training method")
-        model = Embedder(model)
+            raise TypeError("export needs a maskgen checkpoint, a ModelEmbedder or a training method")
+        model = ModelEmbedder(model)
     return model
 
 

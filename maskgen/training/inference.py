@@ -2,7 +2,7 @@
 
 (Qi et al.'s feature concatenation of several models is ``maskgen.eval.embedders.ConcatEmbedder``,
 what ``maskgen eval --model ckpt:a+ckpt:b`` builds; the inference view of a trained method is
-``maskgen.training.checkpoint.Embedder``.)
+``maskgen.training.checkpoint.ModelEmbedder``.)
 
 - ``bfm_pair_scores`` (Huang et al.): a pair is compared with the full-face features when the
   mask classifier says neither face wears a mask, with the partial-face features otherwise.

@@ -48,7 +48,7 @@ IMAGE_SIZE = 112
 _FAIL_LIMIT = 1000  # consecutive bad samples with no good one: the data is unusable, stop
 
 
-class SampleError(Exception):
+class UnusableSample(Exception):
     """A sample that cannot be used; ``reason`` is the counted label."""
 
     def __init__(self, reason: str, detail: str = ""):
@@ -79,7 +79,7 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
 
 
 @dataclass
-class DatasetInfo:
+class ShardSetInfo:
     num_samples: int
     num_classes: int | None
     shard_lengths: dict[str, int] = field(default_factory=dict)
@@ -106,7 +106,7 @@ def find_dataset_json(shards: Sequence[str]) -> Path | None:
     return None
 
 
-def read_dataset_info(shards: Sequence[str], dataset_json: str | os.PathLike | None = None) -> DatasetInfo:
+def read_dataset_info(shards: Sequence[str], dataset_json: str | os.PathLike | None = None) -> ShardSetInfo:
     """Sample and class counts of a build, from its ``dataset.json``.
 
     Counts only the listed shards when the file gives per-shard lengths (a subset of a build).
@@ -143,11 +143,11 @@ def read_dataset_info(shards: Sequence[str], dataset_json: str | os.PathLike | N
     if isinstance(num_classes, list):
         num_classes = len(num_classes)
     twins = _first(meta, "twins")
-    return DatasetInfo(int(num_samples), None if num_classes is None else int(num_classes), lengths,
+    return ShardSetInfo(int(num_samples), None if num_classes is None else int(num_classes), lengths,
                        None if twins is None else bool(twins), str(path))
 
 
-def scan_shards(shards: Sequence[str]) -> DatasetInfo:
+def scan_shards(shards: Sequence[str]) -> ShardSetInfo:
     """Counts of shards without a ``dataset.json`` (read once); a shard that cannot be read to
     its end is named in a warning and counted with the samples it gave."""
     counts: dict[str, int] = {}
@@ -168,7 +168,7 @@ def scan_shards(shards: Sequence[str]) -> DatasetInfo:
                 except ValueError:
                     pass
         counts[Path(url).name] = n
-    return DatasetInfo(sum(counts.values()), max_label + 1 if max_label >= 0 else None, counts)
+    return ShardSetInfo(sum(counts.values()), max_label + 1 if max_label >= 0 else None, counts)
 
 
 def _sample_seed(*parts: int | str) -> list[int]:
@@ -176,16 +176,16 @@ def _sample_seed(*parts: int | str) -> list[int]:
 
 
 def decode_resized(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
-    """JPEG/PNG bytes -> RGB uint8 (size, size, 3); grayscale/alpha/16-bit handled, else SampleError."""
+    """JPEG/PNG bytes -> RGB uint8 (size, size, 3); grayscale/alpha/16-bit handled, else UnusableSample."""
     if not data:
-        raise SampleError("empty_image")
+        raise UnusableSample("empty_image")
     # decoded straight to RGB where OpenCV can (>= 4.10); a numpy channel flip costs a decode
     flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR if flag is None else flag)
     if img is not None and flag is None:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img is None:
-        raise SampleError("decode_failed")
+        raise UnusableSample("decode_failed")
     if img.shape[0] != size or img.shape[1] != size:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     return img
@@ -313,13 +313,13 @@ class ShardStream(IterableDataset):
     def _label(self, sample: dict[str, Any]) -> int:
         raw = sample.get("cls")
         if raw is None:
-            raise SampleError("missing_label")
+            raise UnusableSample("missing_label")
         try:
             label = int(raw.decode() if isinstance(raw, bytes) else raw)
         except ValueError:
-            raise SampleError("bad_label") from None
+            raise UnusableSample("bad_label") from None
         if label < 0 or (self.cfg.num_classes is not None and label >= self.cfg.num_classes):
-            raise SampleError("label_out_of_range", str(label))
+            raise UnusableSample("label_out_of_range", str(label))
         return label
 
     def _masked_flag(self, sample: dict[str, Any]) -> int:
@@ -343,7 +343,7 @@ class ShardStream(IterableDataset):
         out: dict[str, Any] = {"label": label, "key": key}
         if ratio is not None or cfg.pairs:
             if "orig.jpg" not in sample or "masked.jpg" not in sample:
-                raise SampleError("missing_twin")
+                raise UnusableSample("missing_twin")
             parts = (cfg.seed, self.epoch, key, "mask") if cfg.mask_choice_per_epoch else (cfg.seed, key, "mask")
             masked = bool(np.random.default_rng(_sample_seed(*parts)).random() < ratio)
             if cfg.pairs:
@@ -355,7 +355,7 @@ class ShardStream(IterableDataset):
             out["masked"] = int(masked)
         else:
             if "jpg" not in sample:
-                raise SampleError("missing_image")
+                raise UnusableSample("missing_image")
             images = {"image": decode_resized(sample["jpg"], size)}
             out["masked"] = self._masked_flag(sample)
         if do_augment:
@@ -373,7 +373,7 @@ class ShardStream(IterableDataset):
             try:
                 yield self.decode(sample, do_augment)
                 fails = 0
-            except SampleError as exc:
+            except UnusableSample as exc:
                 self._skipped[exc.reason] += 1
                 fails += 1
             except Exception as exc:  # noqa: BLE001 - any per-sample failure is data, not a crash
