@@ -96,7 +96,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 def describe(exc: BaseException, command: str | None = None) -> tuple[str, int]:
     """(message, exit code) of an exception that ends a command."""
     exc = _unwrap(exc)
-    if isinstance(exc, click.exceptions.UsageError):
+    if isinstance(exc, click.exceptions.UsageError) or getattr(exc, "usage", False):
         msg = exc.format_message()
         hint = f"maskgen {command} -h" if command else "maskgen -h"
         return f"{msg} (see '{hint}')", exc.exit_code

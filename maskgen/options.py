@@ -924,9 +924,11 @@ def _deprecated(message: str) -> None:
 
 
 class _ClickOptionError(click.ClickException):
-    """An :class:`OptionError` on the command line: ``Error: <message>``, exit status 2."""
+    """An :class:`OptionError` on the command line: ``Error: <message>``, exit status 2. Under
+    ``maskgen`` it is a usage error: the line ends with where the help is (``maskgen.cli``)."""
 
     exit_code = OptionError.exit_code
+    usage = True
 
 
 def _flag_names(flags: Iterable[str]) -> list[str]:

@@ -161,12 +161,13 @@ def test_a_bad_value_is_one_line_naming_its_origin(tmp_path, monkeypatch) -> Non
                        (["lfw", "-o", out, "--min-images", "3", "--max-images", "2"],
                         "Error: build: need min_images <= max_images, got 3 > 2")):
         r = _cli(args)
-        assert r.exit_code == 2 and r.output.splitlines() == [want], r.output
+        assert r.exit_code == 2 and r.output.splitlines() == [f"{want} (see 'maskgen build -h')"], r.output
     assert not seen  # nothing ran
     # a real process: the same one line on stderr, no traceback
     p = subprocess.run([sys.executable, "-m", "maskgen", "build", "lfw", "-o", out, "--ratio", "2"],
                        capture_output=True, text=True, timeout=120, check=False)
-    assert p.returncode == 2 and p.stderr.strip() == "Error: --ratio: must be within [0, 1], got 2", p.stderr
+    assert p.returncode == 2 and p.stderr.strip() == \
+        "Error: --ratio: must be within [0, 1], got 2 (see 'maskgen build -h')", p.stderr
 
 
 def test_an_unknown_yaml_key_is_one_line_with_a_suggestion(tmp_path, monkeypatch) -> None:

@@ -761,7 +761,7 @@ def test_pose_solve_shared_between_detection_and_head_fit(astronaut: np.ndarray,
 
     h, w = astronaut.shape[:2]
     lm = np.asarray(astro_face.landmarks, np.float64)
-    ok, rvec, tvec = cv2.solvePnP(MEAN_SHAPE_3D, lm, pose._camera(h, w), None, flags=cv2.SOLVEPNP_SQPNP)
+    ok, rvec, tvec = cv2.solvePnP(MEAN_SHAPE_3D, lm, pose.camera_matrix(h, w), None, flags=cv2.SOLVEPNP_SQPNP)
     assert ok
     estimate_pose(astro_face.landmarks, (h, w))  # as the landmark stage does
     first = pose.solve_pose(lm, h, w)

@@ -87,7 +87,8 @@ def test_folder_mask(tmp_path: Path) -> None:
 def test_folder_audit(tmp_path: Path) -> None:
     _faces(tmp_path / "in", 4)
     proc = _run("audit", str(tmp_path / "in"), "-o", str(tmp_path / "out"))
-    assert _progress(proc.stderr, "audit")[-1]["done"] == "4"
+    images = [m for m in _progress(proc.stderr, "audit") if m["unit"] == "images"]
+    assert images and images[-1]["done"] == images[-1]["total"] == "4"  # then the thumbnail strips
     assert "[audit] landmarks and attributes of 4 images" in proc.stderr
     quiet = _run("audit", str(tmp_path / "in"), "-o", str(tmp_path / "out-q"), "--quiet")
     _only_warnings(quiet.stderr)
