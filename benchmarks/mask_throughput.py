@@ -143,10 +143,11 @@ def main(argv: list[str] | None = None) -> None:
           f"(before {ref0[1]:.3f}, after {ref1[1]:.3f} ms cpu)")
     print(f"relative:  (a) {a_ms / ref_cpu:.2f} and (b) {b_ms / ref_cpu:.2f} predictor calls of cpu per image")
     print("targets:   (a) >= 100 img/s per core, (b) >= 300 img/s per core, success >= 99%")
-    print(f"result:    (a) {a_cpu:.0f} img/s per core over the run, {a_best:.0f} in the best window "
-          f"({'meets' if a_best >= 100 else 'below'} target), success {100 * a_ok:.2f}%;"
-          f" (b) {b_cpu:.0f} img/s per core over the run, {b_best:.0f} in the best window "
-          f"({'meets' if b_best >= 300 else 'below'} target), success {100 * b_ok:.2f}%")
+    # the verdict is the whole run's figure; the best window only shows how much the host varied
+    print(f"result:    (a) {a_cpu:.0f} img/s per core over the run "
+          f"({'meets' if a_cpu >= 100 else 'below'} target; {a_best:.0f} in the best window), success {100 * a_ok:.2f}%;"
+          f" (b) {b_cpu:.0f} img/s per core over the run "
+          f"({'meets' if b_cpu >= 300 else 'below'} target; {b_best:.0f} in the best window), success {100 * b_ok:.2f}%")
     print("context:   MaskTheFace on one core (published/measured by its users, not run here): "
           + "; ".join(f"{k}: {v}" for k, v in MASKTHEFACE_REF.items()))
     print(f"speed-up:  (a) {a_cpu / 20.0:.1f}x MaskTheFace's ~20 img/s; (b) {b_cpu / 45.0:.1f}x-{b_cpu / 30.0:.1f}x its 30-45 img/s")
