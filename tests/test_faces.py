@@ -51,3 +51,25 @@ def test_the_build_and_the_audit_find_the_same_face(tmp_path: Path, astronaut: n
     audit = analyze_rows(rows, "dlib", select="all")[0]
     for k in ("a_status", "landmarks", "box", "yaw", "pitch", "roll", "width", "height", "phash"):
         assert build[k] == audit[k], k
+
+
+def test_a_reader_failure_costs_its_row_only(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """Whatever a source's reader raises for one row (not only a ReadError or an OSError) is that
+    row's reason; its neighbours are analysed. Without ``hash_images`` no pHash is computed."""
+    paths = _files(tmp_path, astronaut)[:1]
+    rows = [{"_cache_key": "a", "path": str(paths[0])}, {"_cache_key": "b", "path": "boom"},
+            {"_cache_key": "c", "path": "oom"}, {"_cache_key": "d", "path": str(paths[0])}]
+
+    def read(row: dict) -> bytes:
+        if row["path"] == "boom":
+            raise RuntimeError("reader broke")
+        if row["path"] == "oom":
+            raise MemoryError
+        return Path(row["path"]).read_bytes()
+
+    got = analyze_rows(rows, "dlib", read=read, hash_images=False)
+    assert [r["a_status"] for r in got] == ["ok", "failed", "failed", "ok"]
+    assert got[1]["a_reason"] == "unreadable: RuntimeError: reader broke"
+    assert got[2]["a_reason"] == "unreadable: out of memory"
+    assert "phash" not in got[0] and got[0]["landmarks"] == got[3]["landmarks"]
+    assert isinstance(analyze_rows(rows[:1], "dlib", read=read)[0]["phash"], int)

@@ -13,7 +13,6 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from maskgen.allocation import allocate, tie_rng  # the build's rule: ratio * N rounded half up, largest remainder
-from maskgen.datasets.filters import CAP_REASON  # noqa: F401  (the reason of rows cap_per_group removes)
 
 
 def _group_index(groups: Sequence[Hashable | None]) -> tuple[list[str], np.ndarray]:
@@ -58,7 +57,7 @@ def cap_per_group(groups: Sequence[Hashable | None], cap: int, seed: int,
     """Keep at most ``cap`` images of each group, chosen at random from the seed.
 
     Returns a bool array, True = keep. Ineligible images (already dropped) stay False and do
-    not count toward the cap. Rows removed here get ``CAP_REASON`` in the manifest.
+    not count toward the cap. Rows removed here get ``maskgen.datasets.filters.CAP_REASON`` in the manifest.
     """
     if cap < 0:
         raise ValueError(f"cap must be >= 0, got {cap}")

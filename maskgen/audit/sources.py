@@ -351,7 +351,7 @@ def _analyse_many(items: list[tuple]) -> list[dict]:
         nb = r["nbytes"]
         return src.read_bytes(r["path"], None, None if nb is None or pd.isna(nb) or int(nb) < 0 else int(nb))
 
-    return [_audit_row(res) for res in analyze_rows(rows, backend, read=read, select="all", measure=_measure)]
+    return [_audit_row(res) for res in analyze_rows(rows, backend, read=read, select="all", measure=_measure, hash_images=False)]
 
 
 def _crashed_row(item, reason: str) -> dict:

@@ -35,7 +35,7 @@ Measure = Callable[[np.ndarray, dict], dict]
 
 def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = None, read=None,
                  defer: bool = False, *, select: str = "center",
-                 measure: Measure | None = None) -> list[dict]:
+                 measure: Measure | None = None, hash_images: bool = True) -> list[dict]:
     """Per image: decode, detect (the most central face), pose, pHash. Never raises for one
     bad image: the failure is the row's result. Rows are tagged ``tag`` (default: the
     detector's :func:`maskgen.masks.landmarks.backend_tag`). Images for the ``cnn`` and
@@ -46,7 +46,8 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
     ``"center"`` lets the detector search a central crop first (several times faster on
     portraits; ``n_faces`` counts what that search found); ``"all"`` finds every face
     (``n_faces`` counts them) and still takes the most central. ``measure``: called with every
-    decoded image and its result (see :data:`Measure`); an error there fails only that row."""
+    decoded image and its result (see :data:`Measure`); an error there fails only that row.
+    ``hash_images``: the pHash the build's near-duplicate filter reads (an audit skips it)."""
     from maskgen.datasets.dedup import phash
     from maskgen.datasets.sources import ReadError, read_file
     from maskgen.masks import decode_image, detect_faces
@@ -104,6 +105,12 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
         except OSError as exc:
             out[i] = _failed(res, f"unreadable: {exc.strerror or exc}")
             continue
+        except MemoryError:
+            out[i] = _failed(res, "unreadable: out of memory")
+            continue
+        except Exception as exc:  # a reader's own failure costs this row only, never its neighbours
+            out[i] = _failed(res, f"unreadable: {type(exc).__name__}: {exc}")
+            continue
         quick = _quick_aligned(data, detector) if defer else None
         if quick is not None:
             res.update(a_status="ok", a_reason=None, backend=quick[0], width=quick[1], height=quick[2])
@@ -115,7 +122,9 @@ def analyze_rows(rows: list[dict], detector: str = "auto", tag: str | None = Non
                 out[i] = _failed(res, f"decode: {reason}")
                 continue
             h, w = img.shape[:2]
-            res.update(width=w, height=h, phash=phash(img))
+            res.update(width=w, height=h)
+            if hash_images:  # the build's near-duplicate filter; an audit has no use for it
+                res["phash"] = phash(img)
             # the subject of a face dataset is the most central face
             backend = resolve_backend(detector, img.shape)
             if backend in BATCHED:

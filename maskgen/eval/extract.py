@@ -164,10 +164,8 @@ def process_jobs(jobs: list[ImageJob], embedder: Any, cfg: ExtractConfig) -> lis
 
 
 def _attributes(img: np.ndarray, lm: np.ndarray) -> dict[str, Any]:
-    try:
-        from maskgen.datasets.attributes import face_attributes
-    except ImportError:
-        return {}
+    from maskgen.datasets.attributes import face_attributes
+
     try:
         a = face_attributes(img, lm)
     except Exception:  # noqa: BLE001 - attributes are optional extras

@@ -329,7 +329,7 @@ def landmarks_model(cfg: Config) -> None:
             raise click.ClickException(f"no face photos under {src} (pass --photos)")
         imgs, lms = distill.teacher_samples(files, jitters, seed, quiet=cfg.quiet)
         distill.train_model(imgs, lms, out, distill.TrainOptions(cascade=cascade, trees=trees, threads=threads, seed=seed),
-                      quiet=cfg.quiet)
+                            quiet=cfg.quiet)
     elif not Path(out).is_file():
         raise click.ClickException(f"no model at {out}")
     lfw = lfw or dataset_dir("lfw")

@@ -130,7 +130,7 @@ class TrainOptions:
 
 
 def train_model(imgs: list[np.ndarray], lms: list[np.ndarray], out: Path, opts: TrainOptions | None = None,
-          quiet: bool = False) -> Path:
+                quiet: bool = False) -> Path:
     """Fit the cascade in the fixed aligned box and save it to ``out`` (written atomically).
     dlib's trainer reports nothing while it runs: a line when it starts and one when it ends
     (unless ``quiet``)."""

@@ -39,7 +39,7 @@ def train(sets: tuple[str, ...], print_config: bool, **flags: Any) -> None:
     if print_config:
         click.echo(yaml.safe_dump(resolved, sort_keys=False))
         return
-    # -q: the trainer's progress lines (logged at INFO) stay out of the console
+    # -q: no progress lines on stderr and the trainer's INFO log lines stay out of the console
     logging.basicConfig(level=logging.WARNING if cfg.quiet else logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
     from maskgen.training.trainer import train as run_training

@@ -138,24 +138,6 @@ TRAIN = Schema("train", [
 """Every key of the training config: the keyword arguments of ``maskgen.training.train``, the
 keys of its YAML files and the flags of ``maskgen train`` (mappings are set with ``--set``)."""
 
-DEFAULTS: dict[str, Any] = {k: v for k, v in TRAIN.defaults().items() if TRAIN[k].yaml}
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A training config file: ``path`` itself, or the config shipped with maskgen of that name
-    (``train_tiny_cpu``, ``methods/huang_bfm``, ``configs/train_tiny_cpu.yaml``), validated."""
-    return TRAIN.load(path)
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value, read as YAML (numbers, booleans, lists, null); the key's type is
-    checked afterwards."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def resolve_config(config: dict[str, Any] | str | os.PathLike | None = None, **overrides: Any) -> dict[str, Any]:
     """Defaults <- YAML file or dict <- overrides (``None`` overrides are ignored; dotted keys
     set one entry of a mapping option), validated by :data:`TRAIN`: the plain dict the trainer
