@@ -64,3 +64,15 @@ def astronaut() -> np.ndarray:
     skdata = pytest.importorskip("skimage.data")
     return np.ascontiguousarray(skdata.astronaut())
 
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures(...)``): on
+    a busy 2-core machine two OpenMP threads spin and run slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,13 +28,7 @@ from maskgen.training.trainer import train
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a busy 2-core machine two OpenMP threads spin and run slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N_IDS, PER_ID, PER_SHARD = 12, 12, 48
 # Small but real: IResNet-18 at 32x32 input (images are resized by the loader) keeps a CPU step
