@@ -5,8 +5,9 @@ once, kept in the work folder), repeated as new identities up to N records
 (`maskgen.datasets.recordio.repeat_as_new_identities`), as MS1M/Glint360K/WebFace releases
 ship them. Each N is one fresh `maskgen build recordio:... --ratio 0.1 --workers W --no-report`
 process (its own local Ray, an empty output folder). The process tree is sampled at nice 19:
-the driver's RSS every 0.2 s, the PSS of every process (driver, Ray workers, Ray daemons)
-once a second. CPU seconds come from each process's last sample.
+the driver's RSS every 0.2 s (its peak: that or the kernel's high-water mark the build
+records at each stage end, `timings.json["driver_memory_mib"]`, whichever is higher), the PSS
+of every process (driver, Ray workers, Ray daemons) once a second. CPU seconds come from each process's last sample.
 
 Printed per N, against the targets of the scale work:
 - driver peak RSS (target: at the largest N at most 1.2x the smallest N's, and < 1 GB);
@@ -105,13 +106,17 @@ def run_build(rec: Path, out: Path, workers: int, ratio: float) -> dict:
     return {
         "n": n, "workers": workers, "wall_s": wall, "samples": info["num_samples"], "masked": info["num_masked"],
         "passthrough": info.get("passthrough"), "ratio_realized": info["ratio_realized"],
-        "driver_peak_rss_mb": peak["root_rss"] / 2**20, "peak_pss_total_mb": peak["pss_total"] / 2**20,
+        # the sampled peak, or the kernel's high-water mark at the last stage end when it is
+        # higher (a peak shorter than the 0.2 s sampling interval)
+        "driver_peak_rss_mb": max([peak["root_rss"] / 2**20] + [v.get("peak", 0.0) for v in tm.get("driver_memory_mib", {}).values()]),
+        "driver_peak_rss_sampled_mb": peak["root_rss"] / 2**20, "peak_pss_total_mb": peak["pss_total"] / 2**20,
         "peak_rss_total_mb": peak["total"] / 2**20,
         "img_s_per_core_wall": n / wall / workers,
         # CPU of every process, less the one-time model preparation (when another build on
         # the machine invalidated the per-machine model cache)
         "img_per_cpu_s": n / max(1e-9, sum(cpu.values()) - dcpu.get("model_prep", 0.0)),
-        "cpu_s": cpu, "timings": {k: v for k, v in tm.items() if k != "driver_cpu"}, "driver_cpu_s": dcpu,
+        "cpu_s": cpu, "timings": {k: v for k, v in tm.items() if not isinstance(v, dict)}, "driver_cpu_s": dcpu,
+        "driver_memory_mib": tm.get("driver_memory_mib", {}),
         "driver_us_plan": 1e6 * sum(dcpu.get(k, 0.0) for k in PLAN_STAGES) / n,
         "driver_us_merge": 1e6 * sum(dcpu.get(k, 0.0) for k in MERGE_STAGES) / n,
         "driver_us_dispatch": 1e6 * sum(dcpu.get(k, 0.0) for k in DISPATCH_STAGES) / n,
@@ -218,6 +223,10 @@ def main() -> None:
             f"{r['passthrough']:,} passed through | load {r['load_after']:.1f}", flush=True)
         print(f"  stages (s): {json.dumps({k: round(v, 1) for k, v in r['timings'].items()})}")
         print(f"  CPU seconds: {json.dumps({k: round(v, 1) for k, v in r['cpu_s'].items()})}", flush=True)
+        mem = r["driver_memory_mib"]
+        if mem:  # which stage raised the driver's peak, and what it still held at its end
+            print("  driver MiB at each stage end (RSS / peak so far): "
+                  + ", ".join(f"{k} {v.get('rss', 0):.0f}/{v.get('peak', 0):.0f}" for k, v in mem.items()), flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(r) + "\n")

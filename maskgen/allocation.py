@@ -48,14 +48,20 @@ def largest_remainder(quotas: Sequence[float] | np.ndarray, total: int,
     Equal remainders are broken by a random priority drawn from ``rng`` (one draw per quota),
     or by index order without one."""
     quotas = np.asarray(quotas, dtype=np.float64)
-    base = np.floor(quotas + EPS).astype(np.int64)
+    fl = quotas + EPS
+    np.floor(fl, out=fl)
+    base = fl.astype(np.int64)
+    del fl
     left = int(total - base.sum())
     if left < 0 or left > len(quotas):
         raise ValueError("quotas do not sum to the total")
     if left:
-        frac = quotas - base
+        key = quotas - base  # the remainders, rounded and negated in place: largest first
+        np.round(key, 9, out=key)
+        np.negative(key, out=key)
         prio = rng.random(len(quotas)) if rng is not None else np.arange(len(quotas), dtype=np.float64)
-        order = np.lexsort((prio, -np.round(frac, 9)))  # largest remainder first
+        order = np.lexsort((prio, key))
+        del key, prio
         base[order[:left]] += 1
     return base
 

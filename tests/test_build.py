@@ -86,6 +86,11 @@ def test_first_build_outputs(lfw_build: Path) -> None:
     assert all(r["ita"] is not None and r["skin_tone"] for r in ok)  # audit attributes per sample
     assert (out / "build.yaml").is_file() and list((out / "landmarks").glob("*.parquet"))
     assert (out / "DATA_CARD.md").is_file()  # written by the audit at the merge step
+    # the driver's memory at each stage end (RSS now, peak so far): the peak never falls
+    mem = json.loads((out / "timings.json").read_text())["driver_memory_mib"]
+    assert {"scan", "prepare", "landmarks", "join", "plan", "execute", "merge"} <= set(mem)
+    peaks = [mem[k]["peak"] for k in mem]
+    assert all(0 < mem[k]["rss"] <= mem[k]["peak"] for k in mem) and peaks == sorted(peaks)
     log = (out / "build.log").read_text()
     assert re.search(r"\[execute\] [\d,]+/[\d,]+ images \(100%\) \| [\d.,]+ images/s \| ETA 0:00:00 \| .*shards 3/3, masked ", log)
 

@@ -130,3 +130,85 @@ def test_landmark_cache_tag_names_the_aligned_model(tmp_path, monkeypatch) -> No
     (tmp_path / "aligned68.dat").write_bytes(b"x")
     assert cache_tag("auto") == "auto:cnn2+compact" and cache_tag("aligned") == "aligned+compact"
     assert cache_tag("dlib") == "dlib" and cache_tag("aligned-full") == "aligned-full"
+
+
+def test_identities_from_counts_match_a_group_by() -> None:
+    """The identity table merged from the units' sorted counts equals a hash group-by of all
+    of them, whether the units hold consecutive names (no sort) or interleaved ones."""
+    import pyarrow as pa
+
+    from maskgen.pipelines.scan import Identities
+
+    rng = np.random.default_rng(3)
+    names = np.array(sorted(f"id{i:05d}" for i in rng.choice(100_000, 3_000, replace=False)))
+
+    def unit(sel):
+        sel = np.unique(sel)
+        return pa.table({"identity": pa.array(names[sel]), "n": pa.array(rng.integers(1, 9, len(sel))),
+                         "n_usable": pa.array(rng.integers(0, 3, len(sel)))})
+
+    cuts = [0, 700, 1500, 1501, 3000]  # consecutive ranges, two of them sharing a name
+    consecutive = [unit(np.arange(a, min(b + 1, 3000))) for a, b in zip(cuts, cuts[1:])]
+    interleaved = [unit(rng.choice(3000, 900)) for _ in range(5)] + [unit(np.zeros(0, int))]
+    for counts in (consecutive, interleaved):
+        given = list(counts)
+        ids = Identities.from_counts(given)
+        assert given == []  # consumed: the caller's tables are freed as they are read
+        ref = pa.concat_tables(counts).group_by("identity").aggregate([("n", "sum"), ("n_usable", "sum")])
+        ref = ref.sort_by("identity")
+        assert ids.names.to_pylist() == ref.column("identity").to_pylist()
+        assert ids.n_rows.tolist() == ref.column("n_sum").to_pylist()
+        assert ids.n_usable.tolist() == ref.column("n_usable_sum").to_pylist()
+        assert ids.n_rows.dtype == ids.n_usable.dtype == np.int64
+    assert len(Identities.from_counts([])) == 0
+
+
+def test_reasons_keep_the_first_and_expand_in_the_task() -> None:
+    from maskgen.pipelines.scan import Reasons, expand_reasons
+
+    r = Reasons(6)
+    r.mark(np.array([1, 0, 0, 0, 0, 1], bool), "in exclude list")
+    counts = np.array([5, 1, 2, 1, 9, 1])
+    r.mark(counts < 3, (counts, lambda v: f"fewer than 3 ({v} < 3)"))  # the first reason stays
+    assert r.free.tolist() == [False, False, False, False, True, False]
+    r.mark_beyond(r.free, 0, "beyond max_identities (0)")
+    assert expand_reasons(r.part(0, 6)).tolist() == [
+        "in exclude list", "fewer than 3 (1 < 3)", "fewer than 3 (2 < 3)", "fewer than 3 (1 < 3)",
+        "beyond max_identities (0)", "in exclude list"]
+    assert expand_reasons(r.part(1, 3)).tolist() == ["fewer than 3 (1 < 3)", "fewer than 3 (2 < 3)"]
+    assert r.codes.dtype == np.int32 and len(r.texts) == 5  # one text per distinct value
+    assert expand_reasons(Reasons(3).part(0, 3)).tolist() == [None, None, None]
+
+
+def _allocate_cells_by_sorting(cell_group, cell_size, ratio, seed):
+    """allocate_cells as it was written first: always through the stable sort's index arrays."""
+    from maskgen.allocation import largest_remainder, masked_count, tie_rng
+
+    cell_group, cell_size = np.asarray(cell_group, np.int64), np.asarray(cell_size, np.int64)
+    out = np.zeros(len(cell_size), np.int64)
+    n = int(cell_size.sum())
+    total = masked_count(n, ratio)
+    rng = tie_rng(seed)
+    order = np.argsort(cell_group, kind="stable")
+    g = cell_group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    gsizes = np.add.reduceat(cell_size[order], starts).astype(np.float64)
+    for a, b, size, m_g in zip(starts, ends, gsizes, largest_remainder(gsizes * total / n, total, rng)):
+        if m_g:
+            idx = order[a:b]
+            out[idx] = largest_remainder(cell_size[idx] * (m_g / size), int(m_g), rng)
+    return out
+
+
+def test_allocate_cells_in_group_order_or_not_gives_the_same_counts() -> None:
+    """Cells already in group order take slices (no index arrays), one group may come as a
+    byte per cell; the counts are those of the stable sort's index arrays, cell for cell."""
+    rng = np.random.default_rng(5)
+    size = rng.integers(1, 12, 5_000)
+    for groups in (np.zeros(len(size), np.int8), np.zeros(len(size), np.int64),
+                   np.sort(rng.integers(0, 4, len(size))), rng.integers(0, 4, len(size))):
+        for ratio, seed in ((0.1, 7), (0.3, 1), (0.5, 0)):
+            got = P.allocate_cells(groups, size, ratio, seed)
+            assert np.array_equal(got, _allocate_cells_by_sorting(groups, size, ratio, seed))
+            assert got.sum() == round(ratio * size.sum())

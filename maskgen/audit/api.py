@@ -85,12 +85,13 @@ def _mkdir(path: Path) -> None:
 
 def write_outputs(stats: dict, out_dir: Path, *, title: str, inp: AuditInput | None = None,
                   reproduce: str | None = None, license: str | None = None,
-                  thumbnails: dict | None = None) -> dict[str, Path]:
-    """Render and write the report, figures, stats, card (and a folder's per-image table)."""
+                  thumbnails: dict | None = None, figures: dict[str, bytes] | None = None) -> dict[str, Path]:
+    """Render and write the report, figures, stats, card (and a folder's per-image table).
+    ``figures``: the charts of ``stats`` when the caller rendered them already."""
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURE_DIR
     _mkdir(fig_dir)
-    figures = all_figures(stats)
+    figures = all_figures(stats) if figures is None else figures
     thumbs = dict(thumbnails or {})
     for old in fig_dir.iterdir():  # figures of groups that no longer exist must go
         if old.suffix in (".png", ".jpg") and old.name not in figures and old.name not in thumbs:
@@ -222,7 +223,15 @@ def write_build_report(out_dir: Path, *, target: str | Mapping | None = "uniform
     inp = load_input(out_dir, compute_attributes=False, fill_failed=True)
     resolve_dataset(inp, None)
     stats = compute_stats(inp.table, target=parse_target(target), source=inp.source())
-    thumbs = make_thumbnails(inp, stats)
+    # the thumbnail strips are cut in a worker process while this one draws the charts
+    # (neither reads what the other writes: the strips add stats["_thumbnails"], which the
+    # charts never read)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="maskgen-thumbnails") as ex:
+        pending = ex.submit(make_thumbnails, inp, stats)
+        figures = all_figures(stats)
+        thumbs = pending.result()
     write_outputs(stats, out_dir, title=f"Balance report: {inp.name}", inp=inp,
-                  reproduce=reproduce, license=license, thumbnails=thumbs)
+                  reproduce=reproduce, license=license, thumbnails=thumbs, figures=figures)
     return public(stats)

@@ -261,7 +261,7 @@ def face_regions(image: np.ndarray, landmarks: np.ndarray | None = None
     return img, skin, face, face_size, region
 
 
-def face_attributes(image: np.ndarray, landmarks: np.ndarray | None = None) -> dict:
+def face_attributes(image: np.ndarray, landmarks: np.ndarray | None = None, *, raw: bool = True) -> dict:
     """Skin tone, sharpness, brightness and face size of one face.
 
     ``image`` is RGB uint8 HxWx3; ``landmarks`` the 68 (x, y) points in its pixels. Without
@@ -274,13 +274,14 @@ def face_attributes(image: np.ndarray, landmarks: np.ndarray | None = None) -> d
     had a white to correct with), ``sharpness`` (variance of the Laplacian of the face
     resampled to 96x96: an absolute scale), ``brightness`` (mean Rec. 601 luma of the face
     region, 0..255), ``face_size`` (inter-ocular distance in pixels, NaN without landmarks),
-    ``skin_pixels`` and ``region`` (``"landmarks"`` or ``"center"``).
+    ``skin_pixels`` and ``region`` (``"landmarks"`` or ``"center"``). ``raw=False`` leaves
+    ``ita_raw`` out (None): the build records the corrected ITA only.
     """
     img, skin, face, face_size, region = face_regions(image, landmarks)
     n_skin = int(skin.shape[0])
     if n_skin > _MAX_SKIN_PIXELS:  # a regular subsample keeps the time budget on big faces
         skin = skin[:: -(-n_skin // _MAX_SKIN_PIXELS)]
-    ita_raw = ita_of_pixels(skin)
+    ita_raw = ita_of_pixels(skin) if raw else None
     ita, corrected = corrected_ita(skin, white_reference(img))
     gray = cv2.cvtColor(np.ascontiguousarray(face), cv2.COLOR_RGB2GRAY)
     sharpness = sharpness_of(gray)

@@ -306,8 +306,10 @@ def _read_cache(cache: Path, source: dict) -> dict[str, np.ndarray] | None:
     try:
         if json.loads((cache / "source.json").read_text()) != source:
             return None
-        # memory-mapped: processes on one machine share the pages
-        return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in _ARRAYS}
+        # memory-mapped: processes on one machine share the pages. Plain ndarray views of the
+        # maps: indexing a np.memmap builds a memmap object per call, which cost a quarter of
+        # a photo's landmark fit (the tree loop indexes thousands of times per batch)
+        return {k: np.load(cache / f"{k}.npy", mmap_mode="r").view(np.ndarray) for k in _ARRAYS}
     except (OSError, ValueError):
         return None
 

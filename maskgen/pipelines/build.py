@@ -27,23 +27,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from maskgen.datasets import filters as F
 from maskgen.datasets.manifest import CORE_NAMES
 from maskgen.datasets.sources import parse_source
 from maskgen.errors import InputError, MaskgenError, OutputError
-from maskgen.outputs import OutputClaim, claim, is_tmp_of, write_file
+from maskgen.outputs import OutputClaim, claim, is_tmp_of, replacing, write_file
 from maskgen.parallel import cluster_cpus, start_ray
 from maskgen.pipelines import analyze as A
 from maskgen.pipelines import plan as P
 from maskgen.pipelines.config import BUILD, BuildConfig, signature, write_yaml
 from maskgen.pipelines.execute import run_shard, shard_done, verify_task
 from maskgen.masks.mix import MaskMix
-from maskgen.pipelines.merge import classes_tsv, manifest_task
+from maskgen.pipelines.merge import manifest_task, write_classes_tsv
 from maskgen.pipelines.parts import join_task, part_path, plan_task, prepare_task
 from maskgen.pipelines.progress import BuildProgress
-from maskgen.pipelines.runner import error_line, release_memory, run_window
-from maskgen.pipelines.scan import Identities, ScanHelper, scan_notes, scan_task, units
+from maskgen.pipelines.runner import driver_memory, error_line, release_memory, run_window
+from maskgen.pipelines.scan import Identities, Reasons, ScanHelper, scan_notes, scan_task, units
 
 FORMAT_VERSION = 3  # bump when the bytes written for the same plan change
 ATTRIBUTE_SAMPLE_RATE = 0.1  # share of pass-through samples measured by attributes="sample"/"auto"
@@ -103,6 +104,7 @@ build.__signature__ = signature()  # type: ignore[attr-defined]
 # keyed by file identity and detector, so it is never stale).
 TOP_OUTPUTS = ("manifest.parquet", "dataset.json", "build.yaml", "classes.tsv", "timings.json")
 WORK_STAGES = ("scan", "part", "joined", "plan")
+NAMES_FILE = "identities.parquet"  # work/: the sorted identity names, from prepare to merge
 _SHARD_RE = re.compile(r"[^/.]+-\d{6}\.tar")
 _PART_RE = re.compile(r"(u|p)-\d{5}\.parquet")
 
@@ -182,6 +184,9 @@ def _work_files(out: Path) -> list[str]:
                 base = p.name.split(".parquet")[0] + ".parquet" if ".parquet" in p.name else p.name
                 if _PART_RE.fullmatch(base) and (p.name == base or is_tmp_of(p.name, base)):
                     found.append(f"work/{stage}/{p.name}")
+    if _real_dir(out / "work"):  # the identity names, kept for classes.tsv
+        found += [f"work/{p.name}" for p in (out / "work").iterdir()
+                  if p.name == NAMES_FILE or is_tmp_of(p.name, NAMES_FILE)]
     return found
 
 
@@ -248,6 +253,7 @@ class _Build:
         self.shutdown_ray = shutdown_ray
         self.timings: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.rss: dict[str, dict[str, float]] = {}
         self.ray_started = False
         self.user_error: Exception | None = None
 
@@ -256,6 +262,7 @@ class _Build:
     def _stage(self, name: str, t: float, c: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
         self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
+        self.rss[name] = driver_memory()  # before the release: what the stage itself held
         release_memory()
 
     def _map(self, fn, tasks: list, window: int | None = None, on_done=None) -> tuple[list, dict[int, str]]:
@@ -369,12 +376,16 @@ class _Build:
         rest, errors = self._map(scan_task, tasks[len(early):])
         self._fatal("scan", errors)
         counts = [early[i] for i in range(len(early))] + rest
+        early.clear()
+        del rest
         self.scan_files = [tk["path"] for tk, ct in zip(tasks, counts) if ct.num_rows]
-        ids = Identities.from_counts(counts)
-        self.ids = ids
+        notes = scan_notes(counts)  # what the scan skipped without a row: in the units' tasks
+        ids = Identities.from_counts(counts)  # empties counts
+        # what later stages need of the identity table: the names (sorted) and the key width;
+        # the counts stay in this stage
+        self.names, self.key_width, self.n_ids = ids.names, ids.key_width, len(ids)
         n_rows = int(ids.n_rows.sum())
         self.log.line(f"[scan] {n_rows:,} images, {len(ids):,} identities in {self.src.describe()} ({len(us)} unit(s))")
-        notes = scan_notes(counts)  # what the scan skipped without a row: in the units' tasks
         for note, count in self.src.notes.items():  # and while listing the units, here
             notes[note] = notes.get(note, 0) + count
         for note, count in sorted(notes.items()):
@@ -383,31 +394,21 @@ class _Build:
             raise InputError(f"no image found in {self.src.describe()}: nothing to build")
         # identity filters that need no pixels (vectorized over the identity table)
         n = len(ids)
-        pre = np.full(n, None, dtype=object)
-
-        def mark(arr, mask, why):
-            m = mask & np.array([r is None for r in arr], bool)
-            arr[m] = why if isinstance(why, str) else why[m]
-
+        pre = Reasons(n)
         names = ids.names
         if cfg.include:
-            mark(pre, ~_isin(names, F.read_names(cfg.include)), "not in include list")
+            pre.mark(~_isin(names, F.read_names(cfg.include)), "not in include list")
         if cfg.exclude:
-            mark(pre, _isin(names, F.read_names(cfg.exclude)), "in exclude list")
+            pre.mark(_isin(names, F.read_names(cfg.exclude)), "in exclude list")
         for e, s in eval_sets.items():
-            mark(pre, _isin(names, s), f"evaluation identity ({e})")
+            pre.mark(_isin(names, s), f"evaluation identity ({e})")
         usable = ids.n_usable
         if cfg.min_images > 1:
-            few = (usable > 0) & (usable < cfg.min_images)
-            why = np.full(n, None, dtype=object)
-            for i in np.flatnonzero(few):  # strings for the identities concerned only
-                why[i] = f"identity has fewer than min_images ({usable[i]} < {cfg.min_images})"
-            mark(pre, few, why)
-        alive = np.array([r is None for r in pre], bool) & (usable > 0)
-        post = np.full(n, None, dtype=object)
-        if cfg.max_identities and alive.sum() > cfg.max_identities:
-            beyond = alive & (np.cumsum(alive) > cfg.max_identities)
-            post[beyond] = f"beyond max_identities ({cfg.max_identities})"
+            pre.mark((usable > 0) & (usable < cfg.min_images),
+                     (usable, lambda v: f"identity has fewer than min_images ({v} < {cfg.min_images})"))
+        post = Reasons(n)
+        if cfg.max_identities:
+            post.mark_beyond(pre.free & (usable > 0), cfg.max_identities, f"beyond max_identities ({cfg.max_identities})")
         self.reason_pre, self.reason_post = pre, post
         self.parts = ids.partitions()
         self._stage("scan", t, c)
@@ -417,19 +418,25 @@ class _Build:
     def _prepare(self) -> None:
         cfg = self.cfg
         t, c = time.perf_counter(), time.process_time()
-        names = self.ids.names
+        names = self.names
         tasks = []
         for p, (lo, hi) in enumerate(self.parts):
             tasks.append({
                 "index": p, "lo": lo, "hi": hi, "names": pa.concat_arrays([names[lo:hi]]),
-                "reason_pre": self.reason_pre[lo:hi], "reason_post": self.reason_post[lo:hi],
-                "scan_files": self.scan_files, "key_width": self.ids.key_width, "max_images": cfg.max_images,
+                "reason_pre": self.reason_pre.part(lo, hi), "reason_post": self.reason_post.part(lo, hi),
+                "scan_files": self.scan_files, "key_width": self.key_width, "max_images": cfg.max_images,
                 "seed": cfg.seed, "labels": str(Path(cfg.labels).resolve()) if cfg.labels else None,
                 "chunk_size": cfg.chunk_size, "path": str(part_path(self.work, "part", p)),
             })
         res, errors = self._map(prepare_task, tasks)
         self._fatal("prepare", errors)
         self.pending_chunks = [r["pending_per_chunk"] for r in res]
+        # in the partitions now; the names wait on disk for classes.tsv
+        del self.reason_pre, self.reason_post
+        self.names_file = self.work / NAMES_FILE
+        with replacing(self.names_file) as tmp:
+            pq.write_table(pa.table({"identity": self.names}), tmp, row_group_size=16_384)
+        del self.names
         self._stage("prepare", t, c)
 
     def _landmarks(self) -> None:
@@ -517,22 +524,21 @@ class _Build:
                  for p, (lo, hi) in enumerate(self.parts)]
         res, errors = self._map(join_task, tasks)
         self._fatal("join", errors)
-        n = len(self.ids)
+        n = self.n_ids
         usable = np.zeros(n, np.int64)
         for (lo, hi), r in zip(self.parts, res):
-            usable[lo:hi] = r["usable"]
+            usable[lo:hi] = r.pop("usable")
         # identity filters after failures and duplicates
-        late = np.full(n, None, dtype=object)
+        late = Reasons(n)
         if cfg.min_images > 1:
-            few = (usable > 0) & (usable < cfg.min_images)
-            for i in np.flatnonzero(few):
-                late[i] = f"identity has fewer than min_images ({usable[i]} < {cfg.min_images} after failures)"
+            late.mark((usable > 0) & (usable < cfg.min_images),
+                      (usable, lambda v: f"identity has fewer than min_images ({v} < {cfg.min_images} after failures)"))
         if cfg.min_masked > 0:
             got = np.floor(cfg.ratio * usable + 1e-9).astype(np.int64)
-            low = (usable > 0) & (got < cfg.min_masked) & np.array([r is None for r in late], bool)
-            for i in np.flatnonzero(low):
-                late[i] = f"identity keeps fewer than min_masked masked images ({got[i]} < {cfg.min_masked})"
-        alive = np.array([r is None for r in late], bool) & (usable > 0)
+            late.mark((usable > 0) & (got < cfg.min_masked),
+                      (got, lambda v: f"identity keeps fewer than min_masked masked images ({v} < {cfg.min_masked})"))
+            del got
+        alive = late.free & (usable > 0)
         # cells: (group, identity) -> usable count, for the allocation
         cap = None
         if self.strat:
@@ -547,19 +553,25 @@ class _Build:
             cell_id = cells.column("_id").to_numpy().astype(np.int64)
             cell_n = cells.column("n").to_numpy().astype(np.int64)
             cell_g = groups
-        else:
-            cell_id = np.flatnonzero(alive)
+        else:  # one group: cells are the living identities, in identity order
+            cell_id = np.flatnonzero(alive).astype(np.int32 if n < 2**31 else np.int64)
             cell_n = usable[cell_id]
-            cell_group = np.zeros(len(cell_id), np.int64)
+            cell_group = np.zeros(len(cell_id), np.int8)
             cell_g = None
-        order = np.lexsort((cell_id, cell_group))
-        cell_id, cell_n, cell_group = cell_id[order], cell_n[order], cell_group[order]
-        if cell_g is not None:
+        del usable, alive
+        if cell_g is not None:  # unstratified cells are in identity order already
+            order = np.lexsort((cell_id, cell_group))
+            cell_id, cell_n, cell_group = cell_id[order], cell_n[order], cell_group[order]
             cell_g = [cell_g[i] for i in order]
+            del order
         m = P.allocate_cells(cell_group, cell_n, cfg.ratio, cfg.seed)
+        del cell_group
         n_plan = np.bincount(cell_id, weights=cell_n, minlength=n).astype(np.int64)
         kept = n_plan > 0
-        self.labels = np.where(kept, np.cumsum(kept) - 1, -1).astype(np.int64)
+        labels = np.cumsum(kept, dtype=np.int32 if n < 2**31 else np.int64)
+        labels -= 1
+        labels[~kept] = -1
+        self.labels = labels  # the class id of each identity (-1: none)
         self.kept = kept
         self.n_plan = n_plan
         self.reason_late = late
@@ -592,7 +604,7 @@ class _Build:
         def task(p: int, per_shard: int, estimate: int = 0) -> dict:
             lo, hi = self.parts[p]
             return {"index": p, "lo": lo, "hi": hi, "part": str(part_path(self.work, "joined", p)),
-                    "path": str(part_path(self.work, "plan", p)), "reason_late": self.reason_late[lo:hi],
+                    "path": str(part_path(self.work, "plan", p)), "reason_late": self.reason_late.part(lo, hi),
                     "cap": self.cap, "cell_m": self.cell_m[p], "labels": self.labels[lo:hi],
                     "rank_base": int(base[lo]) if lo < len(base) else 0, "n_total": self.n_total,
                     "per_shard": per_shard, "seed": cfg.seed, "shuffle": cfg.shuffle, "mix": self.mix,
@@ -636,6 +648,7 @@ class _Build:
         )
         write_yaml(cfg, self.out / "build.yaml")
         _remove_stale(self.owned, set(self.shard_names))
+        del self.labels, self.cell_m, self.reason_late, self.n_plan, res  # in the plan parts now
         self._stage("plan", t, c)
 
     def _execute(self) -> dict[int, dict]:
@@ -760,7 +773,7 @@ class _Build:
         if cfg.record_root:
             info["source_root"] = str(Path(self.src.root))
         write_file(self.out / "dataset.json", (json.dumps(info, indent=1, ensure_ascii=False) + "\n").encode())
-        write_file(self.out / "classes.tsv", classes_tsv(self.ids.names, self.kept))
+        write_classes_tsv(self.out / "classes.tsv", self.names_file, self.kept)
         self._stage("merge", t, c)
         if cfg.report:
             t_rep = time.perf_counter()
@@ -770,6 +783,7 @@ class _Build:
         self.timings["total"] = secs
         timings = {k: round(v, 3) for k, v in self.timings.items()}
         timings["driver_cpu"] = {k: round(v, 3) for k, v in self.cpu.items()}
+        timings["driver_memory_mib"] = self.rss  # at each stage end: RSS now and the peak so far
         write_file(self.out / "timings.json", (json.dumps(timings, indent=1) + "\n").encode())
         log.line("[timings] " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if not isinstance(v, dict)))
         log.line(

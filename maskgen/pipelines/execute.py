@@ -181,6 +181,11 @@ def process_sample(row: dict, ctx: dict) -> tuple[dict[str, bytes], dict]:
     return members, result
 
 
+def _build_attributes(img: np.ndarray, lm: np.ndarray | None) -> dict:
+    """The attributes a sample records (``ATTRIBUTE_KEYS``): no uncorrected ITA."""
+    return face_attributes(img, lm, raw=False)
+
+
 def read_shard_rows(plan_files: list[str], index: int) -> pa.Table:
     """A shard's rows from the plan parts (sorted by shard: row-group statistics prune)."""
     t = pads.dataset(plan_files, format="parquet").to_table(filter=pc.field("_shard") == index)
@@ -196,7 +201,7 @@ def run_shard(task: dict) -> dict:
     out = Path(task["out"])
     shard = task["shard"]
     rows_t = read_shard_rows(task["plan_files"], task["index"])
-    ctx = {"opts": task["opts"], "src": task["src"], "face_attributes": face_attributes,
+    ctx = {"opts": task["opts"], "src": task["src"], "face_attributes": _build_attributes,
            "label_columns": task["label_columns"]}
     members: list[tuple[str, bytes]] = []
     n = rows_t.num_rows

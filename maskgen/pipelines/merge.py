@@ -74,14 +74,38 @@ def _escape(name: str) -> str:
     return out
 
 
-def classes_tsv(names: pa.Array, kept: np.ndarray) -> bytes:
+def classes_tsv(names_file: Path, kept: np.ndarray):
     """``label<TAB>identity`` per line for the labelled identities (names escaped, see
-    :func:`_escape`), streamed over the identity table in slices."""
-    idx = np.flatnonzero(kept)
-    blocks = []  # encoded slice by slice: the Python strings of one slice at a time
-    step = 65_536
-    for a in range(0, len(idx), step):
-        sel = idx[a : a + step]
-        lines = [f"{j}\t{_escape(n)}\n" for j, n in zip(range(a, a + len(sel)), names.take(pa.array(sel)).to_pylist())]
-        blocks.append("".join(lines).encode("utf-8", "surrogateescape"))
-    return b"".join(blocks)
+    :func:`_escape`), as encoded blocks: the identity names are read from ``names_file``
+    (one ``identity`` column, sorted, as the build writes it) a row group at a time, so only
+    one block's Python strings exist at once (:func:`write_classes_tsv` writes them as they come)."""
+    label = 0
+    start = 0
+    for batch in pq.ParquetFile(names_file).iter_batches(batch_size=16_384, columns=["identity"]):
+        k = kept[start : start + batch.num_rows]
+        start += batch.num_rows
+        sel = np.flatnonzero(k)
+        if not len(sel):
+            continue
+        names = batch.column(0).take(pa.array(sel)).to_pylist()
+        yield "".join(f"{label + j}\t{_escape(n)}\n" for j, n in enumerate(names)).encode("utf-8", "surrogateescape")
+        label += len(sel)
+    if start != len(kept):
+        raise ValueError(f"{names_file} holds {start} names for {len(kept)} identities")
+
+
+def write_classes_tsv(path: Path, names_file: Path, kept: np.ndarray) -> None:
+    """``classes.tsv`` written block by block under a temp name, flushed, then renamed (whole
+    or not at all; a failed write is one :class:`~maskgen.errors.OutputError` line)."""
+    from maskgen.errors import MaskgenError
+    from maskgen.fsio import atomic_open
+    from maskgen.outputs import write_error
+
+    try:
+        with atomic_open(path, "wb", fsync=True) as f:
+            for block in classes_tsv(names_file, kept):
+                f.write(block)
+    except OSError as exc:
+        if isinstance(exc, MaskgenError):
+            raise
+        raise write_error(path, exc) from exc

@@ -35,6 +35,7 @@ from maskgen.datasets.manifest import STATUS_DROPPED, STATUS_FAILED, STATUS_PEND
 from maskgen.datasets.sources import DROPPED_REASONS
 from maskgen.outputs import replacing
 from maskgen.pipelines import plan as P
+from maskgen.pipelines.scan import expand_reasons
 
 PLAN_ROW_GROUP = 4096
 SPEC_COLUMNS = (("mask_type", "type"), ("mask_color", "color"), ("mask_texture", "texture"), ("wear", "wear"))
@@ -95,7 +96,7 @@ def prepare_task(task: dict) -> dict:
     dropped = np.array([d in DROPPED_REASONS for d in drop], bool)  # not inputs: hidden, above the identity level, ...
     _mark(status, reason, has_drop & dropped, STATUS_DROPPED, drop)
     _mark(status, reason, has_drop, STATUS_FAILED, drop)
-    pre = np.asarray(task["reason_pre"], dtype=object)[ident_local] if n else np.zeros(0, object)
+    pre = expand_reasons(task["reason_pre"])[ident_local] if n else np.zeros(0, object)
     _mark(status, reason, np.array([r is not None for r in pre], bool), STATUS_DROPPED, pre)
     mx = task["max_images"]
     if mx:
@@ -107,7 +108,7 @@ def prepare_task(task: dict) -> dict:
                 rng = np.random.default_rng([task["seed"], stable_hash(ident)])
                 over[rng.permutation(idx)[mx:]] = True
         _mark(status, reason, over, STATUS_DROPPED, f"over max_images ({mx}) for identity")
-    post = np.asarray(task["reason_post"], dtype=object)[ident_local] if n else np.zeros(0, object)
+    post = expand_reasons(task["reason_post"])[ident_local] if n else np.zeros(0, object)
     _mark(status, reason, np.array([r is not None for r in post], bool), STATUS_DROPPED, post)
     t = t.drop_columns(["_drop"])
     t = t.add_column(0, "key", pa.array(keys, pa.string()))
@@ -210,7 +211,7 @@ def plan_task(task: dict) -> dict:
     local = ids - lo
     status = np.asarray(t.column("status").to_pylist(), dtype=object)
     reason = np.asarray(t.column("reason").to_pylist(), dtype=object)
-    late = np.asarray(task["reason_late"], dtype=object)[local] if n else np.zeros(0, object)
+    late = expand_reasons(task["reason_late"])[local] if n else np.zeros(0, object)
     _mark(status, reason, np.array([r is not None for r in late], bool), STATUS_DROPPED, late)
     keys = t.column("key").to_pylist()
     groups = _group_strings(t, task["stratify"])

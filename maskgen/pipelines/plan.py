@@ -45,7 +45,9 @@ def allocate_cells(cell_group: np.ndarray, cell_size: np.ndarray, ratio: float, 
     their sort rank ``cell_group`` (int, ascending = the order groups are served), identities
     in key order inside a group. Exact overall; floor/ceil of its share per group, and per
     identity inside its group."""
-    cell_group = np.asarray(cell_group, dtype=np.int64)
+    cell_group = np.asarray(cell_group)
+    if cell_group.dtype.kind not in "iu":  # any integer type (one group: a byte per cell)
+        cell_group = cell_group.astype(np.int64)
     cell_size = np.asarray(cell_size, dtype=np.int64)
     out = np.zeros(len(cell_size), dtype=np.int64)
     n = int(cell_size.sum())
@@ -55,16 +57,21 @@ def allocate_cells(cell_group: np.ndarray, cell_size: np.ndarray, ratio: float, 
         return cell_size.copy()
     total = masked_count(n, ratio)
     rng = tie_rng(seed)  # one stream for tie-breaking, shared with the audit's target
-    order = np.argsort(cell_group, kind="stable")
-    g_sorted = cell_group[order]
+    # cells in group order already (the build gives them so): slices, no index arrays
+    # (the stable sort of a sorted array is the identity; same result, less memory)
+    in_order = bool(np.all(cell_group[1:] >= cell_group[:-1]))
+    order = None if in_order else np.argsort(cell_group, kind="stable")
+    g_sorted = cell_group if in_order else cell_group[order]
     starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
-    ends = np.r_[starts[1:], len(order)]
-    gsizes = np.add.reduceat(cell_size[order], starts).astype(np.float64) if len(order) else np.zeros(0)
+    ends = np.r_[starts[1:], len(g_sorted)]
+    sizes_sorted = cell_size if in_order else cell_size[order]
+    gsizes = np.add.reduceat(sizes_sorted, starts).astype(np.float64) if len(g_sorted) else np.zeros(0)
+    del g_sorted, sizes_sorted
     gtotals = largest_remainder(gsizes * total / n, total, rng)
     for a, b, size, m_g in zip(starts, ends, gsizes, gtotals):
         if m_g == 0:
             continue
-        idx = order[a:b]
+        idx = slice(a, b) if in_order else order[a:b]
         out[idx] = largest_remainder(cell_size[idx] * (m_g / size), int(m_g), rng)
     return out
 

@@ -21,6 +21,24 @@ def one_thread() -> None:
         cv2.setNumThreads(1)
 
 
+def driver_memory() -> dict[str, float]:
+    """This process's resident memory now and its peak so far, in MiB (Linux: from
+    ``/proc/self/status``; elsewhere the peak only, from ``getrusage``)."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out["rss" if line.startswith("VmRSS") else "peak"] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        out["peak"] = round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
+    return out
+
+
 def release_memory() -> None:
     """Hand freed memory back to the system at the end of a driver stage: Arrow's pool keeps
     freed buffers, and glibc keeps freed heap pages (the Python objects of a stage's task

@@ -73,8 +73,8 @@ def scan_task(task: dict) -> pa.Table:
     usable = pc.is_null(table.column("_drop")).cast(pa.int64())
     counts = pa.table({"identity": table.column("identity"), "n": pa.array(np.ones(table.num_rows, np.int64)),
                        "n_usable": usable})
-    return _with_notes(counts.group_by("identity").aggregate([("n", "sum"), ("n_usable", "sum")]).rename_columns(
-        ["identity", "n", "n_usable"]), src)
+    counts = counts.group_by("identity", use_threads=False).aggregate([("n", "sum"), ("n_usable", "sum")])
+    return _with_notes(counts.rename_columns(["identity", "n", "n_usable"]).sort_by("identity"), src)
 
 
 def _with_notes(counts: pa.Table, src) -> pa.Table:
@@ -104,16 +104,50 @@ class Identities:
 
     @classmethod
     def from_counts(cls, counts: list[pa.Table]) -> Identities:
-        t = pa.concat_tables(counts) if counts else pa.table({"identity": pa.array([], pa.string()),
-                                                               "n": pa.array([], pa.int64()),
-                                                               "n_usable": pa.array([], pa.int64())})
-        t = t.group_by("identity").aggregate([("n", "sum"), ("n_usable", "sum")])
-        t = t.sort_by("identity")
-        return cls(t.column("identity").combine_chunks(), t.column("n_sum").to_numpy().astype(np.int64),
-                   t.column("n_usable_sum").to_numpy().astype(np.int64))
+        """The identity table of the units' counts (each sorted by identity, as
+        :func:`scan_task` returns them). Units that hold consecutive identity ranges (byte
+        ranges of a ``.rec``, folder subtrees) concatenate into sorted order: then no sort
+        runs, and only the names that two units share are summed. The transient memory is
+        a few bytes per identity, never a hash table of every name. A list of counts is
+        emptied as it is read (the caller's last reference to the tables)."""
+        tables = [c for c in counts if c.num_rows]
+        if isinstance(counts, list):
+            counts.clear()  # consumed: the units' tables go once their columns are copied
+        if not tables:
+            return cls(pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        runs = _consecutive_runs(tables)
+        if runs is not None:  # sorted, names unique: one copy of the names, no sort, no merge
+            del tables
+            names = pa.chunked_array([r[0] for r in runs], pa.string()).combine_chunks()
+            n = np.concatenate([r[1] for r in runs])
+            usable = np.concatenate([r[2] for r in runs])
+            return cls(names, n, usable)
+        names = pa.chunked_array([c.column("identity") for c in tables], pa.string()).combine_chunks()
+        n = np.concatenate([c.column("n").to_numpy() for c in tables]).astype(np.int64, copy=False)
+        usable = np.concatenate([c.column("n_usable").to_numpy() for c in tables]).astype(np.int64, copy=False)
+        del tables
+        if len(names) > 1 and not pc.all(pc.less_equal(names[:-1], names[1:])).as_py():
+            order = pc.sort_indices(names)
+            names = names.take(order)
+            order = order.to_numpy()
+            n, usable = n[order], usable[order]
+            del order
+        if len(names) > 1:
+            same = pc.equal(names[1:], names[:-1]).to_numpy(zero_copy_only=False)
+            if same.any():  # a name in two units: one row, counts summed
+                starts = np.flatnonzero(np.r_[True, ~same])
+                names = names.take(pa.array(starts))
+                n, usable = np.add.reduceat(n, starts), np.add.reduceat(usable, starts)
+        return cls(names, n, usable)
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def partition_starts(self, rows: int) -> np.ndarray:
+        before = np.cumsum(self.n_rows)  # rows before each identity, computed in place
+        before -= self.n_rows
+        before //= max(1, rows)
+        return np.flatnonzero(np.r_[True, before[1:] != before[:-1]])
 
     @property
     def key_width(self) -> int:
@@ -126,11 +160,88 @@ class Identities:
         n = len(self)
         if n == 0:
             return []
-        before = np.cumsum(self.n_rows) - self.n_rows
-        part = before // max(1, rows)
-        starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
+        starts = self.partition_starts(rows)
         ends = np.r_[starts[1:], n]
         return [(int(a), int(b)) for a, b in zip(starts, ends)]
+
+
+def _consecutive_runs(tables: list[pa.Table]) -> list[tuple[pa.Array, np.ndarray, np.ndarray]] | None:
+    """``(names, n, n_usable)`` per unit when every unit's names are strictly increasing and
+    each unit starts at or after the previous one's last name, with a name that spans a unit
+    boundary folded into the earlier unit (names slices are zero-copy); None otherwise."""
+    runs: list[tuple[pa.Array, np.ndarray, np.ndarray]] = []
+    last: str | None = None
+    for t in tables:
+        names = t.column("identity").combine_chunks()
+        if len(names) > 1 and not pc.all(pc.less(names[:-1], names[1:])).as_py():
+            return None
+        n = t.column("n").to_numpy().astype(np.int64)
+        usable = t.column("n_usable").to_numpy().astype(np.int64)
+        first = names[0].as_py()
+        if last is not None and first < last:
+            return None
+        if last is not None and first == last:  # the same identity at the end of the previous unit
+            prev = runs[-1]
+            prev[1][-1] += n[0]
+            prev[2][-1] += usable[0]
+            names, n, usable = names[1:], n[1:], usable[1:]
+            if not len(names):
+                continue
+        runs.append((names, n, usable))
+        last = names[len(names) - 1].as_py()
+    return runs
+
+
+class Reasons:
+    """Why each identity is left out (or None), as a code per identity into a table of the
+    distinct texts: 4 bytes per identity, where an object array costs 8 and every test on it
+    a Python loop. ``part(lo, hi)`` is what a partition's task gets; :func:`expand_reasons`
+    turns it back into texts there."""
+
+    def __init__(self, n: int) -> None:
+        self.codes = np.zeros(n, np.int32)
+        self.texts: list[str | None] = [None]
+        self._index: dict[str, int] = {}
+
+    def code(self, text: str) -> int:
+        c = self._index.get(text)
+        if c is None:
+            c = self._index[text] = len(self.texts)
+            self.texts.append(text)
+        return c
+
+    @property
+    def free(self) -> np.ndarray:
+        """Identities without a reason (bool)."""
+        return self.codes == 0
+
+    def mark(self, mask: np.ndarray, why) -> None:
+        """Give the identities of ``mask`` that have no reason yet the reason ``why``: a text,
+        or ``(values, fmt)``: ``fmt(v)`` for each identity's value ``v`` (one text per
+        distinct value)."""
+        m = np.asarray(mask, bool) & (self.codes == 0)
+        if not m.any():
+            return
+        if isinstance(why, str):
+            self.codes[m] = self.code(why)
+            return
+        values, fmt = why
+        idx = np.flatnonzero(m)
+        vals = np.asarray(values)[idx]
+        for v in np.unique(vals):
+            self.codes[idx[vals == v]] = self.code(fmt(v.item()))
+
+    def mark_beyond(self, alive: np.ndarray, limit: int, why: str) -> None:
+        """The ``alive`` identities after the first ``limit`` get ``why``."""
+        self.mark(alive & (np.cumsum(alive) > limit), why)
+
+    def part(self, lo: int, hi: int) -> dict:
+        return {"codes": self.codes[lo:hi], "texts": list(self.texts)}
+
+
+def expand_reasons(part) -> np.ndarray:
+    """The texts (object array, None for none) of a :meth:`Reasons.part`."""
+    return np.asarray(part["texts"], dtype=object)[np.asarray(part["codes"], np.intp)]
 
 
 def scan_files(work: Path, n_units: int) -> list[str]:
