@@ -56,14 +56,25 @@ def largest_remainder(quotas: Sequence[float] | np.ndarray, total: int,
     if left < 0 or left > len(quotas):
         raise ValueError("quotas do not sum to the total")
     if left:
-        key = quotas - base  # the remainders, rounded and negated in place: largest first
+        key = quotas - base  # the remainders, rounded: the largest get one more
         np.round(key, 9, out=key)
-        np.negative(key, out=key)
         prio = rng.random(len(quotas)) if rng is not None else np.arange(len(quotas), dtype=np.float64)
-        order = np.lexsort((prio, key))
-        del key, prio
-        base[order[:left]] += 1
+        base[_largest(key, prio, left)] += 1
     return base
+
+
+def _largest(key: np.ndarray, prio: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest ``key`` values, equal keys by the smaller ``prio``, then
+    the lower index: the first ``k`` of ``np.lexsort((prio, -key))``, without sorting all of
+    them (a partition finds the k-th largest key; only the ties at it are sorted)."""
+    n = len(key)
+    if k >= n:
+        return np.arange(n)
+    kth = np.partition(key, n - k)[n - k]
+    above = np.flatnonzero(key > kth)
+    tied = np.flatnonzero(key == kth)
+    pick = tied[np.argsort(prio[tied], kind="stable")[: k - len(above)]]
+    return np.concatenate([above, pick])
 
 
 def allocate(counts: Sequence[int], ratio: float, rng: np.random.Generator | None = None) -> np.ndarray:

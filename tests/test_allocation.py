@@ -135,3 +135,20 @@ def test_masked_count_is_exact_at_web_scale() -> None:
     for n in (0, 1, 5, 7, 45, 1000, 13_233):
         for r in (0.0, 0.1, 0.25, 0.5, 0.7, 1.0):
             assert masked_count(n, r) == int(Fraction(str(r)) * n + Fraction(1, 2))
+
+
+def test_largest_remainders_are_the_lexsort_first_k() -> None:
+    """The partition-based pick is the first k of a stable lexsort by (remainder desc,
+    priority asc, index): ties in the remainder and in the priority included."""
+    from maskgen.allocation import _largest
+
+    rng = np.random.default_rng(0)
+    for t in range(600):
+        n = int(rng.integers(1, 300))
+        key = [np.round(rng.random(n), 9), rng.integers(0, 4, n) / 4.0, np.zeros(n)][t % 3]
+        prio = rng.random(n) if t % 2 else np.arange(n, dtype=np.float64)
+        if t % 5 == 0:
+            prio = np.round(prio, 1)
+        k = int(rng.integers(1, n + 1))
+        got = _largest(key, prio, k)
+        assert len(got) == k and set(got.tolist()) == set(np.lexsort((prio, -key))[:k].tolist())

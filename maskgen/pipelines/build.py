@@ -40,7 +40,7 @@ from maskgen.pipelines import plan as P
 from maskgen.pipelines.config import BUILD, BuildConfig, signature, write_yaml
 from maskgen.pipelines.execute import run_shard, shard_done, verify_task
 from maskgen.masks.mix import MaskMix
-from maskgen.pipelines.merge import manifest_task, write_classes_tsv
+from maskgen.pipelines.merge import manifest_task, write_classes_tsv, write_names
 from maskgen.pipelines.parts import join_task, part_path, plan_task, prepare_task
 from maskgen.pipelines.progress import BuildProgress
 from maskgen.pipelines.runner import driver_memory, error_line, release_memory, run_window
@@ -104,7 +104,7 @@ build.__signature__ = signature()  # type: ignore[attr-defined]
 # keyed by file identity and detector, so it is never stale).
 TOP_OUTPUTS = ("manifest.parquet", "dataset.json", "build.yaml", "classes.tsv", "timings.json")
 WORK_STAGES = ("scan", "part", "joined", "plan")
-NAMES_FILE = "identities.parquet"  # work/: the sorted identity names, from prepare to merge
+NAMES_FILE = "identities.arrow"  # work/: the sorted identity names, from prepare to merge
 _SHARD_RE = re.compile(r"[^/.]+-\d{6}\.tar")
 _PART_RE = re.compile(r"(u|p)-\d{5}\.parquet")
 
@@ -435,7 +435,7 @@ class _Build:
         del self.reason_pre, self.reason_post
         self.names_file = self.work / NAMES_FILE
         with replacing(self.names_file) as tmp:
-            pq.write_table(pa.table({"identity": self.names}), tmp, row_group_size=16_384)
+            write_names(tmp, self.names)
         del self.names
         self._stage("prepare", t, c)
 
@@ -566,7 +566,11 @@ class _Build:
             del order
         m = P.allocate_cells(cell_group, cell_n, cfg.ratio, cfg.seed)
         del cell_group
-        n_plan = np.bincount(cell_id, weights=cell_n, minlength=n).astype(np.int64)
+        if cell_g is None:  # one cell per identity: its count is the identity's
+            n_plan = np.zeros(n, np.int64)
+            n_plan[cell_id] = cell_n
+        else:
+            n_plan = np.bincount(cell_id, weights=cell_n, minlength=n).astype(np.int64)
         kept = n_plan > 0
         labels = np.cumsum(kept, dtype=np.int32 if n < 2**31 else np.int64)
         labels -= 1

@@ -49,10 +49,9 @@ def allocate_cells(cell_group: np.ndarray, cell_size: np.ndarray, ratio: float, 
     if cell_group.dtype.kind not in "iu":  # any integer type (one group: a byte per cell)
         cell_group = cell_group.astype(np.int64)
     cell_size = np.asarray(cell_size, dtype=np.int64)
-    out = np.zeros(len(cell_size), dtype=np.int64)
     n = int(cell_size.sum())
     if n == 0 or ratio <= 0:
-        return out
+        return np.zeros(len(cell_size), dtype=np.int64)
     if ratio >= 1:
         return cell_size.copy()
     total = masked_count(n, ratio)
@@ -68,12 +67,18 @@ def allocate_cells(cell_group: np.ndarray, cell_size: np.ndarray, ratio: float, 
     gsizes = np.add.reduceat(sizes_sorted, starts).astype(np.float64) if len(g_sorted) else np.zeros(0)
     del g_sorted, sizes_sorted
     gtotals = largest_remainder(gsizes * total / n, total, rng)
+    out = None
     for a, b, size, m_g in zip(starts, ends, gsizes, gtotals):
         if m_g == 0:
             continue
         idx = slice(a, b) if in_order else order[a:b]
-        out[idx] = largest_remainder(cell_size[idx] * (m_g / size), int(m_g), rng)
-    return out
+        counts = largest_remainder(cell_size[idx] * (m_g / size), int(m_g), rng)
+        if in_order and a == 0 and b == len(cell_size):
+            return counts  # one group holds every cell: its counts are the result
+        if out is None:
+            out = np.zeros(len(cell_size), dtype=np.int64)
+        out[idx] = counts
+    return out if out is not None else np.zeros(len(cell_size), dtype=np.int64)
 
 
 def pick_in_cell(seed: int, first_key: str, size: int, m: int) -> np.ndarray:
