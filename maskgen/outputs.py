@@ -290,12 +290,18 @@ def replacing(path: str | os.PathLike, hint: str = "rerun to resume") -> Iterato
         raise write_error(path, exc, hint) from exc
 
 
-def write_file(path: str | os.PathLike, data: bytes, hint: str = "rerun to resume") -> Path:
-    """Write ``data`` to ``path`` whole or not at all, flushed to disk
-    (:func:`maskgen.fsio.write_atomic`); a failed write removes its temp file and becomes one
-    :class:`~maskgen.errors.OutputError` line naming ``path`` (``cannot write PATH: REASON``)."""
+def write_file(path: str | os.PathLike, data: bytes | Iterable[bytes], hint: str = "rerun to resume") -> Path:
+    """Write ``data`` (bytes, or blocks of bytes written as they come) to ``path`` whole or
+    not at all, flushed to disk (:func:`maskgen.fsio.write_atomic`); a failed write removes its
+    temp file and becomes one :class:`~maskgen.errors.OutputError` line naming ``path``
+    (``cannot write PATH: REASON``)."""
     try:
-        return write_atomic(path, data)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return write_atomic(path, data)
+        with atomic_open(path, "wb", fsync=True) as f:
+            for block in data:
+                f.write(block)
+        return Path(path)
     except OSError as exc:
         if isinstance(exc, MaskgenError):
             raise

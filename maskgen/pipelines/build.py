@@ -40,7 +40,7 @@ from maskgen.pipelines import plan as P
 from maskgen.pipelines.config import BUILD, BuildConfig, signature, write_yaml
 from maskgen.pipelines.execute import run_shard, shard_done, verify_task
 from maskgen.masks.mix import MaskMix
-from maskgen.pipelines.merge import manifest_task, write_classes_tsv, write_names
+from maskgen.pipelines.merge import classes_tsv, manifest_task, write_names
 from maskgen.pipelines.parts import join_task, part_path, plan_task, prepare_task
 from maskgen.pipelines.progress import BuildProgress
 from maskgen.pipelines.runner import driver_memory, error_line, release_memory, run_window
@@ -777,7 +777,7 @@ class _Build:
         if cfg.record_root:
             info["source_root"] = str(Path(self.src.root))
         write_file(self.out / "dataset.json", (json.dumps(info, indent=1, ensure_ascii=False) + "\n").encode())
-        write_classes_tsv(self.out / "classes.tsv", self.names_file, self.kept)
+        write_file(self.out / "classes.tsv", classes_tsv(self.names_file, self.kept))  # block by block
         self._stage("merge", t, c)
         if cfg.report:
             t_rep = time.perf_counter()

@@ -89,7 +89,7 @@ def classes_tsv(names_file: Path, kept: np.ndarray):
     """``label<TAB>identity`` per line for the labelled identities (names escaped, see
     :func:`_escape`), as encoded blocks: the identity names are read from ``names_file``
     (:func:`write_names`) a batch at a time, so only one block's Python strings exist at once
-    (:func:`write_classes_tsv` writes them as they come)."""
+    (:func:`maskgen.outputs.write_file` writes them as they come)."""
     label = 0
     start = 0
     with pa.OSFile(str(names_file)) as f:
@@ -106,20 +106,3 @@ def classes_tsv(names_file: Path, kept: np.ndarray):
             label += len(sel)
     if start != len(kept):
         raise ValueError(f"{names_file} holds {start} names for {len(kept)} identities")
-
-
-def write_classes_tsv(path: Path, names_file: Path, kept: np.ndarray) -> None:
-    """``classes.tsv`` written block by block under a temp name, flushed, then renamed (whole
-    or not at all; a failed write is one :class:`~maskgen.errors.OutputError` line)."""
-    from maskgen.errors import MaskgenError
-    from maskgen.fsio import atomic_open
-    from maskgen.outputs import write_error
-
-    try:
-        with atomic_open(path, "wb", fsync=True) as f:
-            for block in classes_tsv(names_file, kept):
-                f.write(block)
-    except OSError as exc:
-        if isinstance(exc, MaskgenError):
-            raise
-        raise write_error(path, exc) from exc

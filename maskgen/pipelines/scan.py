@@ -144,6 +144,7 @@ class Identities:
         return len(self.names)
 
     def partition_starts(self, rows: int) -> np.ndarray:
+        """The first identity of each partition of about ``rows`` scanned rows."""
         before = np.cumsum(self.n_rows)  # rows before each identity, computed in place
         before -= self.n_rows
         before //= max(1, rows)
