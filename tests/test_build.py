@@ -585,3 +585,26 @@ def test_build_from_a_script_without_a_main_guard_runs_it_once(lfw_build: Path, 
     assert r.returncode == 0, r.stderr[-2000:]
     assert runs.read_text() == "ran\n"
     _assert_same_shards(out, lfw_build)
+
+
+def test_a_build_without_its_report_leaves_no_earlier_report(lfw_build: Path, tmp_path: Path) -> None:
+    """A report in a build folder always describes the samples there: a later build with
+    --no-report (resume or overwrite) removes the report an earlier build wrote, and nothing
+    of the user's (their own README.md, other files under report/)."""
+    kw = dict(ratio=0.1, max_identities=10, samples_per_shard=30, landmarks_from=str(lfw_build), quiet=True)
+    out = tmp_path / "o"
+    build("lfw", out, **kw)
+    assert (out / "DATA_CARD.md").is_file() and (out / "README.md").read_bytes() == (out / "DATA_CARD.md").read_bytes()
+    assert list((out / "report").glob("*.png"))
+    (out / "report" / "notes.txt").write_text("mine\n")
+    build("lfw", out, **{**kw, "ratio": 0.5, "report": False})  # resume mode, another plan
+    for name in ("DATA_CARD.md", "README.md", "report.html", "report.md", "stats.json"):
+        assert not (out / name).exists(), name
+    assert [p.name for p in (out / "report").iterdir()] == ["notes.txt"]
+    assert "earlier report was removed" in (out / "build.log").read_text()
+    build("lfw", out, **kw)  # the report again, then a README of the user's own
+    (out / "README.md").write_text("# my notes\n")
+    build("lfw", out, **{**kw, "report": False, "mode": "overwrite"})
+    assert not (out / "DATA_CARD.md").exists() and not (out / "stats.json").exists()
+    assert (out / "README.md").read_text() == "# my notes\n" and (out / "report" / "notes.txt").is_file()
+    assert (out / "manifest.parquet").is_file()

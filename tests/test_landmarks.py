@@ -570,3 +570,34 @@ def test_five_point_disagreement_is_small_for_a_good_fit(astronaut: np.ndarray) 
     assert five_point_disagreement(face.landmarks, pts) < 0.08
     shifted = face.landmarks + (pts[3] - pts[0]) * 0.5  # the fit slid by half the eye-mouth line
     assert five_point_disagreement(shifted, pts) > 0.3
+
+
+def test_frontal_detector_from_its_file_detects_as_dlibs_own(tmp_path, monkeypatch, astronaut: np.ndarray,
+                                                             lfw_dir: Path) -> None:
+    """The serialized HOG detector (written on first use, loaded by every later process) gives
+    dlib's compiled-in detector's boxes and scores; a file that does not match its digest is
+    not loaded but written again."""
+    import dlib
+
+    from maskgen.masks.landmarks import frontal_detector, frontal_detector_path
+
+    monkeypatch.setenv("MASKGEN_MODEL_DIR", str(tmp_path))
+    own = dlib.get_frontal_face_detector()
+    first = frontal_detector()  # builds it, writes the file
+    path = frontal_detector_path()
+    assert path.parent == tmp_path and path.is_file()
+    saved = frontal_detector()  # loaded from the file
+    grays = [cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)]
+    grays += [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in sorted(lfw_dir.glob("*/*.jpg"))[::400][:25]]
+    for g in grays:
+        for up in (0, 1):
+            a, b = own.run(g, up, 0.0), saved.run(g, up, 0.0)
+            assert [(r.left(), r.top(), r.right(), r.bottom()) for r in a[0]] == \
+                   [(r.left(), r.top(), r.right(), r.bottom()) for r in b[0]]
+            assert list(a[1]) == list(b[1]) and list(a[2]) == list(b[2])
+    assert len(own.run(grays[0], 0, 0.0)[0]) == len(first.run(grays[0], 0, 0.0)[0]) == 1
+    good = path.read_bytes()
+    path.write_bytes(good[:1000])  # damaged: its digest no longer matches
+    again = frontal_detector()
+    assert len(again.run(grays[0], 0, 0.0)[0]) == 1
+    assert path.read_bytes() == good  # written again

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from maskgen.audit.card import CardInput, render_card
 from maskgen.audit.figures import all_figures
+from maskgen.audit.files import CARD_README, FIGURE_DIR, OUTPUTS, is_card_copy
 from maskgen.audit.report import build_blocks, render_html, render_markdown
 from maskgen.audit.sources import AuditInput, join_labels, load_input, resolve_dataset
 from maskgen.audit.stats import FIT_THRESHOLD, compute_stats, public
@@ -24,9 +25,6 @@ from maskgen.audit.thumbnails import make_thumbnails
 from maskgen.errors import OptionError, OutputError
 from maskgen.outputs import claim
 
-FIGURE_DIR = "report"
-OUTPUTS = ("report.html", "report.md", "stats.json", "DATA_CARD.md")
-CARD_README = "README.md"  # the card again, in a build folder (its shards sit next to it)
 FOLDER_OUTPUTS = ("images.parquet", "images.csv")  # the per-image table of a folder audit
 
 
@@ -63,17 +61,6 @@ def _write(path: Path, data: bytes | str) -> None:
         write_atomic(path, data)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _is_card_copy(readme: Path, card: Path) -> bool:
-    """``readme`` may be (re)written as the card: it does not exist, or it holds exactly the
-    card maskgen wrote beside it last time."""
-    if not readme.exists() and not readme.is_symlink():
-        return True
-    try:
-        return readme.is_file() and not readme.is_symlink() and readme.read_bytes() == card.read_bytes()
-    except OSError:
-        return False
 
 
 def _mkdir(path: Path) -> None:
@@ -125,7 +112,7 @@ def write_outputs(stats: dict, out_dir: Path, *, title: str, inp: AuditInput | N
     card = render_card(ci)
     # README.md is the card's copy only where it is absent or still the card written last time:
     # a README.md of the user's own is never replaced
-    readme_ours = _is_card_copy(out_dir / CARD_README, out_dir / "DATA_CARD.md")
+    readme_ours = is_card_copy(out_dir / CARD_README, out_dir / "DATA_CARD.md")
     _write(out_dir / "DATA_CARD.md", card)
     for n in OUTPUTS:
         written[n] = out_dir / n
