@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from maskgen.audit.files import report_files
 from maskgen.datasets.attributes import ITA_BINS, SKIN_TONES, face_attributes, skin_tone_label
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ __all__ = [
     "SKIN_TONES",
     "audit",
     "face_attributes",
+    "report_files",
     "skin_tone_label",
     "write_build_report",
 ]

@@ -200,7 +200,7 @@ def _clean_outputs(c: OutputClaim) -> None:
 
 def _report_files(out: Path) -> list[str]:
     """The report an earlier build wrote here (:func:`maskgen.audit.files.report_files`)."""
-    from maskgen.audit.files import report_files
+    from maskgen.audit import report_files
 
     return report_files(out)
 
