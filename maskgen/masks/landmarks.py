@@ -166,7 +166,7 @@ def frontal_detector_path() -> Path:
     return models_home() / f"dlib-frontal-face-{version}.svm"
 
 
-def frontal_detector(*, save: bool = True):
+def frontal_detector():
     """dlib's HOG frontal face detector, loaded from its serialized form
     (:func:`frontal_detector_path`: ~3 ms) instead of being built from the copy compiled into
     dlib (``get_frontal_face_detector``: ~0.6 s in every process that detects faces). The file is
@@ -186,8 +186,7 @@ def frontal_detector(*, save: bool = True):
     except (OSError, RuntimeError, ValueError):
         pass
     det = dlib.get_frontal_face_detector()
-    if save:
-        _save_detector(det, path, digest_file)
+    _save_detector(det, path, digest_file)
     return det
 
 

@@ -899,13 +899,12 @@ def _prepare_batch_model(log: BuildProgress) -> None:
     once per machine (~12 s) rather than in every worker; and save dlib's HOG detector in
     serialized form, which each worker loads in milliseconds."""
     from maskgen.masks.ert import ensure_cache
-    from maskgen.masks.landmarks import frontal_detector, frontal_detector_path, predictor_path
+    from maskgen.masks.landmarks import frontal_detector, predictor_path
 
     t = time.perf_counter()
     if ensure_cache(predictor_path()):
         log.line(f"[landmarks] dlib's 68-point model prepared for batched fitting in {time.perf_counter() - t:.1f} s (once per machine)")
-    if not frontal_detector_path().is_file():  # the workers then load it in ~3 ms, not ~0.6 s each
-        frontal_detector()
+    frontal_detector()  # written (or a damaged copy replaced) here: each worker then loads it in ~3 ms
 
 
 def _shutdown_ray() -> None:
