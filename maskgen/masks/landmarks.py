@@ -191,25 +191,20 @@ def frontal_detector():
 
 
 def _save_detector(det, path: Path, digest_file: Path) -> None:
-    """Serialize ``det`` to ``path`` (temp name, renamed; the digest file last). A models
-    folder that cannot be written only costs the next process the slow build again."""
+    """Serialize ``det`` to ``path`` and its SHA-256 to ``digest_file``, each written whole
+    (:mod:`maskgen.fsio`; the digest last). A models folder that cannot be written only costs
+    the next process the slow build again."""
     import hashlib
 
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    from maskgen.fsio import atomic_path, write_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        det.save(str(tmp))
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        os.replace(tmp, path)
-        dtmp = digest_file.with_name(tmp.name + ".sha256")
-        dtmp.write_text(digest + "\n", encoding="ascii")
-        os.replace(dtmp, digest_file)
+        with atomic_path(path) as tmp:
+            det.save(str(tmp))
+            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        write_atomic(digest_file, digest + "\n", encoding="ascii")
     except (OSError, RuntimeError):
-        for f in (tmp, digest_file.with_name(tmp.name + ".sha256")):
-            try:
-                f.unlink()
-            except OSError:
-                pass
+        pass
 
 
 class DlibBackend:
