@@ -166,11 +166,35 @@ def test_batched_fits_are_dlibs_on_lfw(lfw_dir: Path, astronaut: np.ndarray, mon
     # a face's landmarks do not depend on the batch it is fitted in
     rev = np.stack(det.fit_many(grays[::-1], boxes[::-1]))[::-1]
     np.testing.assert_array_equal(rev, got)
-    # both ways of adding the leaves (loop over trees for large batches, gather-and-sum for
-    # small ones) are dlib's order
+    # the NumPy form too, with both ways of adding the leaves (loop over trees for large
+    # batches, gather-and-sum for small ones): dlib's order
+    monkeypatch.setattr(ert, "_KERNEL", [None])
     for min_faces in (1, 10**9):
         monkeypatch.setattr(ert, "TREE_LOOP_MIN_FACES", min_faces)
         np.testing.assert_array_equal(np.stack(det.fit_many(grays[:120], boxes[:120])), ref[:120])
+
+
+def test_compiled_cascade_is_the_numpy_cascade_bit_for_bit(lfw_dir: Path, astronaut: np.ndarray, tmp_path: Path) -> None:
+    """The Numba kernel and the NumPy form give the same float32 shapes (before rounding), for
+    dlib's model on LFW boxes (true and false ones, one across the edge) and for random models
+    of other depths and sizes."""
+    pytest.importorskip("numba")
+    det: DlibBackend = get_detector("dlib")
+    grays, boxes = _lfw_candidates(lfw_dir, 60)
+    g = to_gray(astronaut)
+    grays += [g, g]
+    boxes += [detect_faces(astronaut)[0].box, (-40.0, 300.0, 180.0, 560.0)]
+    b = np.array([[int(round(v)) for v in box] for box in boxes], np.float64)
+    model = det.batch_model
+    assert ert._kernel() is not None
+    np.testing.assert_array_equal(model.shapes(grays, b, compiled=True), model.shapes(grays, b, compiled=False))
+    for seed, kw in enumerate([{}, {"depth": 2, "points": 3}, {"depth": 4, "levels": 2, "feats": 40, "points": 20}]):
+        path = tmp_path / f"tiny{seed}.dat"
+        _tiny_model(path, seed, **kw)
+        tiny = ert.ShapeModel.from_arrays(ert.parse_dlib_shape_predictor(path))
+        got = tiny.shapes(grays[:40], b[:40], compiled=True)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, tiny.shapes(grays[:40], b[:40], compiled=False))
 
 
 def test_batches_split_by_pixels_give_the_same_landmarks(lfw_dir: Path, monkeypatch) -> None:
