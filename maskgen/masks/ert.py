@@ -12,8 +12,8 @@ so the landmarks are the same integers dlib returns; tests check it against dlib
 The cascade runs compiled (:mod:`maskgen.masks.ert_kernel`, Numba; ~3x faster than NumPy's
 per-tree calls, same bits: tests compare the two) when Numba is installed, else in NumPy; the
 environment variable ``MASKGEN_ERT_NUMPY=1`` selects the NumPy form. The kernel is compiled
-once per machine and maskgen version (~10 s, on the first fit) and then loaded from Numba's
-disk cache by every process (~0.6 s).
+once per machine and maskgen version (~9 s, by the first fit of a process that finds no cache)
+and then loaded from Numba's disk cache by every process (~0.6 s).
 
 The model comes from the same ``.dat`` file dlib reads. Its serialisation (dlib's compact
 integers and floats as mantissa/exponent pairs) is parsed once per machine (~12 s in Python)
@@ -243,12 +243,14 @@ class ShapeModel:
         offsets = np.zeros((n, 1), np.intp)
         offsets[1:, 0] = np.cumsum([g.size for g in grays[:-1]])
         pixels = np.concatenate([g.reshape(-1) for g in grays])
-        # (the kernel sums as NumPy does for up to 128 points, i.e. 256 coordinates)
-        kernel = _kernel() if (compiled is None and self.n_points <= 128) or compiled else None
-        if compiled and (kernel is None or self.n_points > 128):
-            raise RuntimeError("the compiled shape-predictor cascade needs Numba (pip install numba) "
-                               "and at most 128 points")
-        if kernel is not None:
+        # (the kernel sums as NumPy does for up to 128 points)
+        if compiled is None:
+            compiled = self.n_points <= 128 and _kernel() is not None
+        if compiled:
+            kernel = _kernel()
+            if kernel is None or self.n_points > 128:
+                raise RuntimeError("the compiled shape-predictor cascade needs Numba (pip install numba) "
+                                   "and at most 128 points")
             return kernel.cascade(pixels, offsets.ravel(), widths.ravel(), heights.ravel(), np.ascontiguousarray(boxes), self.initial, self.idx1,
                                   self.idx2, self.thresh, self.leaves, self.anchors, self.deltas, self._ref, self._ref_ss)
         left, top = boxes[:, 0:1], boxes[:, 1:2]

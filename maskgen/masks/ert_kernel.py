@@ -1,14 +1,14 @@
 """The batched shape-predictor cascade (:mod:`maskgen.masks.ert`) compiled with Numba.
 
-The same arithmetic as ``ShapeModel._shapes_numpy``, in the same order and the same types, so
+The same arithmetic as the NumPy form (``ShapeModel.shapes(..., compiled=False)``), in the same order and the same types, so
 the float32 shapes are bit-identical to it (and the rounded landmarks to dlib's; the tests check
 both): the mean shape is summed point after point and the similarity sums use NumPy's pairwise
 summation (:func:`_pairwise`), features and shapes are float32, the image transform float64,
 and the leaves are added tree after tree. No ``fastmath``: nothing is reassociated or fused.
 
 Compiled on first use and cached on disk (``cache=True``: beside this file, or Numba's per-user
-cache when the package folder is read-only); a build compiles it in its model-preparation step,
-before the workers start. Importing this module fails when Numba is not installed; the caller
+cache when the package folder is read-only): the first fit of a process that finds no cache
+compiles it (~9 s), later processes load it (~0.6 s). Importing this module fails when Numba is not installed; the caller
 then runs the NumPy form.
 """
 
@@ -47,6 +47,15 @@ def _pairwise(v):  # pragma: no cover - compiled
         res += v[i]
         i += 1
     return res
+
+
+@njit(cache=True, nogil=True)
+def _pairwise_dot(x, y, tmp):  # pragma: no cover - compiled
+    """``(x * y).sum()`` as NumPy computes it: the products, then :func:`_pairwise` (``tmp``:
+    a scratch vector of the same length)."""
+    for p in range(x.shape[0]):
+        tmp[p] = x[p] * y[p]
+    return _pairwise(tmp)
 
 
 @njit(cache=True, nogil=True)
@@ -89,18 +98,10 @@ def cascade(pixels, offsets, widths, heights, boxes, initial, idx1, idx2, thresh
                 c[p, 0] -= mx
                 c[p, 1] -= my
             # least-squares similarity taking the initial shape onto the current one
-            for p in range(points):
-                tmp[p] = c[p, 0] * ref[p, 0]
-            s_xx = _pairwise(tmp)
-            for p in range(points):
-                tmp[p] = c[p, 1] * ref[p, 1]
-            s_yy = _pairwise(tmp)
-            for p in range(points):
-                tmp[p] = c[p, 1] * ref[p, 0]
-            s_yx = _pairwise(tmp)
-            for p in range(points):
-                tmp[p] = c[p, 0] * ref[p, 1]
-            s_xy = _pairwise(tmp)
+            s_xx = _pairwise_dot(c[:, 0], ref[:, 0], tmp)
+            s_yy = _pairwise_dot(c[:, 1], ref[:, 1], tmp)
+            s_yx = _pairwise_dot(c[:, 1], ref[:, 0], tmp)
+            s_xy = _pairwise_dot(c[:, 0], ref[:, 1], tmp)
             a = np.float32((s_xx + s_yy) / ref_ss)
             s = np.float32((s_yx - s_xy) / ref_ss)
             w = widths[i]
