@@ -178,3 +178,81 @@ def test_sharpness_is_absolute(astronaut, astronaut_landmarks):
     blurred = cv2.GaussianBlur(astronaut, (0, 0), 4.0)
     blur_s = face_attributes(blurred, astronaut_landmarks)["sharpness"]
     assert full >= SHARPNESS_EDGES[2] and blur_s < SHARPNESS_EDGES[2] and blur_s < full / 4
+
+
+def _attribute_cases(lfw_dir, astronaut, astronaut_landmarks):
+    """(image, skin pixels) of real faces and of edge cases: few pixels, an even and an odd
+    count, no white in the frame, a white that needs the gain cap."""
+    from maskgen.datasets.attributes import _MAX_SKIN_PIXELS, face_regions
+    from maskgen.masks import decode_image, detect_faces
+
+    cases = []
+    paths = sorted(lfw_dir.rglob("*.jpg"))[::97][:40]
+    for p in paths:
+        img, _ = decode_image(p.read_bytes())
+        faces = detect_faces(img, backend="dlib", select="center")
+        if faces:
+            cases.append((img, face_regions(img, faces[0].landmarks)[1]))
+    cases.append((astronaut, face_regions(astronaut, astronaut_landmarks)[1]))
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 19, 20, 21, 2048, 5001):
+        img = rng.integers(0, 256, (64 + n % 50, 80, 3), dtype=np.uint8)
+        cases.append((img, rng.integers(40, 230, (n, 3), dtype=np.uint8)))
+    dark = np.full((120, 90, 3), 30, np.uint8)
+    cases.append((dark, rng.integers(20, 60, (300, 3), dtype=np.uint8)))  # no white to trust
+    dim_white = np.full((100, 100, 3), 20, np.uint8)
+    dim_white[:5] = (60, 50, 40)  # a white so dim that the gain is capped
+    cases.append((dim_white, rng.integers(2, 12, (400, 3), dtype=np.uint8)))
+    out = []
+    for img, skin in cases:
+        if skin.shape[0] > _MAX_SKIN_PIXELS:
+            skin = skin[:: -(-skin.shape[0] // _MAX_SKIN_PIXELS)]
+        out.append((img, skin))
+    return out
+
+
+def test_compiled_attributes_are_the_numpy_ones_bit_for_bit(lfw_dir, astronaut, astronaut_landmarks):
+    """The Numba white reference and corrected ITA give exactly the values of the NumPy form:
+    on LFW faces, the astronaut and edge cases, with and without the skin-pixel selection."""
+    pytest.importorskip("numba")
+    from maskgen.datasets.attributes import corrected_ita, white_reference
+
+    cases = _attribute_cases(lfw_dir, astronaut, astronaut_landmarks)
+    assert len(cases) > 30
+    corrected = 0
+    for img, skin in cases:
+        ref_c, ref_n = white_reference(img, compiled=True), white_reference(img, compiled=False)
+        np.testing.assert_array_equal(ref_c, ref_n)
+        for select in (True, False):
+            for ref in (ref_n, None):
+                got = corrected_ita(skin, ref, select, compiled=True)
+                assert got == corrected_ita(skin, ref, select, compiled=False)
+                corrected += got[1]
+    assert corrected > 10  # the gain path ran, on real faces too
+
+
+def test_face_attributes_do_not_depend_on_the_kernel(astronaut, astronaut_landmarks, monkeypatch):
+    pytest.importorskip("numba")
+    a = face_attributes(astronaut, astronaut_landmarks)
+    monkeypatch.setenv("MASKGEN_NUMPY_KERNELS", "1")
+    b = face_attributes(astronaut, astronaut_landmarks)
+    assert a == b and math.isfinite(a["ita"])
+
+
+def test_cube_root_is_correctly_rounded():
+    """The portable cube root of CIELab (Halley's method from the float's bits) is the float32
+    nearest the true cube root over the whole range it is used on, compiled or not."""
+    from maskgen.datasets.attributes import _EPS, CBRT_MAGIC, _cbrt
+
+    x = np.unique(np.concatenate([
+        np.linspace(float(_EPS), 1.0, 2_000_001, dtype=np.float64).astype(np.float32),
+        np.nextafter(_EPS, np.float32(1.0)) + np.arange(2000, dtype=np.float32) * np.float32(1e-9),
+        np.float32([1.0, 1.0000001, 1.0000002]),
+    ]))
+    want = np.cbrt(x.astype(np.float64)).astype(np.float32)
+    got = _cbrt(x)
+    np.testing.assert_array_equal(got, want)
+    kernel = pytest.importorskip("maskgen.datasets.attributes_kernel")
+    out = np.empty_like(x)
+    kernel._cbrt_into(x, out, CBRT_MAGIC)
+    np.testing.assert_array_equal(out, got)

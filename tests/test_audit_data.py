@@ -137,7 +137,7 @@ def lfw_build(lfw_dir, tmp_path_factory) -> Path:
     if not hasattr(pipelines, "build"):
         pytest.skip("build pipeline not available")
     out = tmp_path_factory.mktemp("lfw_build")
-    pipelines.build("lfw", out, ratio=0.25, max_identities=12, workers=1, progress=False)
+    pipelines.build("lfw", out, ratio=0.25, max_identities=12, workers=1, quiet=True)
     return out
 
 

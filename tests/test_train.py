@@ -121,7 +121,7 @@ def built_shards(tmp_path_factory, lfw_dir: Path) -> Path:
         pytest.skip("maskgen.pipelines.build is not available")
     out = tmp_path_factory.mktemp("maskgen_build")
     build(source="lfw", out=str(out), ratio=0.1, twins=True, min_images=PER_ID, max_images=PER_ID,
-          max_identities=N_IDS, seed=0, progress=False, report=False)
+          max_identities=N_IDS, seed=0, quiet=True, report=False)
     return out
 
 

@@ -17,6 +17,7 @@ relative indicator of how a dataset spreads over skin tones, not a measurement o
 from __future__ import annotations
 
 import math
+import os
 
 import cv2
 import numpy as np
@@ -124,29 +125,75 @@ def _median_ita(L: np.ndarray, b: np.ndarray) -> float:
     """Median per-pixel ITA of CIELab L*, b* arrays (b* floored as in :func:`ita_of_pixels`)."""
     if L.size == 0:
         return float("nan")
-    x = (L - 50.0) / np.maximum(b, 1e-3)
-    return float(np.degrees(np.arctan(np.median(x))))
+    x = (L - _F32[50.0]) / np.maximum(b, _F32[1e-3])
+    return _ita_of_ratio(np.median(x))
+
+
+def _ita_of_ratio(x) -> float:
+    """ITA (degrees) of the ratio ``(L* - 50) / b*``, in float64 (the C library's ``atan``,
+    correctly rounded, where NumPy's float32 ``arctan`` varies with the CPU's SIMD path)."""
+    return math.degrees(math.atan(float(x)))
+
+
+def _dot3(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``v @ w`` for float32 (..., 3) ``v`` and (3,) ``w``, as ``(v0 w0 + v1 w1) + v2 w2`` in
+    float32: one order of operations on every CPU (a BLAS product's order and fusing depend on
+    the CPU it runs on), and the one the compiled form uses."""
+    return (v[..., 0] * w[0] + v[..., 1] * w[1]) + v[..., 2] * w[2]
+
+
+def _cbrt(t: np.ndarray) -> np.ndarray:
+    """Cube root of non-negative float32 values, as float32: a start from the float's bits
+    (exponent divided by three), then Halley's method in float64, rounded. Only integer and
+    IEEE arithmetic, so every CPU (and the compiled form) gets the same bits; NumPy's own
+    ``cbrt`` differs between CPUs (its SIMD paths) and from the C library's."""
+    t = np.ascontiguousarray(t, np.float32)
+    x = t.astype(np.float64)
+    y = (t.view(np.int32) // 3 + CBRT_MAGIC).astype(np.int32).view(np.float32).astype(np.float64)
+    for _ in range(CBRT_STEPS):
+        y3 = y * y * y
+        y = y * (y3 + 2.0 * x) / (2.0 * y3 + x)
+    return y.astype(np.float32)
+
+
+# _cbrt's start is within 3.5 % of the cube root; each Halley step cubes the error: after two it
+# is 2e-14, after three float64's own 4e-16, so the float32 result is the correctly rounded cube
+# root (the tests check it densely over CIELab's range, 216/24389 to 1). The compiled form writes
+# its three steps out.
+CBRT_MAGIC = 709921077
+CBRT_STEPS = 3
+_EPS = np.float32(216.0 / 24389.0)
+_KAPPA = np.float32(24389.0 / 27.0)
+_F32 = {v: np.float32(v) for v in (16.0, 116.0, 500.0, 200.0, 50.0, 1e-3, 1.0)}
 
 
 def lab_of_linear(lin: np.ndarray) -> np.ndarray:
-    """CIELab (D65) of linear-light sRGB values (..., 3) in [0, 1]."""
-    xyz = lin @ RGB_TO_XYZN.T
-    eps, kappa = 216.0 / 24389.0, 24389.0 / 27.0
-    f = np.where(xyz > eps, np.cbrt(xyz), (kappa * xyz + 16.0) / 116.0)
+    """CIELab (D65) of float32 linear-light sRGB values (..., 3) in [0, 1]; float32."""
+    lin = np.asarray(lin, np.float32)
+    f = np.empty_like(lin)
+    for c in range(3):
+        t = _dot3(lin, RGB_TO_XYZN[c])
+        f[..., c] = np.where(t > _EPS, _cbrt(t), (_KAPPA * t + _F32[16.0]) / _F32[116.0])
     lab = np.empty_like(f)
-    lab[..., 0] = 116.0 * f[..., 1] - 16.0
-    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
-    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
+    lab[..., 0] = _F32[116.0] * f[..., 1] - _F32[16.0]
+    lab[..., 1] = _F32[500.0] * (f[..., 0] - f[..., 1])
+    lab[..., 2] = _F32[200.0] * (f[..., 1] - f[..., 2])
     return lab
 
 
-def white_reference(img: np.ndarray) -> np.ndarray:
+def white_reference(img: np.ndarray, compiled: bool | None = None) -> np.ndarray:
     """Linear RGB of the image's white: the WHITE_PERCENTILE of each channel (sRGB code
-    values through the exact table), from a regular grid of at most 16,384 pixels."""
+    values through the exact table), from a regular grid of at most 16,384 pixels.
+    ``compiled``: the Numba form (:mod:`maskgen.datasets.attributes_kernel`; the same values),
+    the NumPy form, or (None) the first when Numba is there."""
     h, w = img.shape[:2]
     step = max(1, int(np.ceil(np.sqrt(h * w / _MAX_REFERENCE_PIXELS))))
+    n = (-(-h // step)) * (-(-w // step))
+    k = WHITE_PERCENTILE / 100.0 * (n - 1)
+    kern = _kernel(compiled)
+    if kern is not None and img.ndim == 3 and img.shape[2] >= 3 and img.dtype == np.uint8:
+        return SRGB_TO_LINEAR[kern.white_codes(img, step, k)]
     small = np.ascontiguousarray(img[::step, ::step])
-    k = WHITE_PERCENTILE / 100.0 * (small.shape[0] * small.shape[1] - 1)
     ref = np.empty(3, np.float32)
     for c in range(3):
         cum = np.cumsum(cv2.calcHist([small], [c], None, [256], [0, 256]).ravel())
@@ -154,25 +201,59 @@ def white_reference(img: np.ndarray) -> np.ndarray:
     return ref
 
 
+_KERNEL: list = []  # [module or None] once looked up
+
+
+def _kernel(compiled: bool | None):
+    """:mod:`maskgen.datasets.attributes_kernel` when it is wanted (``compiled`` True, or None
+    and ``MASKGEN_NUMPY_KERNELS`` unset) and Numba is installed, else None (the NumPy form)."""
+    if compiled is False or (compiled is None and os.environ.get("MASKGEN_NUMPY_KERNELS")):
+        return None
+    if not _KERNEL:
+        try:
+            from maskgen.datasets import attributes_kernel as mod
+        except ImportError:
+            mod = None
+        _KERNEL.append(mod)
+    if compiled and _KERNEL[0] is None:
+        raise ImportError("the compiled attributes need Numba: pip install numba")
+    return _KERNEL[0]
+
+
 _TAN_HUE = (math.tan(math.radians(SKIN_HUE[0])), math.tan(math.radians(SKIN_HUE[1])))
+_TAN_LO = np.float32(_TAN_HUE[0])
+_CHROMA2 = np.float32(SKIN_MIN_CHROMA ** 2)
 
 
 def corrected_ita(skin: np.ndarray, ref: np.ndarray | None,
-                  select: bool = True) -> tuple[float, bool]:
+                  select: bool = True, compiled: bool | None = None) -> tuple[float, bool]:
     """ITA of skin pixels (uint8 (N, 3)) after the white-point correction (``ref``: the
     image's white, None for none), with skin-like pixels only (``select``); returns
-    ``(ita, corrected)`` (``corrected`` False: no usable white in the image)."""
+    ``(ita, corrected)`` (``corrected`` False: no usable white in the image). ``compiled``: as
+    in :func:`white_reference` (both forms give the same bits)."""
     if skin.size == 0:
         return float("nan"), False
-    lin = SRGB_TO_LINEAR[skin.reshape(-1, 3)]
-    corrected = False
+    skin = np.ascontiguousarray(skin.reshape(-1, 3), dtype=np.uint8)
+    kern = _kernel(compiled)
+    if kern is not None:
+        skin_y = float(kern.skin_luma_median(skin, SRGB_TO_LINEAR, _LUMA))
+    else:
+        lin = SRGB_TO_LINEAR[skin]
+        skin_y = float(np.median(_dot3(lin, _LUMA)))
+    gain = None
     if ref is not None:
-        skin_y = float(np.median(lin @ _LUMA))
-        ref_y = float(ref @ _LUMA)
+        ref = np.asarray(ref, np.float32)
+        ref_y = float(_dot3(ref, _LUMA))
         if ref_y >= MIN_WHITE_OVER_SKIN * skin_y and ref.min() > 0:
-            gain = np.minimum(1.0 / ref, MAX_WHITE_GAIN).astype(np.float32)
-            lin = np.minimum(lin * gain, 1.0)
-            corrected = True
+            gain = np.minimum(_F32[1.0] / ref, np.float32(MAX_WHITE_GAIN)).astype(np.float32)
+    if kern is not None:
+        ratio = kern.ita_ratio_median(skin, SRGB_TO_LINEAR, np.ones(3, np.float32) if gain is None else gain,
+                                      gain is not None, RGB_TO_XYZN, _EPS, _KAPPA, SKIN_L_PERCENTILES[0],
+                                      SKIN_L_PERCENTILES[1], _CHROMA2, _TAN_LO, select, _MIN_SELECTED,
+                                      CBRT_MAGIC)
+        return _ita_of_ratio(ratio), gain is not None
+    if gain is not None:
+        lin = np.minimum(lin * gain, _F32[1.0])
     lab = lab_of_linear(lin)
     L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
     n = L.size
@@ -181,11 +262,10 @@ def corrected_ita(skin: np.ndarray, ref: np.ndarray | None,
     part = np.partition(L, (lo_k, hi_k))
     lo, hi = part[lo_k], part[hi_k]
     # hue in (15, 90) degrees without arctan: a > 0, and b / a between tan(15) and tan(90)
-    sel = ((a * a + b * b >= SKIN_MIN_CHROMA ** 2) & (a > 0) & (b > a * _TAN_HUE[0])
-           & (L > lo) & (L < hi))
+    sel = (a * a + b * b >= _CHROMA2) & (a > 0) & (b > a * _TAN_LO) & (L > lo) & (L < hi)
     if not select or int(sel.sum()) < _MIN_SELECTED:
         sel = np.ones_like(sel)
-    return _median_ita(L[sel], b[sel]), corrected
+    return _median_ita(L[sel], b[sel]), gain is not None
 
 
 def _shrink(poly: np.ndarray, factor: float) -> np.ndarray:

@@ -320,13 +320,13 @@ _KERNEL: list = []  # [module or None] once looked up
 
 
 def _kernel():
-    """:mod:`maskgen.masks.ert_kernel` when Numba is installed (and ``MASKGEN_ERT_NUMPY`` is
-    not set), else None: the NumPy form runs."""
+    """:mod:`maskgen.masks.ert_kernel` when Numba is installed (and neither
+    ``MASKGEN_ERT_NUMPY`` nor ``MASKGEN_NUMPY_KERNELS`` is set), else None: the NumPy form runs."""
     if not _KERNEL:
         with _LOCK:
             if not _KERNEL:
                 mod = None
-                if not os.environ.get("MASKGEN_ERT_NUMPY"):
+                if not (os.environ.get("MASKGEN_ERT_NUMPY") or os.environ.get("MASKGEN_NUMPY_KERNELS")):
                     try:
                         from maskgen.masks import ert_kernel as mod
                     except ImportError:

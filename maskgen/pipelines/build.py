@@ -46,7 +46,7 @@ from maskgen.pipelines.progress import BuildProgress
 from maskgen.pipelines.runner import driver_memory, error_line, release_memory, run_window
 from maskgen.pipelines.scan import Identities, Reasons, ScanHelper, scan_notes, scan_task, units
 
-FORMAT_VERSION = 3  # bump when the bytes written for the same plan change
+FORMAT_VERSION = 4  # bump when the bytes written for the same plan change (4: the portable ITA arithmetic)
 ATTRIBUTE_SAMPLE_RATE = 0.1  # share of pass-through samples measured by attributes="sample"/"auto"
 VERIFY_BATCH = 64  # finished shards whose digest one task re-checks on resume
 CHUNKS_PER_TASK = 16  # at most this many landmark chunks per task
