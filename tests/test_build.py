@@ -90,7 +90,10 @@ def test_first_build_outputs(lfw_build: Path) -> None:
     mem = json.loads((out / "timings.json").read_text())["driver_memory_mib"]
     assert {"scan", "prepare", "landmarks", "join", "plan", "execute", "merge"} <= set(mem)
     peaks = [mem[k]["peak"] for k in mem]
-    assert all(0 < mem[k]["rss"] <= mem[k]["peak"] for k in mem) and peaks == sorted(peaks)
+    # the peak never falls; Linux syncs its per-thread RSS counters lazily, so VmHWM read at two
+    # moments can disagree by a few pages (seen: 208.5 then 208.4 MiB): 1 MiB of slack
+    assert all(0 < mem[k]["rss"] <= mem[k]["peak"] + 1.0 for k in mem)
+    assert all(b >= a - 1.0 for a, b in zip(peaks, peaks[1:]))
     log = (out / "build.log").read_text()
     assert re.search(r"\[execute\] [\d,]+/[\d,]+ images \(100%\) \| [\d.,]+ images/s \| ETA 0:00:00 \| .*shards 3/3, masked ", log)
 
