@@ -6,8 +6,9 @@ results are bit-identical to it (the tests check): float32 throughout, products 
 right, no ``fastmath`` (nothing reassociated or fused), and the medians and percentiles are
 order statistics (a selection finds the same element a sort would). ``error_model="numpy"``:
 a division is the IEEE one, without Python's zero check, so the loops vectorize (no divisor
-here is zero). One pass over a face's few
-thousand skin pixels instead of some thirty small NumPy calls: ~10x less time per face.
+here is zero). A few passes over a face's few thousand skin pixels instead of some thirty
+small NumPy calls: 2-2.6x less time per face with the rest of the attributes
+(``benchmarks/attributes_speed.py``).
 
 Compiled on first use and cached on disk (``cache=True``, as :mod:`maskgen.masks.ert_kernel`).
 Importing this module fails when Numba is not installed; the caller then runs the NumPy form.
@@ -156,18 +157,18 @@ def ita_ratio_median(skin, lut, gain, use_gain, m, eps, kappa, lo_pct, hi_pct, m
     tmp = L.copy()
     lo = _select(tmp, 0, n, lo_k)
     hi = _select(tmp, lo_k, n, hi_k) if hi_k > lo_k else lo
+    sel = np.empty(n, np.bool_)
+    k = 0
+    for i in range(n):
+        a, b, l = A[i], B[i], L[i]
+        sel[i] = a * a + b * b >= min_chroma2 and a > 0 and b > a * tan_lo and l > lo and l < hi
+        k += sel[i]
+    take_all = (not select) or k < min_selected
+    floor = np.float32(1e-3)
     x = np.empty(n, np.float32)
     k = 0
     for i in range(n):
-        a, b, l = A[i], B[i], L[i]
-        if a * a + b * b >= min_chroma2 and a > 0 and b > a * tan_lo and l > lo and l < hi:
-            k += 1
-    take_all = (not select) or k < min_selected
-    floor = np.float32(1e-3)
-    k = 0
-    for i in range(n):
-        a, b, l = A[i], B[i], L[i]
-        if take_all or (a * a + b * b >= min_chroma2 and a > 0 and b > a * tan_lo and l > lo and l < hi):
-            x[k] = (l - np.float32(50.0)) / max(b, floor)
+        if take_all or sel[i]:
+            x[k] = (L[i] - np.float32(50.0)) / max(B[i], floor)
             k += 1
     return _median(x, k)
