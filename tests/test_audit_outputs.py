@@ -384,6 +384,25 @@ def test_figures_dpi_fonts_and_no_clipped_labels(hostile_build, monkeypatch):
         assert round(dpi[0]) >= 150, name
 
 
+def test_figures_in_two_processes_are_the_same_bytes(hostile_build):
+    """With a helper process the charts are shared between two processes; the bytes are those
+    of the charts drawn in one, and a helper that dies leaves its charts to this process."""
+    from maskgen.audit import figures
+    from maskgen.audit.sources import load_input
+    from maskgen.audit.stats import compute_stats
+    from maskgen.helper import Helper
+
+    stats = compute_stats(load_input(hostile_build, compute_attributes=False, fill_failed=False).table)
+    alone = figures.all_figures(stats)
+    with Helper(preload=("maskgen.audit.figures",)) as h:
+        shared = figures.all_figures(stats, h)
+        assert h.alive
+    assert list(shared) == list(alone) and shared == alone
+    dead = Helper()
+    dead.proc.kill()  # gone before its first chart
+    assert figures.all_figures(stats, dead) == alone
+
+
 # ------------------------------------------------------------------ progress, errors
 def test_progress_lines(astronaut, tmp_path, capsys):
     import cv2

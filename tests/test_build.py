@@ -577,16 +577,19 @@ def test_build_from_a_script_on_stdin(lfw_build: Path, tmp_path: Path) -> None:
 
 
 def test_build_from_a_script_without_a_main_guard_runs_it_once(lfw_build: Path, tmp_path: Path) -> None:
-    """A script that calls build() at top level (no ``if __name__ == "__main__":``): the scan
-    helper started while Ray starts never imports the user's main module, so the script's
-    top-level code runs exactly once; same shards as the in-process build."""
+    """A script that calls build() at top level (no ``if __name__ == "__main__":``), report
+    included: the scan helper started while Ray starts and the report's chart helper and
+    thumbnail workers never import the user's main module, so the script's top-level code
+    runs exactly once; same shards as the in-process build."""
     out, runs = tmp_path / "noguard", tmp_path / "runs.txt"
     script = tmp_path / "make_shards.py"
+    call = _build_call(out, lfw_build).replace("report=False", "report=True")
     script.write_text(f"from maskgen.pipelines import build\n"
-                      f"with open({str(runs)!r}, 'a') as f:\n    f.write('ran\\n')\n" + _build_call(out, lfw_build))
+                      f"with open({str(runs)!r}, 'a') as f:\n    f.write('ran\\n')\n" + call)
     r = subprocess.run([sys.executable, str(script)], text=True, capture_output=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert runs.read_text() == "ran\n"
+    assert "report" in call and (out / "report.html").is_file() and list((out / "report").glob("thumbs_*.jpg"))
     _assert_same_shards(out, lfw_build)
 
 

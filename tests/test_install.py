@@ -100,7 +100,8 @@ def test_base_install_masks_the_astronaut(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py, mg = venv / "bin" / "python", venv / "bin" / "maskgen"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    r = _run([str(py), "-m", "pip", "install", "-q", str(src)], env=env, timeout=1800)
+    # --no-compile: pip byte-compiles every installed file (~15 s per install); the test needs none of it
+    r = _run([str(py), "-m", "pip", "install", "-q", "--no-compile", str(src)], env=env, timeout=1800)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
     listed = _run([str(py), "-m", "pip", "list", "--format", "json"], env=env, check=True).stdout
@@ -130,7 +131,7 @@ def test_base_install_masks_the_astronaut(tmp_path: Path) -> None:
 
     # the README's main job needs only the build extra: no torch comes with it
     lfw = Path(os.environ.get("MASKGEN_DATA_HOME", "")) / "lfw"
-    r = _run([str(py), "-m", "pip", "install", "-q", f"{src}[build]"], env=env, timeout=1800)
+    r = _run([str(py), "-m", "pip", "install", "-q", "--no-compile", f"{src}[build]"], env=env, timeout=1800)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     listed = _run([str(py), "-m", "pip", "list", "--format", "json"], env=env, check=True).stdout
     installed = {p["name"].lower() for p in json.loads(listed)}

@@ -203,15 +203,27 @@ def _aligned_errors(lfw_faces, det) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def compact_model(tmp_path_factory, fairface_dir: Path) -> Path:
-    """A small compact aligned-crop model distilled here from 600 FairFace photos (the full
-    recipe uses all 5,000 and a larger cascade; see maskgen.masks.distill)."""
-    from maskgen.masks import distill
-
-    files = distill.photo_files(fairface_dir)[:600]
-    imgs, lms = distill.teacher_samples(files, jitters=1, seed=0, quiet=True)
+def compact_model_run(tmp_path_factory, fairface_dir: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """A small compact aligned-crop model distilled here from 600 FairFace photos by the
+    ``maskgen landmarks-model`` command in its own process, with dlib's two training threads
+    (the full recipe uses all 5,000 photos and a larger cascade; see maskgen.masks.distill),
+    evaluated on 30 LFW photos when LFW is present. Returns the model file and the process."""
     out = tmp_path_factory.mktemp("models") / "aligned68.dat"
-    return distill.train_model(imgs, lms, out, distill.TrainOptions(cascade=10, trees=40), quiet=True)
+    lfw = fairface_dir.parent / "lfw"
+    if not (lfw / "pairs.txt").is_file():
+        lfw = tmp_path_factory.mktemp("no-lfw")  # the evaluation is skipped, nothing downloaded
+    proc = subprocess.run([sys.executable, "-m", "maskgen", "landmarks-model", "--photos", str(fairface_dir),
+                           "--out", str(out), "--max-photos", "600", "--jitters", "1", "--cascade", "10",
+                           "--trees", "40", "--threads", "2", "--seed", "0", "--lfw", str(lfw), "--eval-n", "30"],
+                          capture_output=True, text=True, timeout=900)
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def compact_model(compact_model_run) -> Path:
+    out, proc = compact_model_run
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
 
 
 def test_closed_form_similarity_equals_umeyama_svd() -> None:
@@ -291,19 +303,16 @@ def test_landmarks_model_command(tmp_path: Path, fairface_dir: Path, lfw_dir: Pa
     assert res.exit_code != 0 and "no model" in res.output
 
 
-def test_landmarks_model_process_exits_cleanly(tmp_path: Path, fairface_dir: Path, lfw_dir: Path) -> None:
-    """The command as its own process, on a few hundred photos with dlib's two training threads:
-    exit code 0 and no numpy reference-count complaint (dlib's in-memory trainer used to corrupt
-    the uint8 dtype's count from its threads; training now reads a PNG + XML dataset)."""
-    out = tmp_path / "models" / "m.dat"
-    proc = subprocess.run([sys.executable, "-m", "maskgen", "landmarks-model", "--photos", str(fairface_dir / "val"),
-                           "--out", str(out), "--max-photos", "300", "--jitters", "1", "--cascade", "4", "--trees", "12",
-                           "--threads", "2", "--lfw", str(lfw_dir), "--eval-n", "30"],
-                          capture_output=True, text=True, timeout=600)
+def test_landmarks_model_process_exits_cleanly(compact_model_run) -> None:
+    """The command as its own process (the compact model's fixture), on 600 photos with dlib's
+    two training threads: exit code 0 and no numpy reference-count complaint (dlib's in-memory
+    trainer used to corrupt the uint8 dtype's count from its threads; training now reads a
+    PNG + XML dataset)."""
+    out, proc = compact_model_run
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Reference count" not in proc.stdout + proc.stderr
     assert out.is_file() and AlignedBackend("compact", path=out).name == "aligned"
-    assert [p.name for p in out.parent.iterdir()] == ["m.dat"]  # the training crops are gone
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # the training crops are gone
 
 
 def test_dlib_misses_aligned_crops_that_aligned_mode_handles(lfw_faces) -> None:

@@ -13,12 +13,14 @@ from maskgen.datasets.attributes import ITA_BINS, SKIN_TONES, face_attributes, s
 
 if TYPE_CHECKING:
     from maskgen.audit.api import audit, write_build_report
+    from maskgen.audit.figures import figure_helper
 
 __all__ = [
     "ITA_BINS",
     "SKIN_TONES",
     "audit",
     "face_attributes",
+    "figure_helper",
     "report_files",
     "skin_tone_label",
     "write_build_report",
@@ -30,4 +32,8 @@ def __getattr__(name: str) -> Any:
         from maskgen.audit import api
 
         return getattr(api, name)
+    if name == "figure_helper":
+        from maskgen.audit import figures
+
+        return figures.figure_helper
     raise AttributeError(f"module 'maskgen.audit' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from maskgen.audit.card import CardInput, render_card
-from maskgen.audit.figures import all_figures
+from maskgen.audit.figures import all_figures, figure_helper
 from maskgen.audit.files import CARD_README, FIGURE_DIR, OUTPUTS, is_card_copy
 from maskgen.audit.report import build_blocks, render_html, render_markdown
 from maskgen.audit.sources import AuditInput, join_labels, load_input, resolve_dataset
@@ -191,34 +191,55 @@ def _audit(path, owner, *, labels, join_on, target, out, group_by, workers, back
                           source=inp.source())
     if out is not None:
         stats["_thumbnails_off"] = not thumbnails
-        thumbs = (make_thumbnails(inp, stats, workers=workers, progress=progress)
-                  if thumbnails else {})
+        helper = figure_helper()
+        try:
+            figures, thumbs = _figures_and_thumbnails(inp, stats, helper, workers=workers,
+                                                      progress=progress, thumbnails=thumbnails)
+        finally:
+            if helper is not None:
+                helper.close()
         write_outputs(stats, Path(out), title=f"Balance report: {inp.name}", inp=inp,
-                      reproduce=reproduce, license=license, thumbnails=thumbs)
+                      reproduce=reproduce, license=license, thumbnails=thumbs, figures=figures)
     return public(stats)
 
 
+def _figures_and_thumbnails(inp: AuditInput, stats: dict, helper, *, workers: int, progress: bool,
+                            thumbnails: bool = True) -> tuple[dict[str, bytes], dict]:
+    """The charts (this process and ``helper``) while the thumbnail strips are cut in worker
+    processes (neither reads what the other writes: the strips add ``stats["_thumbnails"]``,
+    which the charts never read)."""
+    if not thumbnails:
+        return all_figures(stats, helper), {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="maskgen-thumbnails") as ex:
+        pending = ex.submit(make_thumbnails, inp, stats, workers=workers, progress=progress)
+        figures = all_figures(stats, helper)
+        return figures, pending.result()
+
+
 def write_build_report(out_dir: Path, *, target: str | Mapping | None = "uniform",
-                       reproduce: str | None = None, license: str | None = None) -> dict:
+                       reproduce: str | None = None, license: str | None = None, helper=None) -> dict:
     """Called by ``maskgen build`` at its merge step: report + card of the build in ``out_dir``.
 
     Attributes missing from the manifest are not recomputed here (the build owns them), so
     this stays fast; only failed images (no landmarks) are measured on their centre (in a
-    worker process). Returns the JSON-ready stats.
+    worker process). ``helper``: a chart helper process the caller started earlier
+    (:func:`maskgen.audit.figures.figure_helper`; the caller closes it); without one, one is
+    started here. Returns the JSON-ready stats.
     """
     out_dir = Path(out_dir)
-    inp = load_input(out_dir, compute_attributes=False, fill_failed=True)
-    resolve_dataset(inp, None)
-    stats = compute_stats(inp.table, target=parse_target(target), source=inp.source())
-    # the thumbnail strips are cut in a worker process while this one draws the charts
-    # (neither reads what the other writes: the strips add stats["_thumbnails"], which the
-    # charts never read)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1, thread_name_prefix="maskgen-thumbnails") as ex:
-        pending = ex.submit(make_thumbnails, inp, stats)
-        figures = all_figures(stats)
-        thumbs = pending.result()
+    own = helper is None
+    if own:
+        helper = figure_helper()  # it imports matplotlib while the stats are computed
+    try:
+        inp = load_input(out_dir, compute_attributes=False, fill_failed=True)
+        resolve_dataset(inp, None)
+        stats = compute_stats(inp.table, target=parse_target(target), source=inp.source())
+        figures, thumbs = _figures_and_thumbnails(inp, stats, helper, workers=1, progress=False)
+    finally:
+        if own and helper is not None:
+            helper.close()
     write_outputs(stats, out_dir, title=f"Balance report: {inp.name}", inp=inp,
                   reproduce=reproduce, license=license, thumbnails=thumbs, figures=figures)
     return public(stats)

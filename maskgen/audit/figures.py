@@ -8,6 +8,9 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
+from collections import deque
+from typing import Callable
 
 import matplotlib
 
@@ -18,13 +21,16 @@ import numpy as np  # noqa: E402
 from maskgen.datasets.attributes import ITA_BINS, SKIN_TONES  # noqa: E402
 from maskgen.audit.escape import mpl  # noqa: E402
 from maskgen.audit.stats import IPI_LABELS  # noqa: E402
+from maskgen.helper import Helper  # noqa: E402
 
 DPI = 150  # sharp on high-density screens; fonts are sized in points, so they stay readable
 BLUE, ORANGE, GREY, RED = "#4C72B0", "#DD8452", "#8C8C8C", "#C44E52"
 # Swatches for the skin-tone bins (display only; approximate colours of each ITA range).
 TONE_COLOURS = ["#f3d9c6", "#e6bd9c", "#c99b74", "#a8744f", "#7a4f33", "#4a3020"]
 
-plt.rcParams.update({
+# The report's look, on matplotlib's defaults (a user's matplotlibrc or style is not
+# applied: the same stats give the same bytes in any process that draws them)
+STYLE = {
     "font.size": 9,
     "axes.titlesize": 10,
     "axes.labelsize": 9,
@@ -34,7 +40,7 @@ plt.rcParams.update({
     "axes.spines.top": False,
     "axes.spines.right": False,
     "svg.hashsalt": "maskgen",
-})
+}
 
 
 PALETTE_COLOURS = 128  # charts hold few colours: a palette PNG is ~3x smaller than RGBA
@@ -308,23 +314,92 @@ def skin_check_figure(check: dict) -> bytes | None:
     return _png(fig)
 
 
-def all_figures(stats: dict) -> dict[str, bytes]:
-    """name -> PNG bytes, in report order."""
-    out: dict[str, bytes] = {"composition.png": composition_figure(stats)}
-    for name, fn in (("masks.png", masks_figure), ("drops.png", reasons_figure),
-                     ("attributes.png", numeric_figure)):
-        png = fn(stats)
-        if png is not None:
-            out[name] = png
-    for col, entry in stats["attributes"].items():
-        out[f"group_{slug(col)}.png"] = attribute_figure(col, entry)
-    for key, x in (stats.get("intersections") or {}).items():
-        out[f"cross_{slug(key)}.png"] = intersection_figure(key, x)
-    for col, e in (stats.get("mask_mix_by_group") or {}).items():
-        out[f"maskmix_{slug(col)}.png"] = mask_mix_figure(col, e)
-    check = stats.get("skin_tone_check")
-    if check:
-        png = skin_check_figure(check)
-        if png is not None:
-            out["skin_tone_check.png"] = png
-    return out
+def _jobs(stats: dict) -> list[tuple[str, Callable, tuple, bool]]:
+    """The charts in report order: (file name, drawing function, its arguments, whether the
+    arguments are small enough to send to a helper process; the per-sample and per-identity
+    values stay in this one)."""
+    jobs: list[tuple[str, Callable, tuple, bool]] = [
+        ("composition.png", composition_figure, (stats,), False),
+        ("masks.png", masks_figure, ({"masks": stats["masks"]},), True),
+        ("drops.png", reasons_figure, ({"composition": stats["composition"]},), True),
+        ("attributes.png", numeric_figure, (stats,), False),
+    ]
+    jobs += [(f"group_{slug(col)}.png", attribute_figure, (col, entry), True)
+             for col, entry in stats["attributes"].items()]
+    jobs += [(f"cross_{slug(key)}.png", intersection_figure, (key, x), True)
+             for key, x in (stats.get("intersections") or {}).items()]
+    jobs += [(f"maskmix_{slug(col)}.png", mask_mix_figure, (col, e), True)
+             for col, e in (stats.get("mask_mix_by_group") or {}).items()]
+    if stats.get("skin_tone_check"):
+        jobs.append(("skin_tone_check.png", skin_check_figure, (stats["skin_tone_check"],), True))
+    return jobs
+
+
+def draw_chart(fn: Callable, args: tuple) -> bytes | None:
+    """``fn(*args)`` (one chart's PNG bytes, or None) in the report's :data:`STYLE`."""
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        plt.rcParams.update(STYLE)
+        return fn(*args)
+
+
+def all_figures(stats: dict, helper: Helper | None = None) -> dict[str, bytes]:
+    """name -> PNG bytes, in report order.
+
+    With a ``helper`` process (:func:`figure_helper`) the charts are drawn in two processes:
+    the helper takes the small-argument charts from the front of the list, one at a time, while
+    this process draws the others and then takes charts from the back; a chart the helper
+    fails on is drawn here. The bytes are the same either way (same code, same style)."""
+    jobs = _jobs(stats)
+    out: list[bytes | None] = [None] * len(jobs)
+    shared = deque(i for i, job in enumerate(jobs) if job[3]) if helper is not None and helper.alive else deque()
+    lock = threading.Lock()
+
+    def feed() -> None:
+        while True:
+            with lock:
+                if not shared:
+                    return
+                i = shared.popleft()
+            try:
+                out[i] = helper.call(draw_chart, jobs[i][1], jobs[i][2])
+            except Exception:  # the helper failed (or the chart raised there): drawn here instead
+                with lock:
+                    shared.appendleft(i)
+                return
+
+    feeder = threading.Thread(target=feed, name="maskgen-figures", daemon=True) if shared else None
+    if feeder is not None:
+        feeder.start()
+    for i, job in enumerate(jobs):
+        if not job[3] or feeder is None:
+            out[i] = draw_chart(job[1], job[2])
+    while feeder is not None:
+        with lock:
+            i = shared.pop() if shared else None
+        if i is None:
+            break
+        out[i] = draw_chart(jobs[i][1], jobs[i][2])
+    if feeder is not None:
+        feeder.join()
+        for i in shared:  # left by a helper that failed after the last look
+            out[i] = draw_chart(jobs[i][1], jobs[i][2])
+    return {job[0]: png for job, png in zip(jobs, out) if png is not None}
+
+
+def figure_helper() -> Helper | None:
+    """A helper process for :func:`all_figures` that imports matplotlib while the caller
+    prepares the stats; None on a single CPU (or when it cannot start)."""
+    if _cpus() < 2:
+        return None
+    h = Helper(preload=(__name__,))
+    return h if h.alive else None
+
+
+def _cpus() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -1,18 +1,21 @@
 """Pixel work of the audit in worker processes, with progress lines.
 
 The audit's main process never decodes an image: a hostile or huge file can cost a worker,
-never the report. Work goes out in chunks to a pool of spawned processes (spawned, not forked:
-no inherited threads or locks) and comes back in order, so results do not depend on the
-number of workers. Long runs report on a :class:`maskgen.progress.Progress` (done/total,
-images/s, ETA).
+never the report. Work goes out in chunks to helper processes (:class:`maskgen.helper.Helper`:
+plain ``python -m`` processes, which inherit no threads or locks and never import the caller's
+main module, so a script without a main guard is not run again) and comes back in order, so
+results do not depend on the number of workers. Long runs report on a
+:class:`maskgen.progress.Progress` (done/total, images/s, ETA).
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
+
+from maskgen.helper import Helper, HelperCallError, HelperError
 
 if TYPE_CHECKING:
     from maskgen.progress import Progress
@@ -30,71 +33,76 @@ def map_in_workers(fn: Callable[[list], list], chunks: list[list], *, workers: i
     ``fn`` must be a module-level function (it is pickled by name) returning one result per
     item of its chunk; ``progress`` advances by the chunk's length as chunks finish.
     A worker that dies (out of memory, a crashing decoder) costs only its own items: the
-    unfinished chunks are retried item by item, and an item that kills a worker on its own
+    items of its chunk are retried one per call, and an item that kills a worker on its own
     gets ``on_crash(item, reason)`` as its result (without ``on_crash`` the error is raised).
+    An exception ``fn`` raises is raised here as a RuntimeError with its text.
     """
     if not chunks:
         return []
-    ctx = multiprocessing.get_context("spawn")
     done: dict[int, list[Any]] = {}
     singles: dict[int, dict[int, Any]] = {}  # results of chunks retried item by item
     # a task is (chunk index, None) for a whole chunk or (chunk index, item index)
-    tasks: list[tuple[int, int | None]] = [(i, None) for i in range(len(chunks))]
-    for phase in range(3):  # all chunks; then the unfinished items; then those one at a time
-        broken = _run_pool(fn, chunks, tasks, done, singles, ctx, workers if phase < 2 else 1,
-                           progress, one_by_one=phase == 2)
-        if not broken:
-            break
+    lost = _run(fn, chunks, [(i, None) for i in range(len(chunks))], done, singles, workers, progress)
+    if lost:
         if on_crash is None:
             raise RuntimeError("an audit worker process died (out of memory or a crash)")
-        if phase == 2:  # each of these ran alone and still killed its worker
-            for ci, k in broken:
-                singles.setdefault(ci, {})[k] = on_crash(chunks[ci][k], "worker process died")
-            break
-        tasks = sorted({(ci, k) for ci, kk in broken
-                        for k in (range(len(chunks[ci])) if kk is None else [kk])
-                        if k not in singles.get(ci, {})})
+        items = [(ci, k) for ci, _ in lost for k in range(len(chunks[ci]))]
+        for ci, k in _run(fn, chunks, items, done, singles, workers, progress):
+            singles.setdefault(ci, {})[k] = on_crash(chunks[ci][k], "worker process died")  # it died alone
     for ci, items in singles.items():
         if len(items) == len(chunks[ci]):
             done[ci] = [items[k] for k in range(len(chunks[ci]))]
     return [done.get(i, []) for i in range(len(chunks))]
 
 
-def _run_pool(fn, chunks, tasks, done, singles, ctx, workers, progress, one_by_one):
-    """Run ``tasks``; returns the tasks a broken pool left unfinished (all of them when
-    several ran together, the ones that died alone when ``one_by_one``); empty: all done."""
-    from concurrent.futures.process import BrokenProcessPool
+def _run(fn, chunks, tasks, done, singles, workers, progress) -> list[tuple[int, int | None]]:
+    """Run ``tasks`` on up to ``workers`` helper processes (one thread feeding each); returns
+    the tasks whose helper died while running them (each died on its own task: a helper runs
+    one at a time, and a fresh one takes over the rest)."""
+    queue = deque(tasks)
+    lock = threading.Lock()
+    lost: list[tuple[int, int | None]] = []
+    errors: list[str] = []
 
-    crashed: list[tuple[int, int | None]] = []
-    queue = list(tasks)
-    while queue:
-        batch = queue[:1] if one_by_one else queue
-        queue = queue[1:] if one_by_one else []
-        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(batch))),
-                                 mp_context=ctx) as ex:
-            pending = {}
-            for ci, k in batch:
-                items = chunks[ci] if k is None else [chunks[ci][k]]
-                pending[ex.submit(fn, items)] = (ci, k)
-            lost: list[tuple[int, int | None]] = []
-            while pending and not lost:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    task = pending.pop(fut)
-                    try:
-                        res = fut.result()
-                    except BrokenProcessPool:
-                        lost.append(task)
-                        continue
-                    ci, k = task
+    def feed() -> None:
+        helper = Helper(preload=(fn.__module__,))
+        try:
+            while True:
+                with lock:
+                    if not queue or errors:
+                        return
+                    ci, k = queue.popleft()
+                if not helper.alive:
+                    with lock:
+                        errors.append("cannot start a worker process")
+                    return
+                try:
+                    res = helper.call(fn, chunks[ci] if k is None else [chunks[ci][k]])
+                except HelperError:  # it died on this task: a fresh helper for the next ones
+                    with lock:
+                        lost.append((ci, k))
+                    helper = Helper(preload=(fn.__module__,))
+                    continue
+                except HelperCallError as exc:
+                    with lock:
+                        errors.append(str(exc))
+                    return
+                with lock:
                     if k is None:
                         done[ci] = res
                     else:
                         singles.setdefault(ci, {})[k] = res[0]
                     if progress is not None:
                         progress.advance(len(chunks[ci]) if k is None else 1)
-            if lost:
-                if not one_by_one:
-                    return lost + list(pending.values()) + queue
-                crashed.append(batch[0])  # this item killed its own worker
-    return crashed
+        finally:
+            helper.close()
+
+    threads = [threading.Thread(target=feed, name=f"maskgen-worker-{i}", daemon=True)
+               for i in range(max(1, min(workers, len(tasks))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"an audit worker failed: {errors[0]}")
+    return sorted(lost)

@@ -330,16 +330,20 @@ class _Build:
         self._join()
         self._plan()
         results = self._execute()
-        man = self._manifest(results)  # the last Ray task
+        # the report's chart helper imports matplotlib while the manifest and dataset.json are written
+        self.report_helper = _report_helper() if cfg.report else None
         closer = None
-        if self.shutdown_ray and self.ray_started:
-            closer = threading.Thread(target=_shutdown_ray, name="maskgen-ray-shutdown", daemon=True)
-            closer.start()
         try:
+            man = self._manifest(results)  # the last Ray task
+            if self.shutdown_ray and self.ray_started:
+                closer = threading.Thread(target=_shutdown_ray, name="maskgen-ray-shutdown", daemon=True)
+                closer.start()
             return self._merge(results, man)
         finally:
             if closer is not None:
                 closer.join()
+            if self.report_helper is not None:
+                self.report_helper.close()
 
     def _start_ray(self) -> None:
         t, c = time.perf_counter(), time.process_time()
@@ -788,7 +792,7 @@ class _Build:
         self._stage("merge", t, c)
         if cfg.report:
             t_rep = time.perf_counter()
-            _write_report(self.out, log)
+            _write_report(self.out, log, self.report_helper)
             self.timings["report"] = time.perf_counter() - t_rep
         else:  # a report left by an earlier build would describe another set of samples
             old = self.owned.remove(_report_files(self.out))
@@ -913,13 +917,23 @@ def _shutdown_ray() -> None:
     stop_ray()  # also gives Ray's loggers back the levels a quiet start changed
 
 
-def _write_report(out: Path, log: BuildProgress) -> None:
+def _report_helper():
+    """The report's chart helper process (:func:`maskgen.audit.figure_helper`), or None."""
+    try:
+        from maskgen.audit import figure_helper
+
+        return figure_helper()
+    except Exception:  # the report draws every chart itself
+        return None
+
+
+def _write_report(out: Path, log: BuildProgress, helper=None) -> None:
     """The audit's balance report and data card, when the audit module provides them."""
     try:
         from maskgen.audit import write_build_report
     except ImportError:
         return
     try:
-        write_build_report(out, reproduce="maskgen build --config build.yaml")
+        write_build_report(out, reproduce="maskgen build --config build.yaml", helper=helper)
     except Exception as exc:  # the shards are done; a report problem must not undo them
         log.line(f"[report] not written: {type(exc).__name__}: {exc}")

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from maskgen.helper import Helper, HelperCallError, HelperError
 from maskgen.outputs import replacing
 
 PART_ROWS = 50_000  # rows per partition (identities are never split)
@@ -252,85 +253,25 @@ def scan_files(work: Path, n_units: int) -> list[str]:
 # ---- the scan helper: scan units while Ray starts ----
 
 
-class ScanHelper:
-    """A plain Python process (``python -m maskgen.pipelines.scan``) that runs :func:`scan_task`
-    for the driver while a local Ray starts: the driver spends no CPU on the scan and holds no
-    rows. Unlike a ``multiprocessing`` child it never imports the user's main module, so a
-    script without an ``if __name__ == "__main__":`` guard (or one piped to ``python -``) is
-    not run a second time. Tasks and results travel pickled over the helper's stdin/stdout (a
-    process this one started, running maskgen's own code).
+class ScanHelper(Helper):
+    """A helper process (:class:`maskgen.helper.Helper`) that runs :func:`scan_task` for the
+    driver while a local Ray starts: the driver spends no CPU on the scan and holds no rows.
+    Unlike a ``multiprocessing`` child it never imports the user's main module, so a script
+    without an ``if __name__ == "__main__":`` guard (or one piped to ``python -``) is not run a
+    second time.
 
     :meth:`scan` returns a unit's counts, or None once the helper has failed (it could not
     start, died, or its task raised): the caller leaves the remaining units to Ray, which
     reports errors the usual way."""
 
     def __init__(self) -> None:
-        self.proc = None
-
-    def __enter__(self) -> ScanHelper:
-        import subprocess
-        import sys
-
-        try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "maskgen.pipelines.scan"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        except OSError:
-            self.proc = None
-        return self
+        super().__init__(preload=("maskgen.pipelines.scan",))
 
     def scan(self, task: dict) -> pa.Table | None:
-        import pickle
-
-        if self.proc is None:
+        if not self.alive:
             return None
         try:
-            pickle.dump(task, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self.proc.stdin.flush()
-            ok, value = pickle.load(self.proc.stdout)
-        except (OSError, EOFError, pickle.PickleError):
-            ok, value = False, None
-        if not ok:
+            return self.call(scan_task, task)
+        except (HelperError, HelperCallError):
             self.close()
             return None
-        return value
-
-    def close(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-            proc.wait()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _serve() -> None:
-    """The helper's loop: pickled tasks on stdin -> ``(ok, counts or error text)`` on stdout."""
-    import pickle
-    import sys
-
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but results goes to the driver's pipe
-    while True:
-        try:
-            task = pickle.load(inp)
-        except EOFError:
-            return
-        try:
-            result = (True, scan_task(task))
-        except Exception as exc:  # reported as a failure: the driver hands the unit to Ray
-            result = (False, f"{type(exc).__name__}: {exc}")
-        pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
-        out.flush()
-
-
-if __name__ == "__main__":
-    _serve()
