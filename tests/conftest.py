@@ -27,6 +27,16 @@ if DATA_HOME is not None:
     os.environ["MASKGEN_DATA_HOME"] = str(DATA_HOME)
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one test process per CPU, at most 4 (many tests start a Ray build of their
+    own with two workers: more processes would only queue on the CPUs and add memory)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
 @pytest.fixture(scope="session")
 def data_home() -> Path:
     if DATA_HOME is None:

@@ -187,19 +187,20 @@ def _audit(path, owner, *, labels, join_on, target, out, group_by, workers, back
     resolve_dataset(inp, dataset)
     if labels is not None:
         join_labels(inp, labels, join_on)
-    stats = compute_stats(inp.table, group_by=group_by, target=tgt, fit_threshold=fit_threshold,
-                          source=inp.source())
-    if out is not None:
+    helper = figure_helper() if out is not None else None  # it imports matplotlib meanwhile
+    try:
+        stats = compute_stats(inp.table, group_by=group_by, target=tgt, fit_threshold=fit_threshold,
+                              source=inp.source())
+        if out is None:
+            return public(stats)
         stats["_thumbnails_off"] = not thumbnails
-        helper = figure_helper()
-        try:
-            figures, thumbs = _figures_and_thumbnails(inp, stats, helper, workers=workers,
-                                                      progress=progress, thumbnails=thumbnails)
-        finally:
-            if helper is not None:
-                helper.close()
-        write_outputs(stats, Path(out), title=f"Balance report: {inp.name}", inp=inp,
-                      reproduce=reproduce, license=license, thumbnails=thumbs, figures=figures)
+        figures, thumbs = _figures_and_thumbnails(inp, stats, helper, workers=workers,
+                                                  progress=progress, thumbnails=thumbnails)
+    finally:
+        if helper is not None:
+            helper.close()
+    write_outputs(stats, Path(out), title=f"Balance report: {inp.name}", inp=inp,
+                  reproduce=reproduce, license=license, thumbnails=thumbs, figures=figures)
     return public(stats)
 
 
