@@ -8,7 +8,8 @@ the caller's ``sys.path``, imports the modules it is told to preload (so that, e
 is imported while the caller still works), then serves calls: a call travels pickled over the
 helper's stdin and its result over its stdout, one length-prefixed message each (a process this
 one started, running functions named by module and qualified name, as pickle names them).
-Whatever the function prints goes to the helper's stderr (discarded), never into the result pipe.
+Whatever the function prints, from Python or from C, goes to the helper's stderr (discarded),
+never into the result pipe.
 
 One helper serves one call at a time; callers that want several run several helpers (see
 :func:`maskgen.audit.workers.map_in_workers`).
@@ -112,9 +113,14 @@ def _serve(preload: Sequence[str]) -> None:
     on stdin, each answered on stdout with ``(True, result)`` or ``(False, "Type: message")``
     (a call that cannot be unpickled here is answered as an error)."""
     import importlib
+    import os
 
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but results goes to the caller's pipe
+    inp = sys.stdin.buffer
+    # nothing but results goes to the caller's pipe: it keeps a private descriptor, and file
+    # descriptor 1 (where C libraries print too) and sys.stdout point at stderr
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     try:
         sys.path[:] = pickle.loads(_receive(inp))
     except EOFError:

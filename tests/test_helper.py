@@ -20,6 +20,8 @@ def test_call_result_error_and_death() -> None:
         with pytest.raises(HelperCallError, match="ValueError: invalid literal"):
             h.call(int, "x")
         assert h.call(sum, [1, 2]) == 3  # an error in the function leaves the helper serving
+        assert h.call(os.write, 1, b"printed at the file-descriptor level\n") > 0  # not into the results
+        assert h.call(divmod, 9, 4) == (2, 1)
         with pytest.raises(HelperError):
             h.call(os._exit, 3)
         assert not h.alive
