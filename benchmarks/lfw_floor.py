@@ -45,7 +45,8 @@ def _python_loop() -> float:
 def _ray_start(workers: int) -> float:
     from maskgen.parallel import start_ray, stop_ray
 
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="maskgen-floor-ray-"))
+    if not os.environ.get("RAY_TMPDIR"):  # Ray's files away from any cluster on the machine
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="maskgen-floor-ray-")
     t = time.perf_counter()
     start_ray(workers, quiet=True)
     import ray
